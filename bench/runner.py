@@ -1,0 +1,257 @@
+"""The sweep runner: config -> trained checkpoints -> one record per cell.
+
+Training runs once per (model, defense) and is cached as a safetensors checkpoint keyed
+by a hash of everything that determines it; every (attack, ε) of a model × defense is one
+cell with a record and a per-example mask, written atomically. Re-running a sweep into the
+same directory skips finished cells, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import pandas as pd
+
+from bench import evaluate as ev
+from bench.config import AttackConfig, SweepConfig
+from bench.data import Dataset, load_dataset
+from bench.errors import RobustaxError
+from bench.records import CLEAN, RunDir, atomic_write_json, atomic_write_text, clopper_pearson
+
+TRAIN_VERSION = 1
+"""Bumped when the training loop changes in a way that changes weights (invalidates caches)."""
+
+
+def stable_hash(obj: Any, n: int = 12) -> str:
+    """A short sha256 of a JSON-serialisable object (dataclasses included)."""
+    def default(o):
+        if dataclasses.is_dataclass(o):
+            return {"__class__": type(o).__name__, **dataclasses.asdict(o)}
+        return str(o)
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=default).encode()).hexdigest()[:n]
+
+
+def key_for(seed: int, *parts: str) -> jax.Array:
+    """A PRNG key derived from the seed and names (not grid positions), so adding a model or
+    an attack to a config leaves every other cell's randomness unchanged."""
+    digest = int(hashlib.sha256("/".join(parts).encode()).hexdigest()[:8], 16)
+    return jax.random.fold_in(jax.random.key(seed), digest)
+
+
+def code_version() -> str:
+    """The robustax version, plus the git commit when run from a checkout."""
+    try:
+        version = metadata.version("robustax")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
+                                "attacks", "models", "defenses", "bench"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    if commit:
+        version += f"+g{commit}" + (".dirty" if dirty else "")
+    return version
+
+
+def environment() -> dict:
+    """Versions, devices and flags: what anyone needs to tell how a number was produced."""
+    pkgs = {}
+    for name in ("robustax", "jax", "jaxlib", "flax", "optax", "numpy", "pandas",
+                 "tensorflow-datasets", "safetensors", "scikit-learn", "mlxtend"):
+        try:
+            pkgs[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pkgs[name] = None
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "packages": pkgs,
+        "code_version": code_version(),
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One cell of the grid; ``attack`` is None for the clean-accuracy cell."""
+
+    model: str
+    defense: str
+    attack: AttackConfig | None
+    eps: float
+
+    def identity(self, cfg: SweepConfig) -> dict:
+        model = next(m for m in cfg.models if m.label == self.model)
+        defense = next(d for d in cfg.defenses if d.label == self.defense)
+        return {
+            "data": dataclasses.asdict(cfg.data), "seed": cfg.seed,
+            "model": [model.name, list(model.options)], "defense": [defense.name, defense.defense],
+            "attack": None if self.attack is None else [self.attack.name, self.attack.attack],
+            "eps": self.eps,
+        }
+
+    def cell_id(self, cfg: SweepConfig) -> str:
+        attack = CLEAN if self.attack is None else f"{self.attack.label}-{self.attack.attack.norm}"
+        return f"{self.model}.{self.defense}.{attack}.eps{self.eps:g}.{stable_hash(self.identity(cfg), 10)}"
+
+
+def grid(cfg: SweepConfig) -> list[Cell]:
+    """Every cell of the sweep, model-major."""
+    cells = []
+    for m in cfg.models:
+        for d in cfg.defenses:
+            cells.append(Cell(m.label, d.label, None, 0.0))
+            for a in cfg.attacks:
+                cells.extend(Cell(m.label, d.label, a, e) for e in a.eps)
+    return cells
+
+
+def checkpoint_path(run: RunDir, cfg: SweepConfig, data: Dataset, model, defense) -> Path:
+    """Where the trained weights of (model, defense) live: named by a hash of their inputs."""
+    h = stable_hash({"data": data.fingerprint(), "train_examples": cfg.data.train_examples,
+                     "model": [model.name, list(model.options)],
+                     "defense": [defense.name, defense.defense], "seed": cfg.seed,
+                     "train_version": TRAIN_VERSION})
+    return run.checkpoints / f"{model.label}.{defense.label}.{h}.safetensors"
+
+
+def _prepare_run_dir(run: RunDir, cfg: SweepConfig, config_text: str | None) -> None:
+    run.root.mkdir(parents=True, exist_ok=True)
+    as_run = run.root / "config.json"
+    source = json.loads(json.dumps(cfg.source, default=str))
+    if as_run.is_file():
+        previous = json.loads(as_run.read_text()).get("config")
+        if previous != source:
+            raise RobustaxError(f"{run.root} holds a run of a different config; pass another "
+                                f"--out directory (or delete it to start over)")
+    else:
+        atomic_write_json(as_run, {"config": source, "config_id": cfg.config_id()})
+    if config_text is not None:
+        atomic_write_text(run.root / "config.toml", config_text)
+    env_path = run.root / "environment.json"
+    envs = json.loads(env_path.read_text()) if env_path.is_file() else []
+    envs.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **environment()})
+    atomic_write_json(env_path, envs)
+
+
+def _record(cfg: SweepConfig, cell: Cell, cell_id: str, mask: np.ndarray, seconds: float,
+            compile_s: float, checkpoint: str, version: str, model, defense) -> dict:
+    n, k = int(mask.size), int(mask.sum())
+    low, high = clopper_pearson(k, n)
+    a = cell.attack
+    return {
+        "run": cfg.name, "data": cfg.data.name, "model": cell.model, "defense": cell.defense,
+        "attack": CLEAN if a is None else a.label, "norm": "none" if a is None else a.attack.norm,
+        "eps": float(cell.eps), "examples": n, "correct": k, "robust_acc": k / n,
+        "ci_low": low, "ci_high": high, "seconds": round(seconds, 4),
+        "compile_seconds": round(compile_s, 4), "seed": cfg.seed, "cell_id": cell_id,
+        "config_id": cfg.config_id(), "checkpoint": checkpoint, "code_version": version,
+        "attack_options": "" if a is None else json.dumps(dataclasses.asdict(a.attack), sort_keys=True),
+        "model_options": json.dumps(dict(model.options), sort_keys=True),
+        "defense_options": json.dumps(dataclasses.asdict(defense.defense), sort_keys=True),
+    }
+
+
+def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None = None,
+              progress: bool = True) -> pd.DataFrame:
+    """Runs (or resumes) a sweep into ``out_dir`` and returns the records frame.
+
+    Writes config.json/config.toml, environment.json, checkpoints/, cells/, masks/ and
+    records.csv; tables and plots come from :func:`bench.report.write_report`.
+    """
+    from tqdm.auto import tqdm
+
+    from defenses import load_checkpoint, save_checkpoint
+    from models import init_variables, make_logits_fn
+
+    run = RunDir(Path(out_dir))
+    _prepare_run_dir(run, cfg, config_text)
+    data = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir,
+                        train_examples=cfg.data.train_examples)
+    n_eval = len(data.x_test) if cfg.data.eval_examples is None else min(
+        cfg.data.eval_examples, len(data.x_test))
+    x_eval, y_eval = data.x_test[:n_eval], data.y_test[:n_eval]
+    version = code_version()
+
+    cells = grid(cfg)
+    todo = {c: c.cell_id(cfg) for c in cells}
+    todo = {c: i for c, i in todo.items() if not run.has_cell(i)}
+    pairs = [(m, d) for m in cfg.models for d in cfg.defenses]
+    n_train = sum(1 for m, d in pairs if any(c.model == m.label and c.defense == d.label for c in todo)
+                  and not checkpoint_path(run, cfg, data, m, d).is_file())
+    bar = tqdm(total=len(todo) + n_train, desc=cfg.name, unit="cell", disable=not progress,
+               dynamic_ncols=True)
+
+    for m, d in pairs:
+        mine = [c for c in todo if c.model == m.label and c.defense == d.label]
+        if not mine:
+            continue
+        module = m.build(data.num_classes, data.mean, data.std)
+        logits_fn = make_logits_fn(module)
+        ckpt = checkpoint_path(run, cfg, data, m, d)
+        like = init_variables(module, jax.random.key(0), data.image_shape)
+        if ckpt.is_file():
+            params, _ = load_checkpoint(ckpt, like=like)
+        else:
+            bar.set_postfix_str(f"training {m.label}/{d.label}", refresh=False)
+            t0 = time.perf_counter()
+            params = d.defense.train(
+                module, data, key_for(cfg.seed, "train", m.label, d.label),
+                on_epoch=lambda e, loss: bar.set_postfix_str(
+                    f"training {m.label}/{d.label} epoch {e + 1}/{d.defense.epochs} loss {loss:.3f}"))
+            save_checkpoint(ckpt, params, {"model": m.name, "model_options": dict(m.options),
+                                           "defense": d.name, "data": data.name,
+                                           "train_seconds": time.perf_counter() - t0})
+            bar.update(1)
+        ckpt_id = ckpt.stem.rsplit(".", 1)[-1]
+
+        def write(cell, mask, seconds, compile_s):
+            cid = todo[cell]
+            run.write_cell(_record(cfg, cell, cid, mask, seconds, compile_s, ckpt_id, version, m, d),
+                           mask)
+            bar.update(1)
+
+        clean = [c for c in mine if c.attack is None]
+        if clean:
+            bar.set_postfix_str(f"{m.label}/{d.label} clean", refresh=False)
+            t0 = time.perf_counter()
+            mask = ev.clean_correct(logits_fn, params, x_eval, y_eval, cfg.eval.batch_size)
+            write(clean[0], mask, time.perf_counter() - t0, 0.0)
+        for a in cfg.attacks:
+            missing = [c for c in mine if c.attack is a]
+            if not missing:
+                continue
+            bar.set_postfix_str(f"{m.label}/{d.label} {a.label} {a.attack.norm}", refresh=False)
+            eps = [c.eps for c in missing]
+            masks, seconds, compile_s = ev.attack_correct(
+                a.attack, logits_fn, params, x_eval, y_eval, eps,
+                key_for(cfg.seed, "attack", m.label, d.label, a.label, a.attack.norm),
+                cfg.eval.batch_size)
+            for c, mask in zip(missing, masks):
+                write(c, mask, seconds / len(missing), compile_s / len(missing))
+    bar.close()
+    records = run.read_records()
+    atomic_write_text(run.records_csv, records.to_csv(index=False))
+    return records

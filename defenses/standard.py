@@ -1,0 +1,21 @@
+"""Standard (clean) training: the undefended baseline every defense is compared with."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from defenses.training import TrainSettings, fit
+
+
+@dataclasses.dataclass(frozen=True)
+class Standard(TrainSettings):
+    """Empirical risk minimisation with cross-entropy on clean examples."""
+
+    kind = "training"
+
+    def __post_init__(self):
+        self.check()
+
+    def train(self, module, data, key, on_epoch=None) -> dict:
+        """Returns trained variables for ``module`` on ``data.x_train``/``data.y_train``."""
+        return fit(module, data.x_train, data.y_train, self, key, on_epoch=on_epoch)

@@ -1,0 +1,143 @@
+"""The shared training loop: a jitted optax step over shuffled batches.
+
+Every training defense is this loop plus a ``perturb`` function that turns a clean batch
+into the batch the model is trained on (identity for standard training, PGD examples for
+Madry et al.'s adversarial training, ...). One ``jit`` covers a whole epoch (a ``lax.scan``
+over batches), BatchNorm statistics are updated in training mode, and everything random
+comes from the explicit key, so a seed fixes the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bench import options as opts
+from bench.errors import ConfigError
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """Hyper-parameters every training defense has.
+
+    Attributes:
+      epochs: passes over the training set.
+      batch_size: examples per step (the last incomplete batch of an epoch is dropped).
+      optimizer: ``adam`` (AdamW) or ``sgd`` (Nesterov momentum 0.9).
+      lr: peak learning rate.
+      schedule: ``cosine`` decay to 0 or ``constant``.
+      weight_decay: decoupled weight decay.
+    """
+
+    epochs: int = 15
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 2e-3
+    schedule: str = "cosine"
+    weight_decay: float = 5e-4
+
+    def check(self) -> None:
+        opts.check_positive("epochs", self.epochs)
+        opts.check_positive("batch_size", self.batch_size)
+        opts.check_positive("lr", self.lr)
+        opts.check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        opts.check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        opts.check_choice("schedule", self.schedule, SCHEDULES)
+
+
+class TrainState(NamedTuple):
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+Perturb = Callable[[Callable, Any, jax.Array, jax.Array, jax.Array], jax.Array]
+"""``perturb(logits_fn, variables, x, y, key) -> x_train`` for one batch."""
+
+
+def _optimizer(s: TrainSettings, total_steps: int) -> optax.GradientTransformation:
+    lr = (optax.cosine_decay_schedule(s.lr, max(total_steps, 1)) if s.schedule == "cosine"
+          else optax.constant_schedule(s.lr))
+    if s.optimizer == "adam":
+        return optax.adamw(lr, weight_decay=s.weight_decay)
+    return optax.chain(optax.add_decayed_weights(s.weight_decay),
+                       optax.sgd(lr, momentum=0.9, nesterov=True))
+
+
+def fit(module, x_train: np.ndarray, y_train: np.ndarray, settings: TrainSettings,
+        key: jax.Array, perturb: Perturb | None = None,
+        on_epoch: Callable[[int, float], None] | None = None) -> dict:
+    """Trains ``module`` and returns its variables (``params`` and, if any, ``batch_stats``).
+
+    ``perturb`` sees the model in training mode (batch statistics, no running-average
+    update), as adversarial-training references do in PyTorch.
+    """
+    from models import init_variables
+
+    n = len(x_train)
+    bs = min(settings.batch_size, n)
+    steps_per_epoch = n // bs
+    if steps_per_epoch == 0:
+        raise ConfigError(f"batch_size = {settings.batch_size} exceeds the {n} training examples")
+    k_init, k_train = jax.random.split(key)
+    variables = init_variables(module, k_init, tuple(x_train.shape[1:]))
+    tx = _optimizer(settings, settings.epochs * steps_per_epoch)
+    state = TrainState(variables["params"], variables.get("batch_stats", {}),
+                       tx.init(variables["params"]))
+    has_bn = "batch_stats" in variables
+
+    def variables_of(params, batch_stats):
+        return {"params": params, "batch_stats": batch_stats} if has_bn else {"params": params}
+
+    def train_logits(variables, x):
+        if has_bn:
+            return module.apply(variables, x, train=True, mutable=["batch_stats"])[0]
+        return module.apply(variables, x, train=True)
+
+    def step(state: TrainState, batch):
+        x, y, k = batch
+        if perturb is not None:
+            x = perturb(train_logits, variables_of(state.params, state.batch_stats), x, y, k)
+
+        def loss_fn(params):
+            v = variables_of(params, state.batch_stats)
+            if has_bn:
+                logits, updates = module.apply(v, x, train=True, mutable=["batch_stats"])
+                new_stats = updates["batch_stats"]
+            else:
+                logits, new_stats = module.apply(v, x, train=True), state.batch_stats
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return loss, new_stats
+
+        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        return TrainState(optax.apply_updates(state.params, updates), new_stats, opt_state), loss
+
+    @jax.jit
+    def epoch(state, x_all, y_all, k):
+        k_perm, k_steps = jax.random.split(k)
+        perm = jax.random.permutation(k_perm, n)[: steps_per_epoch * bs]
+        xb = x_all[perm].reshape((steps_per_epoch, bs) + x_all.shape[1:])
+        yb = y_all[perm].reshape((steps_per_epoch, bs))
+        keys = jax.random.split(k_steps, steps_per_epoch)
+        state, losses = jax.lax.scan(step, state, (xb, yb, keys))
+        return state, losses.mean()
+
+    x_all, y_all = jnp.asarray(x_train), jnp.asarray(y_train)
+    for e in range(settings.epochs):
+        state, loss = epoch(state, x_all, y_all, jax.random.fold_in(k_train, e))
+        if on_epoch is not None:
+            on_epoch(e, float(loss))
+    loss = float(loss)
+    if not np.isfinite(loss):
+        raise ConfigError(f"training diverged (loss = {loss}); lower lr (now {settings.lr})")
+    return jax.device_get(variables_of(state.params, state.batch_stats))
