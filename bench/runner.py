@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import pandas as pd
 
-from bench import evaluate as ev
+from bench import engine as ev
 from bench.config import AttackConfig, SweepConfig
 from bench.data import Dataset, load_dataset
 from bench.errors import RobustaxError
@@ -220,7 +220,8 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
             params = d.defense.train(
                 module, data, key_for(cfg.seed, "train", m.label, d.label),
                 on_epoch=lambda e, loss: bar.set_postfix_str(
-                    f"training {m.label}/{d.label} epoch {e + 1}/{d.defense.epochs} loss {loss:.3f}"))
+                    f"training {m.label}/{d.label} epoch {e + 1}/{d.defense.epochs} loss {loss:.3f}",
+                    refresh=False))
             save_checkpoint(ckpt, params, {"model": m.name, "model_options": dict(m.options),
                                            "defense": d.name, "data": data.name,
                                            "train_seconds": time.perf_counter() - t0})

@@ -2,14 +2,16 @@
 
 Every training defense is this loop plus a ``perturb`` function that turns a clean batch
 into the batch the model is trained on (identity for standard training, PGD examples for
-Madry et al.'s adversarial training, ...). One ``jit`` covers a whole epoch (a ``lax.scan``
-over batches), BatchNorm statistics are updated in training mode, and everything random
-comes from the explicit key, so a seed fixes the weights.
+Madry et al.'s adversarial training, ...). One ``jit`` covers a whole step (attack, loss,
+gradient, update), BatchNorm statistics are updated in training mode, and everything
+random comes from the explicit key (``fold_in`` per epoch and step), so a seed fixes the
+weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -122,19 +124,26 @@ def fit(module, x_train: np.ndarray, y_train: np.ndarray, settings: TrainSetting
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         return TrainState(optax.apply_updates(state.params, updates), new_stats, opt_state), loss
 
+    # One jit around the whole step (attack included); a Python loop over steps, because
+    # XLA:CPU runs convolution gradients far slower inside a lax.scan/while body.
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def train_step(state, x_all, y_all, idx, k):
+        return step(state, (x_all[idx], y_all[idx], k))
+
     @jax.jit
-    def epoch(state, x_all, y_all, k):
-        k_perm, k_steps = jax.random.split(k)
-        perm = jax.random.permutation(k_perm, n)[: steps_per_epoch * bs]
-        xb = x_all[perm].reshape((steps_per_epoch, bs) + x_all.shape[1:])
-        yb = y_all[perm].reshape((steps_per_epoch, bs))
-        keys = jax.random.split(k_steps, steps_per_epoch)
-        state, losses = jax.lax.scan(step, state, (xb, yb, keys))
-        return state, losses.mean()
+    def epoch_order(k):
+        perm = jax.random.permutation(k, n)[: steps_per_epoch * bs]
+        return perm.reshape(steps_per_epoch, bs)
 
     x_all, y_all = jnp.asarray(x_train), jnp.asarray(y_train)
     for e in range(settings.epochs):
-        state, loss = epoch(state, x_all, y_all, jax.random.fold_in(k_train, e))
+        k_epoch = jax.random.fold_in(k_train, e)
+        order = epoch_order(k_epoch)
+        total = 0.0
+        for i in range(steps_per_epoch):
+            state, loss = train_step(state, x_all, y_all, order[i], jax.random.fold_in(k_epoch, i))
+            total += loss
+        loss = total / steps_per_epoch
         if on_epoch is not None:
             on_epoch(e, float(loss))
     loss = float(loss)

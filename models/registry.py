@@ -5,6 +5,7 @@ Every user-facing mistake (unknown name or option, wrong type, bad size) raises 
 """
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -147,10 +148,14 @@ def init_variables(module: nn.Module, key: jax.Array, image_shape: tuple[int, ..
     shape = tuple(image_shape)
     if len(shape) != 3 or not all(_is_int(d) and d > 0 for d in shape):
         raise ConfigError(f"image shape must be three positive integers (height, width, channels), got {shape!r}")
-    dummy = jnp.zeros((1,) + shape, jnp.float32)
-    # Jitted: one XLA compilation is faster than compiling every initialiser op eagerly.
-    variables = jax.jit(lambda k: module.init(k, dummy, train=False))(key)
-    return flax.core.unfreeze(variables)
+    return flax.core.unfreeze(_jitted_init(module, key, shape))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _jitted_init(module: nn.Module, key: jax.Array, shape: tuple[int, ...]) -> Any:
+    # One XLA compilation beats compiling each initialiser op eagerly, and equal (hashable)
+    # modules reuse it, e.g. when a sweep initialises the same model with several seeds.
+    return module.init(key, jnp.zeros((1,) + shape, jnp.float32), train=False)
 
 
 def make_logits_fn(module: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:

@@ -1,0 +1,126 @@
+"""The Python API: benchmark any ``logits_fn(params, x)`` in a few lines.
+
+>>> import bench
+>>> records = bench.evaluate(logits_fn, params, "digits",
+...                          [{"name": "pgd", "norm": "linf", "steps": 20, "eps": [0.0, 0.1]}])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench import engine as ev
+from bench.errors import ConfigError
+from bench.records import CLEAN, clopper_pearson, records_frame
+
+
+def _attack_specs(attacks: Sequence[Any], eps: Sequence[float] | None) -> list[tuple[str, Any, tuple]]:
+    """(label, attack instance, ε values) from dicts in config form or attack instances."""
+    from attacks import attack_name, build_attack
+    from bench import options as opts
+
+    specs = []
+    for i, a in enumerate(attacks):
+        where = f"attacks[{i}]"
+        if isinstance(a, Mapping):
+            a = dict(a)
+            if "name" not in a:
+                raise ConfigError(f"{where} has no name; add \"name\": \"pgd\" (see `robustax list`)")
+            name = a.pop("name")
+            label = a.pop("label", name)
+            values = a.pop("eps", eps)
+            attack = build_attack(name, a, where)
+        else:
+            if not dataclasses.is_dataclass(a) or not callable(a):
+                raise ConfigError(f"{where} = {a!r} is not an attack; pass an attack instance "
+                                  f"(e.g. attacks.PGD()) or a dict with a name")
+            label, attack, values = attack_name(a), a, eps
+        if values is None:
+            raise ConfigError(f"{where} has no eps; pass eps=[...] or put \"eps\" in its dict")
+        values = opts.coerce(values if isinstance(values, (list, tuple)) else [values],
+                             tuple[float, ...], f"{where}.eps")
+        for e in values:
+            opts.check_positive(f"{where}.eps", e, allow_zero=True)
+        specs.append((label, attack, values))
+    return specs
+
+
+def evaluate(logits_fn: Callable, params: Any, data: str | tuple, attacks: Sequence[Any], *,
+             eps: Sequence[float] | None = None, eval_examples: int | None = None,
+             batch_size: int = 500, seed: int = 0, model: str = "model", defense: str = "none",
+             data_dir: str | None = None, return_masks: bool = False
+             ) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Robust accuracy of ``logits_fn(params, x)`` under each attack at each ε.
+
+    Args:
+      logits_fn: pure ``(params, x) -> logits``; x is float32 NHWC in [0, 1] (normalise
+        inside).
+      params: the pytree ``logits_fn`` takes (for Flax: the variables dict).
+      data: a data-set name (``digits``, ``mnist5k``, ``tfds:cifar10``, ...: its test split
+        is used) or a tuple ``(x, y)`` of arrays.
+      attacks: attack instances (``attacks.PGD(steps=20)``) or dicts in config form
+        (``{"name": "pgd", "steps": 20, "eps": [...]}``).
+      eps: budgets for attacks that do not name their own.
+      eval_examples: evaluate on the first n examples only.
+      batch_size: examples per compiled call; results do not depend on it.
+      seed: PRNG seed of the attacks' randomness.
+      model, defense: labels for the records.
+      return_masks: also return per-example correctness masks keyed by cell id.
+
+    Returns:
+      The tidy records frame (one row per attack × norm × ε, plus the clean row), with the
+      same columns as a sweep's records.csv; with ``return_masks``, also the masks.
+    """
+    from bench.runner import code_version, key_for
+
+    if isinstance(data, str):
+        from bench.data import load_dataset
+
+        ds = load_dataset(data, data_dir=data_dir)
+        x, y, data_name = ds.x_test, ds.y_test, data
+    else:
+        if not isinstance(data, (tuple, list)) or len(data) != 2:
+            raise ConfigError("data must be a data-set name or a tuple (x, y) of arrays")
+        x, y = data
+        data_name = "arrays"
+    x, y = ev.check_arrays(x, y)
+    if eval_examples is not None:
+        x, y = x[:eval_examples], y[:eval_examples]
+    specs = _attack_specs(attacks, eps)
+    version = code_version()
+    rows, masks = [], {}
+
+    def add(attack_label, norm, e, mask, seconds, compile_s, options):
+        n, k = int(mask.size), int(mask.sum())
+        low, high = clopper_pearson(k, n)
+        cid = f"{model}.{defense}.{attack_label}-{norm}.eps{e:g}" if attack_label != CLEAN else \
+            f"{model}.{defense}.{CLEAN}"
+        rows.append({"run": "api", "data": data_name, "model": model, "defense": defense,
+                     "attack": attack_label, "norm": norm, "eps": float(e), "examples": n,
+                     "correct": k, "robust_acc": k / n, "ci_low": low, "ci_high": high,
+                     "seconds": round(seconds, 4), "compile_seconds": round(compile_s, 4),
+                     "seed": seed, "cell_id": cid, "config_id": "", "checkpoint": "",
+                     "code_version": version, "attack_options": options,
+                     "model_options": "", "defense_options": ""})
+        masks[cid] = mask
+
+    import time
+
+    t0 = time.perf_counter()
+    add(CLEAN, "none", 0.0, ev.clean_correct(logits_fn, params, x, y, batch_size),
+        time.perf_counter() - t0, 0.0, "")
+    for label, attack, values in specs:
+        key = key_for(seed, "attack", model, defense, label, attack.norm)
+        m, seconds, compile_s = ev.attack_correct(attack, logits_fn, params, x, y, values, key,
+                                                  batch_size)
+        options = json.dumps(dataclasses.asdict(attack), sort_keys=True)
+        for e, mask in zip(values, m):
+            add(label, attack.norm, e, mask, seconds / len(values), compile_s / len(values), options)
+    frame = records_frame(rows)
+    return (frame, masks) if return_masks else frame

@@ -1,0 +1,150 @@
+"""Speed benchmark: PGD-k time over k × (forward + input gradient), measured in one run.
+
+Ratios, not seconds, are what carry across machines: a ratio near 1 means the attack loop
+adds nothing to the model's own cost. Each timing is the minimum over ``repeats`` runs
+after a warm-up (compilation excluded), with ``block_until_ready``. With
+``torchattacks=True`` the same weights are copied into an equivalent PyTorch model and
+torchattacks' PGD is timed on the same inputs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _best_time(fn: Callable[[], object], repeats: int) -> float:
+    jax.block_until_ready(fn())  # warm-up and compile
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure(batch: int = 256, steps: int = 20, repeats: int = 5, seed: int = 0) -> dict:
+    """Times the ``cnn`` (28×28×1, 10 classes) forward+input-gradient and PGD-``steps`` L∞."""
+    from attacks import PGD
+    from bench import engine as ev
+    from models import build_model, init_variables, make_logits_fn
+
+    module = build_model("cnn", num_classes=10, mean=(0.13,), std=(0.31,))
+    params = init_variables(module, jax.random.key(seed), (28, 28, 1))
+    logits_fn = make_logits_fn(module)
+    kx, ky, ka = jax.random.split(jax.random.key(seed + 1), 3)
+    x = jax.random.uniform(kx, (batch, 28, 28, 1))
+    y = jax.random.randint(ky, (batch,), 0, 10)
+    eps = jnp.float32(0.3)
+
+    @jax.jit
+    def fwd_bwd(params, x, y):
+        def loss(z):
+            logits = logits_fn(params, z)
+            return -jnp.sum(jax.nn.log_softmax(logits)[jnp.arange(batch), y]), logits
+        return jax.grad(loss, has_aux=True)(x)
+
+    results = {"batch": batch, "steps": steps, "backend": jax.default_backend(),
+               "devices": jax.device_count()}
+    results["fwd_bwd_s"] = _best_time(lambda: fwd_bwd(params, x, y), repeats)
+    for name, unroll in (("pgd_s", 0), ("pgd_rolled_s", 1)):
+        attack = PGD(norm="linf", steps=steps, unroll=unroll)
+        fn = jax.jit(lambda p, x, y, k, a=attack: a(logits_fn, p, x, y, eps, k))
+        results[name] = _best_time(lambda: fn(params, x, y, ka), repeats)
+    # The sweep's evaluator: per-example keys, vmap over examples and ε, correctness out.
+    xs, ys = np.asarray(x), np.asarray(y)
+    attack = PGD(norm="linf", steps=steps)
+    ev.attack_correct(attack, logits_fn, params, xs, ys, [0.3], ka, batch)
+    best = float("inf")
+    for _ in range(repeats):
+        _, seconds, _ = ev.attack_correct(attack, logits_fn, params, xs, ys, [0.3], ka, batch)
+        best = min(best, seconds)
+    results["sweep_pgd_s"] = best
+    results["ratio"] = results["pgd_s"] / (steps * results["fwd_bwd_s"])
+    results["ratio_rolled"] = results["pgd_rolled_s"] / (steps * results["fwd_bwd_s"])
+    results["ratio_sweep"] = results["sweep_pgd_s"] / (steps * results["fwd_bwd_s"])
+    results["_model"] = (module, params, np.asarray(x), np.asarray(y))
+    return results
+
+
+def torchattacks_time(module, params, x: np.ndarray, y: np.ndarray, steps: int,
+                      repeats: int) -> float:
+    """torchattacks PGD-``steps`` (ε=0.3, α=2.5ε/steps) on a PyTorch copy of the ``cnn``."""
+    import torch
+    import torchattacks
+    from torch import nn
+
+    p = params["params"]
+    w = module.width
+    mean, std = float(module.mean[0]), float(module.std[0])
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.convs = nn.ModuleList([nn.Conv2d(1, w, 3, padding=1), nn.Conv2d(w, w, 3, padding=1),
+                                        nn.Conv2d(w, 2 * w, 3, padding=1),
+                                        nn.Conv2d(2 * w, 2 * w, 3, padding=1)])
+            self.fc1 = nn.Linear(2 * w * 7 * 7, module.dense)
+            self.fc2 = nn.Linear(module.dense, module.num_classes)
+
+        def forward(self, z):
+            z = (z - mean) / std
+            for i, conv in enumerate(self.convs):
+                z = torch.relu(conv(z))
+                if i % 2 == 1:
+                    z = torch.nn.functional.max_pool2d(z, 2)
+            z = z.permute(0, 2, 3, 1).flatten(1)  # NHWC flatten order, as in flax
+            return self.fc2(torch.relu(self.fc1(z)))
+
+    net = Net().eval()
+    with torch.no_grad():
+        for i, conv in enumerate(net.convs):
+            conv.weight.copy_(torch.from_numpy(np.asarray(p[f"Conv_{i}"]["kernel"]).transpose(3, 2, 0, 1).copy()))
+            conv.bias.copy_(torch.from_numpy(np.asarray(p[f"Conv_{i}"]["bias"])))
+        for lin, name in ((net.fc1, "Dense_0"), (net.fc2, "Dense_1")):
+            lin.weight.copy_(torch.from_numpy(np.asarray(p[name]["kernel"]).T.copy()))
+            lin.bias.copy_(torch.from_numpy(np.asarray(p[name]["bias"])))
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    yt = torch.from_numpy(y.astype(np.int64))
+    atk = torchattacks.PGD(net, eps=0.3, alpha=2.5 * 0.3 / steps, steps=steps, random_start=True)
+    atk(xt, yt)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        atk(xt, yt)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main(batch: int = 256, steps: int = 20, repeats: int = 5, torchattacks: bool = False) -> dict:
+    """Prints the timings and ratios; returns them."""
+    r = measure(batch, steps, repeats)
+    module, params, x, y = r.pop("_model")
+    print(f"cnn 28x28x1, batch {batch}, L∞ PGD-{steps}, {r['backend']} ×{r['devices']}, "
+          f"min of {repeats} after warm-up")
+    print(f"  forward + input gradient         {r['fwd_bwd_s'] * 1e3:8.1f} ms")
+    print(f"  PGD-{steps} kernel (unrolled loop)   {r['pgd_s']:8.3f} s   ratio to {steps}×(fwd+grad): {r['ratio']:.2f}")
+    print(f"  PGD-{steps} kernel (rolled loop)     {r['pgd_rolled_s']:8.3f} s   ratio: {r['ratio_rolled']:.2f}")
+    print(f"  PGD-{steps} as run by a sweep        {r['sweep_pgd_s']:8.3f} s   ratio: {r['ratio_sweep']:.2f}")
+    if torchattacks:
+        try:
+            t = torchattacks_time(module, params, x, y, steps, repeats)
+        except ImportError as e:
+            print(f"  torchattacks: not installed ({e.name}); pip install torch==2.13.0 and "
+                  f"pip install --no-deps torchattacks")
+        else:
+            r["torchattacks_s"] = t
+            print(f"  torchattacks PGD-{steps} (same weights) {t:8.3f} s   robustax speed-up: "
+                  f"{t / r['pgd_s']:.2f}×")
+    return r
+
+
+if __name__ == "__main__":  # python -m bench.speed: same as `robustax speed`
+    from bench import xla
+
+    xla.configure()
+    main()

@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny models and a tiny sweep config on the embedded digits."""
+
+from bench import xla
+
+xla.configure()  # before JAX starts: the same XLA settings as the CLI
+
+import textwrap  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+TINY_TOML = textwrap.dedent("""
+    name = "tiny"
+    seed = 3
+    [data]
+    name = "digits"
+    eval_examples = 60
+    train_examples = 300
+    [eval]
+    batch_size = 25
+    [[models]]
+    name = "mlp"
+    width = 32
+    depth = 1
+    [[defenses]]
+    name = "standard"
+    epochs = 3
+    [[defenses]]
+    name = "pgd-at"
+    epochs = 2
+    eps = 0.1
+    steps = 2
+    [[attacks]]
+    name = "fgsm"
+    eps = [0.0, 0.1]
+    [[attacks]]
+    name = "pgd"
+    steps = 3
+    eps = [0.0, 0.1, 0.2]
+""")
+
+
+@pytest.fixture
+def tiny_toml(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_TOML)
+    return path
+
+
+def linear_logits(params, x):
+    """A linear classifier on flattened images: W x + b."""
+    w, b = params
+    return x.reshape(x.shape[0], -1) @ w + b
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from bench.data import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def trained_mlp(digits):
+    """A small MLP trained on digits (clean), its logits_fn and variables."""
+    from defenses import Standard
+    from models import build_model, make_logits_fn
+
+    module = build_model("mlp", num_classes=10, mean=digits.mean, std=digits.std, width=64, depth=1)
+    variables = Standard(epochs=8).train(module, digits, jax.random.key(0))
+    return make_logits_fn(module), variables
+
+
+@pytest.fixture(scope="session")
+def linear_model():
+    """A random 3-class linear model on 6x6x1 images with no zero weight differences."""
+    k1, k2 = jax.random.split(jax.random.key(42))
+    w = jax.random.normal(k1, (36, 3))
+    w = w + 0.1 * jnp.sign(w)
+    b = 0.1 * jax.random.normal(k2, (3,))
+    return linear_logits, (w, b)
+
+
+@pytest.fixture(scope="session")
+def images():
+    """Interior images (in [0.3, 0.7]) so small budgets never hit the box."""
+    kx, ky = jax.random.split(jax.random.key(7))
+    x = jax.random.uniform(kx, (16, 6, 6, 1), minval=0.3, maxval=0.7)
+    y = jax.random.randint(ky, (16,), 0, 3)
+    return np.asarray(x), np.asarray(y)

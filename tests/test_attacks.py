@@ -1,0 +1,207 @@
+"""Attack kernels against hand-computed answers and invariants."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import attacks
+from attacks import losses, threat
+from bench import engine
+from bench.errors import ConfigError
+
+NORMS = attacks.NORMS
+
+
+def all_attacks():
+    """One small instance of every registered attack for every norm (fast settings)."""
+    out = []
+    for name, cls in sorted(attacks.ATTACKS.items()):
+        for norm in NORMS:
+            opts = {"norm": norm}
+            if "steps" in {f.name for f in dataclasses.fields(cls)}:
+                opts["steps"] = 3
+            out.append(pytest.param(cls(**opts), id=f"{name}-{norm}"))
+    return out
+
+
+@pytest.mark.parametrize("attack", all_attacks())
+@pytest.mark.parametrize("eps", [0.0, 0.05, 0.5, 3.0])
+def test_inside_ball_and_box(attack, eps, linear_model):
+    f, params = linear_model
+    x = jax.random.uniform(jax.random.key(1), (32, 6, 6, 1))  # touches the box edges
+    y = jax.random.randint(jax.random.key(2), (32,), 0, 3)
+    x_adv = jax.jit(lambda x, e: attack(f, params, x, y, e, jax.random.key(3)))(x, eps)
+    dist = np.asarray(threat.distance(x_adv, x, attack.norm))
+    assert np.all(dist <= eps * (1 + 1e-6) + 1e-6), dist.max()
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+    if eps == 0.0:
+        np.testing.assert_allclose(x_adv, x, atol=1e-7)
+
+
+@pytest.mark.parametrize("attack", all_attacks())
+def test_per_example_eps(attack, linear_model):
+    f, params = linear_model
+    x = jax.random.uniform(jax.random.key(1), (4, 6, 6, 1))
+    y = jnp.zeros(4, jnp.int32)
+    eps = jnp.array([0.0, 0.01, 0.1, 1.0])
+    x_adv = attack(f, params, x, y, eps, jax.random.key(0))
+    dist = threat.distance(x_adv, x, attack.norm)
+    assert np.all(np.asarray(dist) <= np.asarray(eps) * (1 + 1e-6) + 1e-6)
+
+
+def test_fgsm_linf_closed_form(linear_model, images):
+    """On a linear model the CE gradient is Wᵀ(softmax − onehot): FGSM moves every pixel by
+    exactly ε along sign(Wᵀ(p − e_y)), which we compute by hand."""
+    f, (w, b) = linear_model
+    x, y = images
+    eps = 0.05
+    x_adv = attacks.FGSM(norm="linf")(f, (w, b), jnp.asarray(x), jnp.asarray(y), eps, jax.random.key(0))
+    p = jax.nn.softmax(x.reshape(16, -1) @ w + b)
+    g = (p - jax.nn.one_hot(y, 3)) @ w.T
+    expected = np.clip(x + eps * np.sign(np.asarray(g)).reshape(x.shape), 0, 1)
+    np.testing.assert_allclose(np.asarray(x_adv), expected, atol=1e-6)
+    np.testing.assert_allclose(np.abs(np.asarray(x_adv) - x).max(axis=(1, 2, 3)), eps, rtol=1e-5)
+
+
+def test_fgsm_l2_closed_form_two_classes(images):
+    """Two classes: the gradient points along ±(w₁ − w₀), so L2 FGSM lands exactly at
+    x + ε (w_other − w_y)/‖w_other − w_y‖."""
+    x, _ = images
+    w = jax.random.normal(jax.random.key(5), (36, 2))
+    b = jnp.zeros(2)
+    y = jnp.asarray(np.arange(16) % 2, jnp.int32)
+    eps = 0.2
+    f = lambda p, z: z.reshape(z.shape[0], -1) @ p[0] + p[1]
+    x_adv = attacks.FGSM(norm="l2")(f, (w, b), jnp.asarray(x), y, eps, jax.random.key(0))
+    d = np.asarray(w[:, 1] - w[:, 0])
+    direction = np.where(np.asarray(y)[:, None] == 0, d, -d) / np.linalg.norm(d)
+    expected = x.reshape(16, -1) + eps * direction
+    np.testing.assert_allclose(np.asarray(x_adv).reshape(16, -1), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_finds_closed_form_minimal_distance(norm):
+    """For f(x) = w·(x − c) the minimal ‖δ‖ that flips the sign is |f(x)| / ‖w‖_dual (when the
+    box does not bind): PGD must succeed just above it and cannot succeed below it."""
+    w = jax.random.normal(jax.random.key(11), (36,))
+    x = 0.5 + 0.02 * np.asarray(jax.random.normal(jax.random.key(12), (16, 6, 6, 1)))
+    f = lambda p, z: jnp.stack([jnp.zeros(z.shape[0]), (z.reshape(z.shape[0], -1) - 0.5) @ p], -1)
+    fx = (x.reshape(16, -1) - 0.5) @ np.asarray(w)
+    y = jnp.asarray((fx > 0).astype(np.int32))
+    dmin = np.abs(fx) / np.linalg.norm(np.asarray(w), ord={"linf": 1, "l2": 2}[norm])
+    assert np.abs(x - 0.5).max() + dmin.max() < 0.5  # the box [0, 1] never binds
+    pgd = attacks.PGD(norm=norm, steps=30, rel_step_size=0.1, loss="margin")
+    above = pgd(f, w, jnp.asarray(x), y, jnp.asarray(dmin * 1.02), jax.random.key(0))
+    below = pgd(f, w, jnp.asarray(x), y, jnp.asarray(dmin * 0.98), jax.random.key(0))
+    assert np.all(np.argmax(f(w, above), -1) != np.asarray(y))
+    assert np.all(np.argmax(f(w, below), -1) == np.asarray(y))
+
+
+def test_targeted_pgd_reaches_target(linear_model, images):
+    f, params = linear_model
+    x, y = images
+    target = (jnp.asarray(y) + 1) % 3
+    x_adv = attacks.PGD(steps=20, targeted=True)(f, params, jnp.asarray(x), jnp.asarray(y), 1.0,
+                                                 jax.random.key(0), target=target)
+    np.testing.assert_array_equal(np.argmax(f(params, x_adv), -1), target)
+
+
+def test_pick_targets_differ_from_labels():
+    y = jnp.arange(100) % 10
+    logits = jax.random.normal(jax.random.key(0), (100, 10))
+    t = losses.pick_targets(logits, y, jax.random.key(1), "random")
+    assert np.all(np.asarray(t) != np.asarray(y))
+    ll = losses.pick_targets(logits, y, jax.random.key(1), "least-likely")
+    masked = np.where(np.eye(10)[np.asarray(y)] == 1, np.inf, np.asarray(logits))
+    np.testing.assert_array_equal(ll, masked.argmin(1))
+
+
+def test_losses_hand_computed():
+    logits = jnp.array([[2.0, 1.0, -1.0], [0.0, 3.0, 1.0]])
+    y = jnp.array([0, 2])
+    np.testing.assert_allclose(losses.margin(logits, y), [1.0 - 2.0, 3.0 - 1.0])
+    lse = np.log(np.exp([2.0, 1.0, -1.0]).sum())
+    np.testing.assert_allclose(losses.cross_entropy(logits, y)[0], lse - 2.0, rtol=1e-6)
+    np.testing.assert_allclose(losses.objective(logits, y, "margin", targeted=True), [1.0, -2.0])
+
+
+def test_l1_projection_hand_computed():
+    d = jnp.array([[3.0, 1.0], [1.0, 1.0], [0.2, -0.3]])
+    out = threat._project_l1_ball(d, jnp.array([[2.0], [1.0], [1.0]]))
+    np.testing.assert_allclose(out, [[2.0, 0.0], [0.5, 0.5], [0.2, -0.3]], atol=1e-6)
+
+
+def test_steepest_directions_have_unit_norm():
+    g = jax.random.normal(jax.random.key(0), (5, 6, 6, 1))
+    for norm in NORMS:
+        d = threat.steepest_direction(g, norm)
+        np.testing.assert_allclose(threat.distance(d, jnp.zeros_like(d), norm), 1.0, rtol=1e-5)
+        # Ascent: the direction has a positive inner product with the gradient.
+        assert np.all(np.sum(np.asarray(d * g), axis=(1, 2, 3)) > 0)
+
+
+def test_eps_zero_equals_clean_accuracy(trained_mlp, digits):
+    f, params = trained_mlp
+    x, y = digits.x_test[:100], digits.y_test[:100]
+    clean = engine.clean_correct(f, params, x, y)
+    for attack in [a.values[0] for a in all_attacks()]:
+        masks, _, _ = engine.attack_correct(attack, f, params, x, y, [0.0], jax.random.key(0))
+        np.testing.assert_array_equal(masks[0], clean, err_msg=repr(attack))
+
+
+def test_pgd_at_least_as_strong_as_fgsm(trained_mlp, digits):
+    f, params = trained_mlp
+    x, y = digits.x_test[:200], digits.y_test[:200]
+    eps = [0.05, 0.1, 0.2]
+    fgsm, _, _ = engine.attack_correct(attacks.FGSM(), f, params, x, y, eps, jax.random.key(0))
+    pgd, _, _ = engine.attack_correct(attacks.PGD(steps=10), f, params, x, y, eps, jax.random.key(0))
+    clean = engine.clean_correct(f, params, x, y).mean()
+    assert clean > 0.9
+    assert np.all(pgd.mean(1) <= fgsm.mean(1)), (pgd.mean(1), fgsm.mean(1))
+    assert pgd.mean(1)[-1] < clean - 0.3  # the attack actually bites
+
+
+def test_results_do_not_depend_on_batch_size(trained_mlp, digits):
+    f, params = trained_mlp
+    x, y = digits.x_test[:60], digits.y_test[:60]
+    attack = attacks.PGD(steps=3, restarts=2)
+    a, _, _ = engine.attack_correct(attack, f, params, x, y, [0.1, 0.2], jax.random.key(1), 60)
+    b, _, _ = engine.attack_correct(attack, f, params, x, y, [0.1, 0.2], jax.random.key(1), 7)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_restarts_are_never_weaker_per_example(linear_model):
+    """The best of restarts keeps, per example, any restart that succeeds: with restarts
+    whose first key equals a single run's, the result is at least as strong everywhere."""
+    f, params = linear_model
+    x = jax.random.uniform(jax.random.key(1), (64, 6, 6, 1))
+    y = jnp.argmax(f(params, x), -1)
+    one = attacks.PGD(steps=2, restarts=1)
+    many = attacks.PGD(steps=2, restarts=4)
+    fooled = lambda a: np.asarray(jnp.argmax(f(params, a(f, params, x, y, 0.02, jax.random.key(0))), -1) != y)
+    assert fooled(many).sum() >= fooled(one).sum()
+
+
+def test_nan_logits_are_an_error(digits):
+    f = lambda p, x: jnp.full((x.shape[0], 10), jnp.nan)
+    from bench.errors import RobustaxError
+
+    with pytest.raises(RobustaxError, match="NaN"):
+        engine.clean_correct(f, None, digits.x_test[:4], digits.y_test[:4])
+
+
+@pytest.mark.parametrize("name,options,match", [
+    ("pgd", {"stepz": 3}, "has no option 'stepz'; options: .*steps"),
+    ("pgd", {"steps": "3"}, "steps = '3' has the wrong type; expected int"),
+    ("pgd", {"steps": 0}, "steps = 0 is impossible"),
+    ("pgd", {"norm": "l3"}, "norm = 'l3' is not allowed; choose one of: linf, l2, l1"),
+    ("fgsm", {"loss": "hinge"}, "loss = 'hinge' is not allowed"),
+    ("pgdd", {}, "unknown attack 'pgdd'; choose one of: fgsm, pgd"),
+])
+def test_attack_option_errors(name, options, match):
+    with pytest.raises(ConfigError, match=match) as e:
+        attacks.build_attack(name, options)
+    assert "\n" not in str(e.value)

@@ -1,0 +1,100 @@
+"""The command line and the Python API."""
+
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import attacks
+import bench
+from bench.cli import main
+from bench.errors import ConfigError, DataError
+
+
+def test_list_names_everything(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    from attacks import ATTACKS
+    from bench.data import DATASETS
+    from defenses import DEFENSES
+    from models import MODELS
+
+    for name in [*ATTACKS, *DEFENSES, *MODELS, *DATASETS]:
+        assert name in out
+    assert "steps=10" in out  # options with defaults
+
+
+@pytest.mark.parametrize("content,match", [
+    ("name = 'x'\n[[models]]\nname = 'mlp'\n[[defenses]]\nname = 'standard'\n[[attacks]]\nname = 'pgd'\neps = [0.1]\nstepz = 3\n",
+     "has no option 'stepz'"),
+    ("name = 'x'\n[[models]]\nname = 'mlp'\n[[defenses]]\nname = 'standard'\n", "the grid is empty"),
+    ("[[models]]\nname = 'nope'\n", "unknown model 'nope'"),
+])
+def test_run_bad_config_exit_2_one_line(tmp_path, capsys, content, match):
+    path = tmp_path / "c.toml"
+    path.write_text(content)
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("robustax: error: ") and err.count("\n") == 1
+    assert match in err
+
+
+def test_missing_config_and_bad_report_dir(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "missing.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_cli_run_and_report(tiny_toml, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(tiny_toml), "--out", str(out), "--no-progress"]) == 0
+    assert "| mlp" in capsys.readouterr().out
+    (out / "tables" / "robust_accuracy.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "tables" / "robust_accuracy.md").is_file()
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "bench", "list"], capture_output=True, text=True)
+    assert result.returncode == 0 and "pgd" in result.stdout
+
+
+def test_api_evaluate_arrays_and_names(trained_mlp, digits):
+    f, params = trained_mlp
+    records = bench.evaluate(f, params, (digits.x_test[:50], digits.y_test[:50]),
+                             [attacks.FGSM(), {"name": "pgd", "steps": 5, "eps": [0.0, 0.2]}],
+                             eps=[0.1], model="mine")
+    assert list(records["attack"]) == ["clean", "fgsm", "pgd", "pgd"]
+    assert list(records["eps"]) == [0.0, 0.1, 0.0, 0.2]
+    assert (records["model"] == "mine").all() and (records["examples"] == 50).all()
+    assert records.iloc[2]["correct"] == records.iloc[0]["correct"]  # ε = 0 is clean
+    by_name, masks = bench.evaluate(f, params, "digits", [attacks.FGSM()], eps=[0.1],
+                                    eval_examples=50, return_masks=True)
+    np.testing.assert_array_equal(by_name["correct"], records["correct"][:2])
+    assert all(m.shape == (50,) for m in masks.values())
+
+
+@pytest.mark.parametrize("data,match", [
+    ((np.zeros((4, 8, 8)), np.zeros(4, int)), r"shape \(4, 8, 8\); expected NHWC"),
+    ((np.full((4, 8, 8, 1), 255.0), np.zeros(4, int)), r"must be finite and in \[0, 1\]"),
+    ((np.zeros((4, 8, 8, 1), np.uint8), np.zeros(4, int)), "dtype uint8"),
+    ((np.zeros((4, 8, 8, 1)), np.zeros(3, int)), "expected integer labels of shape"),
+])
+def test_api_rejects_bad_arrays(trained_mlp, data, match):
+    f, params = trained_mlp
+    with pytest.raises(DataError, match=match):
+        bench.evaluate(f, params, data, [attacks.FGSM()], eps=[0.1])
+
+
+def test_api_rejects_bad_attacks(trained_mlp, digits):
+    f, params = trained_mlp
+    data = (digits.x_test[:4], digits.y_test[:4])
+    with pytest.raises(ConfigError, match="has no eps"):
+        bench.evaluate(f, params, data, [attacks.FGSM()])
+    with pytest.raises(ConfigError, match="unknown attack 'pdg'"):
+        bench.evaluate(f, params, data, [{"name": "pdg", "eps": [0.1]}])
+    with pytest.raises(ConfigError, match="is not an attack"):
+        bench.evaluate(f, params, data, ["pgd"], eps=[0.1])

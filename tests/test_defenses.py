@@ -1,0 +1,75 @@
+"""Training defenses and checkpoints."""
+
+import jax
+import numpy as np
+import pytest
+
+import attacks
+from bench import engine
+from bench.errors import ConfigError, RobustaxError
+from defenses import DEFENSES, PGDAT, Standard, build_defense, load_checkpoint, save_checkpoint
+from models import build_model, init_variables, make_logits_fn
+
+
+@pytest.fixture(scope="module")
+def small_digits():
+    from bench.data import load_dataset
+
+    return load_dataset("digits", train_examples=256)
+
+
+@pytest.mark.parametrize("name", sorted(DEFENSES))
+@pytest.mark.parametrize("model", ["mlp", "preact-resnet18"])
+def test_every_defense_trains_every_kind_of_model(name, model, small_digits):
+    """One epoch of every defense, on a plain and a BatchNorm model: variables have the
+    init structure, change from init, are finite and deterministic for the seed."""
+    options = {"width": 8, "blocks": (1, 1, 1, 1)} if model == "preact-resnet18" else {"width": 16}
+    module = build_model(model, num_classes=10, mean=small_digits.mean, std=small_digits.std, **options)
+    defense = build_defense(name, {"epochs": 1, "batch_size": 64} | ({"steps": 1} if name == "pgd-at" else {}))
+    v1 = defense.train(module, small_digits, jax.random.key(0))
+    v2 = defense.train(module, small_digits, jax.random.key(0))
+    init = init_variables(module, jax.random.key(0), small_digits.image_shape)
+    assert jax.tree.structure(v1) == jax.tree.structure(init)
+    for a, b in zip(jax.tree.leaves(v1), jax.tree.leaves(v2)):
+        np.testing.assert_array_equal(a, b)
+        assert np.all(np.isfinite(a))
+    if model == "preact-resnet18":  # BatchNorm running statistics were updated
+        assert not np.allclose(jax.tree.leaves(v1["batch_stats"])[0], jax.tree.leaves(init["batch_stats"])[0])
+
+
+def test_pgd_at_buys_robustness(digits):
+    module = build_model("mlp", num_classes=10, mean=digits.mean, std=digits.std, width=64, depth=1)
+    f = make_logits_fn(module)
+    std = Standard(epochs=20).train(module, digits, jax.random.key(0))
+    adv = PGDAT(epochs=20, eps=0.15, steps=5).train(module, digits, jax.random.key(0))
+    x, y = digits.x_test[:200], digits.y_test[:200]
+    pgd = attacks.PGD(steps=10)
+    acc = lambda v: engine.attack_correct(pgd, f, v, x, y, [0.15], jax.random.key(1))[0].mean()
+    assert engine.clean_correct(f, adv, x, y).mean() > 0.85
+    assert acc(adv) > acc(std) + 0.2
+
+
+def test_defense_option_errors():
+    with pytest.raises(ConfigError, match="optimizer = 'adamw' is not allowed; choose one of: adam, sgd"):
+        build_defense("standard", {"optimizer": "adamw"})
+    with pytest.raises(ConfigError, match="eps = 0.0 is impossible"):
+        build_defense("pgd-at", {"eps": 0.0})
+
+
+def test_checkpoint_round_trip_and_checks(tmp_path):
+    module = build_model("preact-resnet18", num_classes=10, mean=(0.5,), std=(0.2,), width=8, blocks=(1, 1, 1, 1))
+    v = init_variables(module, jax.random.key(0), (8, 8, 1))
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, v, {"model": "preact-resnet18"})
+    loaded, meta = load_checkpoint(path, like=v)
+    assert meta == {"model": "preact-resnet18"}
+    for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(loaded)):
+        np.testing.assert_array_equal(a, b)
+    assert not list(tmp_path.glob("*.tmp"))  # atomic write left nothing behind
+    other = init_variables(build_model("mlp", num_classes=10, mean=(0.5,), std=(0.2,)),
+                           jax.random.key(0), (8, 8, 1))
+    with pytest.raises(RobustaxError, match="does not match the model"):
+        load_checkpoint(path, like=other)
+    path.write_bytes(b"not a safetensors file")
+    with pytest.raises(RobustaxError, match="cannot be read"):
+        load_checkpoint(path)
