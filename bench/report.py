@@ -16,18 +16,31 @@ import pandas as pd
 from bench.records import CLEAN, RunDir, atomic_write_bytes, atomic_write_text
 
 
-def _order(records: pd.DataFrame, run: RunDir | None) -> tuple[list[str], list[str]]:
-    """Model and defense labels in config order when the config is known, else sorted."""
+def _order(records: pd.DataFrame, run: RunDir | None) -> tuple[list, list, list]:
+    """Model labels, defense labels and (attack, norm) pairs in config order when the run's
+    config is known (else sorted)."""
     models = sorted(records["model"].unique())
     defenses = sorted(records["defense"].unique())
+    attacked = records[records["attack"] != CLEAN]
+    pairs = sorted(set(zip(attacked["attack"], attacked["norm"])))
     path = None if run is None else run.root / "config.json"
     if path is not None and path.is_file():
         cfg = json.loads(path.read_text()).get("config", {})
+
+        def first(order, items):
+            return [i for i in order if i in items] + [i for i in items if i not in order]
+
         def labels(key):
             return [e.get("label", e.get("name")) for e in cfg.get(key, [])]
-        models = [m for m in labels("models") if m in models] + [m for m in models if m not in labels("models")]
-        defenses = [d for d in labels("defenses") if d in defenses] + [d for d in defenses if d not in labels("defenses")]
-    return models, defenses
+
+        models, defenses = first(labels("models"), models), first(labels("defenses"), defenses)
+        order = []
+        for e in cfg.get("attacks", []):
+            label = e.get("label", e.get("name"))
+            order += [p for p in pairs if p[0] == label and e.get("norm", p[1]) == p[1]
+                      and p not in order]
+        pairs = first(order, pairs)
+    return models, defenses, pairs
 
 
 def column_name(attack: str, norm: str, eps: float) -> str:
@@ -43,9 +56,10 @@ def accuracy_table(records: pd.DataFrame, run: RunDir | None = None) -> pd.DataF
     table = r.pivot_table(index=["model", "defense"], columns="column", values="robust_acc",
                           aggfunc="first", sort=False) * 100
     cols = ["clean"] if "clean" in table.columns else []
-    attacks = r[r["attack"] != CLEAN].sort_values(["attack", "norm", "eps"], kind="stable")
-    cols += list(dict.fromkeys(attacks["column"]))
-    models, defenses = _order(records, run)
+    models, defenses, pairs = _order(records, run)
+    for attack, norm in pairs:
+        g = r[(r["attack"] == attack) & (r["norm"] == norm)].sort_values("eps")
+        cols += list(dict.fromkeys(g["column"]))
     index = [(m, d) for m in models for d in defenses if (m, d) in table.index]
     return table.loc[index, cols].round(1)
 
@@ -73,9 +87,9 @@ def write_plots(records: pd.DataFrame, run: RunDir) -> list[Path]:
 
     run.plots.mkdir(parents=True, exist_ok=True)
     paths = []
-    attacked = records[records["attack"] != CLEAN]
-    models, defenses = _order(records, run)
-    for (attack, norm), group in attacked.groupby(["attack", "norm"], sort=True):
+    models, defenses, pairs = _order(records, run)
+    for attack, norm in pairs:
+        group = records[(records["attack"] == attack) & (records["norm"] == norm)]
         fig, ax = plt.subplots(figsize=(5.0, 3.6), layout="constrained")
         for m in models:
             for d in defenses:
@@ -87,8 +101,9 @@ def write_plots(records: pd.DataFrame, run: RunDir) -> list[Path]:
                 ax.fill_between(g["eps"], 100 * g["ci_low"], 100 * g["ci_high"],
                                 color=line.get_color(), alpha=0.15, lw=0)
         data = ", ".join(sorted(group["data"].unique()))
+        n = ", ".join(str(v) for v in sorted(group["examples"].unique()))
         ax.set(xlabel=f"ε ({norm})", ylabel="robust accuracy (%)", ylim=(-2, 102),
-               title=f"{attack} on {data}")
+               title=f"{attack} ({norm}) on {data}: {n} test images, 95% CI")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         for ext in ("png", "pdf"):
