@@ -41,10 +41,7 @@ class FGSM:
 
     def __call__(self, logits_fn, params, x, y, eps, key, target=None):
         k_start, k_target = jax.random.split(key)
-        labels = y
-        if self.targeted:
-            labels = target if target is not None else losses.pick_targets(
-                logits_fn(params, x), y, k_target, self.target)
+        labels = losses.attack_labels(self, logits_fn, params, x, y, k_target, target)
 
         def obj(z):
             return jnp.sum(losses.objective(logits_fn(params, z), labels, self.loss, self.targeted))

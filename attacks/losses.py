@@ -61,3 +61,13 @@ def pick_targets(logits: jax.Array, y: jax.Array, key: jax.Array, mode: str) -> 
         shift = jax.random.randint(key, y.shape, 1, num_classes, dtype=y.dtype)
         return (y + shift) % num_classes
     raise ValueError(f"unknown target mode {mode!r}")
+
+
+def attack_labels(attack, logits_fn, params, x, y, key, target=None):
+    """The labels an attack's objective uses: ``y`` (untargeted), the given ``target``, or
+    targets picked by ``attack.target`` from the clean logits."""
+    if not attack.targeted:
+        return y
+    if target is not None:
+        return target
+    return pick_targets(logits_fn(params, x), y, key, attack.target)

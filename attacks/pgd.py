@@ -96,10 +96,7 @@ class PGD:
 
     def __call__(self, logits_fn, params, x, y, eps, key, target=None):
         k_target, k_runs = jax.random.split(key)
-        labels = y
-        if self.targeted:
-            labels = target if target is not None else losses.pick_targets(
-                logits_fn(params, x), y, k_target, self.target)
+        labels = losses.attack_labels(self, logits_fn, params, x, y, k_target, target)
         keys = jax.random.split(k_runs, self.restarts)
         if self.restarts == 1:
             x_adv, _ = self._one_run(logits_fn, params, x, labels, eps, keys[0])

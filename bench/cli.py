@@ -14,8 +14,16 @@ from bench import xla
 from bench.errors import RobustaxError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (argparse's own print the usage first)."""
+
+    def error(self, message):
+        print(f"robustax: error: {message}; see `{self.prog} --help`", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="robustax", description="JAX adversarial-robustness sweeps.")
+    p = _Parser(prog="robustax", description="JAX adversarial-robustness sweeps.")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run (or resume) a sweep config into a run directory")
     run.add_argument("config", help="TOML sweep config, e.g. bench/configs/default.toml")

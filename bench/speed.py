@@ -103,13 +103,19 @@ def torchattacks_time(module, params, x: np.ndarray, y: np.ndarray, steps: int,
     net = Net().eval()
     with torch.no_grad():
         for i, conv in enumerate(net.convs):
-            conv.weight.copy_(torch.from_numpy(np.asarray(p[f"Conv_{i}"]["kernel"]).transpose(3, 2, 0, 1).copy()))
-            conv.bias.copy_(torch.from_numpy(np.asarray(p[f"Conv_{i}"]["bias"])))
+            conv.weight.copy_(torch.tensor(np.array(p[f"Conv_{i}"]["kernel"]).transpose(3, 2, 0, 1)))
+            conv.bias.copy_(torch.tensor(np.array(p[f"Conv_{i}"]["bias"])))
         for lin, name in ((net.fc1, "Dense_0"), (net.fc2, "Dense_1")):
-            lin.weight.copy_(torch.from_numpy(np.asarray(p[name]["kernel"]).T.copy()))
-            lin.bias.copy_(torch.from_numpy(np.asarray(p[name]["bias"])))
-    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
-    yt = torch.from_numpy(y.astype(np.int64))
+            lin.weight.copy_(torch.tensor(np.array(p[name]["kernel"]).T))
+            lin.bias.copy_(torch.tensor(np.array(p[name]["bias"])))
+    xt = torch.tensor(x.transpose(0, 3, 1, 2))
+    yt = torch.tensor(y.astype(np.int64))
+    with torch.no_grad():  # the copy must compute the same function, or the timing means nothing
+        from models import make_logits_fn
+
+        diff = np.abs(net(xt).numpy() - np.asarray(make_logits_fn(module)(params, x))).max()
+    if diff > 1e-3:
+        raise RuntimeError(f"the PyTorch copy of the cnn differs from the Flax model by {diff}")
     atk = torchattacks.PGD(net, eps=0.3, alpha=2.5 * 0.3 / steps, steps=steps, random_start=True)
     atk(xt, yt)
     best = float("inf")

@@ -7,9 +7,8 @@ Every user-facing mistake (unknown name or option, wrong type, bad size) raises 
 import dataclasses
 import functools
 import math
-import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -18,13 +17,13 @@ import jax
 import jax.numpy as jnp
 
 from bench.errors import ConfigError
+from bench.registry import Registry
 from models.cnn import CNN
 from models.mlp import MLP
 from models.preact_resnet import PreActResNet18
 from models.wide_resnet import WideResNet
 
-_REGISTRY: dict[str, type[nn.Module]] = {}
-MODELS: Mapping[str, type[nn.Module]] = types.MappingProxyType(_REGISTRY)
+MODELS = Registry("model")
 
 # Fields every model has; set by build_model's keyword arguments, not by options.
 _RESERVED = ("num_classes", "mean", "std", "parent", "name")
@@ -32,10 +31,7 @@ _RESERVED = ("num_classes", "mean", "std", "parent", "name")
 
 def register(name: str, cls: type[nn.Module]) -> type[nn.Module]:
     """Add a model class under `name`; a second registration of the same name is a bug."""
-    if name in _REGISTRY:
-        raise ValueError(f"model {name!r} is already registered ({_REGISTRY[name].__name__})")
-    _REGISTRY[name] = cls
-    return cls
+    return MODELS.register(name, cls)
 
 
 register("mlp", MLP)
@@ -45,9 +41,7 @@ register("wide-resnet", WideResNet)
 
 
 def _model_class(name: str) -> type[nn.Module]:
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    return MODELS[name]
 
 
 def model_options(name: str) -> dict[str, tuple[type, Any]]:
@@ -176,9 +170,9 @@ def _format_default(value: Any) -> str:
 def describe_models() -> list[tuple[str, str]]:
     """(name, one-line description with options and defaults) for every model, sorted by name."""
     rows = []
-    for name in sorted(_REGISTRY):
-        doc = (_REGISTRY[name].__doc__ or "").strip().splitlines()
-        summary = doc[0].strip() if doc else _REGISTRY[name].__name__
+    for name in sorted(MODELS):
+        doc = (MODELS[name].__doc__ or "").strip().splitlines()
+        summary = doc[0].strip() if doc else MODELS[name].__name__
         opts = ", ".join(f"{k}={_format_default(d)}" for k, (_, d) in model_options(name).items())
         rows.append((name, f"{summary} Options: {opts or '(none)'}."))
     return rows

@@ -3,7 +3,6 @@
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
@@ -39,6 +38,15 @@ def test_run_bad_config_exit_2_one_line(tmp_path, capsys, content, match):
     err = capsys.readouterr().err
     assert err.startswith("robustax: error: ") and err.count("\n") == 1
     assert match in err
+
+
+@pytest.mark.parametrize("argv", [["rn"], ["run"], ["speed", "--batch", "x"], []])
+def test_bad_arguments_exit_2_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("robustax: error: ") and err.count("\n") == 1
 
 
 def test_missing_config_and_bad_report_dir(tmp_path, capsys):

@@ -89,3 +89,20 @@ def test_bad_toml_and_missing_file(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_registries_reject_duplicates_and_list_names():
+    from attacks import ATTACKS
+    from bench.registry import Registry
+    from defenses import DEFENSES
+
+    for registry in (ATTACKS, DEFENSES):
+        name = next(iter(registry))
+        with pytest.raises(ValueError, match="registered twice"):
+            registry.register(name, object)
+    r = Registry("widget")
+    r.register("b", int)
+    r.register("a", float)
+    assert "a" in r and "c" not in r and list(r) == ["b", "a"]
+    with pytest.raises(ConfigError, match="unknown widget 'c'; choose one of: a, b"):
+        r["c"]

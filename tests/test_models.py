@@ -162,7 +162,7 @@ def test_describe_models_lists_every_model_on_one_line():
 
 
 def test_register_rejects_duplicates():
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="registered twice"):
         register("cnn", nn.Dense)
 
 
