@@ -51,12 +51,8 @@ def _run(args) -> None:
     records = run_sweep(cfg, out, config_text=Path(args.config).read_text(),
                         progress=not args.no_progress)
     write_report(out, records)
-    from bench.report import accuracy_table
-
-    print(accuracy_table(records, None if not (out / "config.json").is_file() else
-                         __import__("bench.records", fromlist=["RunDir"]).RunDir(out))
-          .reset_index().to_markdown(index=False, floatfmt=".1f"))
-    print(f"\nrun directory: {out}  (records.csv, tables/, plots/)")
+    print((out / "tables" / "robust_accuracy.md").read_text())
+    print(f"run directory: {out}  (records.csv, tables/, plots/)")
 
 
 def _list() -> None:

@@ -1,7 +1,8 @@
 """Tables and plots from records: what goes into a paper.
 
 Tables: rows model × defense, columns clean and attack × norm × ε, robust accuracy in %,
-as CSV, Markdown (tabulate) and LaTeX (pandas/jinja2). Plots: accuracy vs ε per attack and
+as CSV, Markdown (tabulate) and LaTeX (pandas/jinja2), plus the per-example worst case over
+the attacks that share a norm and ε (AutoAttack's rule, from the stored masks). Plots: accuracy vs ε per attack and
 norm, one line per model × defense with its 95% interval shaded, as PNG and PDF.
 """
 
@@ -11,9 +12,10 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from bench.records import CLEAN, RunDir, atomic_write_bytes, atomic_write_text
+from bench.records import CLEAN, RunDir, atomic_write_bytes, atomic_write_text, clopper_pearson
 
 
 def _order(records: pd.DataFrame, run: RunDir | None) -> tuple[list, list, list]:
@@ -40,7 +42,34 @@ def _order(records: pd.DataFrame, run: RunDir | None) -> tuple[list, list, list]
             order += [p for p in pairs if p[0] == label and e.get("norm", p[1]) == p[1]
                       and p not in order]
         pairs = first(order, pairs)
+    pairs = [p for p in pairs if p[0] != WORST] + [p for p in pairs if p[0] == WORST]
     return models, defenses, pairs
+
+
+WORST = "worst-case"
+"""The attack name of derived rows: per example, the worst over all attacks at a norm and ε."""
+
+
+def worst_case(records: pd.DataFrame, run: RunDir) -> pd.DataFrame:
+    """AutoAttack's rule over the sweep's attacks: an example counts as robust at (norm, ε)
+    only if every attack run at that norm and ε failed on it. One derived row per
+    (model, defense, norm, ε) that two or more attacks share, from the stored masks."""
+    attacked = records[(records["attack"] != CLEAN) & (records["attack"] != WORST)]
+    rows = []
+    for (data, model, defense, norm, eps), g in attacked.groupby(
+            ["data", "model", "defense", "norm", "eps"], sort=False):
+        if g["attack"].nunique() < 2:
+            continue
+        mask = np.logical_and.reduce([run.read_mask(c) for c in g["cell_id"]])
+        n, k = int(mask.size), int(mask.sum())
+        low, high = clopper_pearson(k, n)
+        first = g.iloc[0].to_dict()
+        rows.append({**first, "attack": WORST, "examples": n, "correct": k, "robust_acc": k / n,
+                     "ci_low": low, "ci_high": high, "seconds": float(g["seconds"].sum()),
+                     "compile_seconds": float(g["compile_seconds"].sum()),
+                     "cell_id": "+".join(g["cell_id"]),
+                     "attack_options": json.dumps(sorted(g["attack"]))})
+    return pd.DataFrame(rows, columns=records.columns)
 
 
 def column_name(attack: str, norm: str, eps: float) -> str:
@@ -127,4 +156,7 @@ def write_report(run_dir: str | Path, records: pd.DataFrame | None = None) -> li
 
         raise RobustaxError(f"{run.root} has no finished cells; run `robustax run CONFIG --out "
                             f"{run.root}` first")
+    worst = worst_case(records, run)
+    if not worst.empty:
+        records = pd.concat([records, worst], ignore_index=True)
     return write_tables(records, run) + write_plots(records, run)

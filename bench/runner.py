@@ -204,12 +204,15 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
     bar = tqdm(total=len(todo) + n_train, desc=cfg.name, unit="cell", disable=not progress,
                dynamic_ncols=True)
 
+    built = {}  # one module and logits_fn per model, so compiled attacks are reused across defenses
     for m, d in pairs:
         mine = [c for c in todo if c.model == m.label and c.defense == d.label]
         if not mine:
             continue
-        module = m.build(data.num_classes, data.mean, data.std)
-        logits_fn = make_logits_fn(module)
+        if m.label not in built:
+            module = m.build(data.num_classes, data.mean, data.std)
+            built[m.label] = (module, make_logits_fn(module))
+        module, logits_fn = built[m.label]
         ckpt = checkpoint_path(run, cfg, data, m, d)
         like = init_variables(module, jax.random.key(0), data.image_shape)
         if ckpt.is_file():

@@ -72,6 +72,25 @@ def test_run_directory_contents(tiny_run):
     assert table.loc[("mlp", "standard"), "clean"] == pytest.approx(100 * clean["robust_acc"].item(), abs=0.05)
 
 
+def test_worst_case_over_attacks_per_example(tiny_run):
+    """The worst-case column counts an example robust only if FGSM and PGD both failed on it."""
+    from bench.report import WORST, worst_case
+
+    _, out, records = tiny_run
+    run = RunDir(out)
+    write_report(out)
+    worst = worst_case(records, run)
+    assert set(worst["eps"]) == {0.0, 0.1}  # the budgets both attacks ran at
+    for row in worst.itertuples():
+        cells = records[(records["defense"] == row.defense) & (records["eps"] == row.eps)
+                        & records["attack"].isin(["fgsm", "pgd"])]
+        both = run.read_mask(cells.iloc[0]["cell_id"]) & run.read_mask(cells.iloc[1]["cell_id"])
+        assert row.attack == WORST and row.correct == both.sum()
+        assert row.correct <= cells["correct"].min()
+    table = pd.read_csv(out / "tables" / "robust_accuracy.csv", index_col=[0, 1])
+    assert "worst-case linf ε=0.1" in table.columns
+
+
 def test_same_seed_identical_records(tiny_run, tmp_path):
     cfg, _, first = tiny_run
     second = runner.run_sweep(cfg, tmp_path / "again", progress=False)
