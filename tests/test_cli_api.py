@@ -106,3 +106,22 @@ def test_api_rejects_bad_attacks(trained_mlp, digits):
         bench.evaluate(f, params, data, [{"name": "pdg", "eps": [0.1]}])
     with pytest.raises(ConfigError, match="is not an attack"):
         bench.evaluate(f, params, data, ["pgd"], eps=[0.1])
+
+
+def test_speed_benchmark_runs_and_reports_ratios(capsys):
+    """A smoke run of `robustax speed` (tiny sizes; no timing is asserted)."""
+    assert main(["speed", "--batch", "8", "--steps", "2", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "ratio to 2×(fwd+grad)" in out and "as run by a sweep" in out
+
+
+def test_xla_configure_appends_once_and_can_be_disabled():
+    from bench import xla
+
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    xla.configure(env)
+    xla.configure(env)
+    assert env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8 " + " ".join(xla.CPU_FLAGS)
+    off = {"ROBUSTAX_XLA_DEFAULTS": "0"}
+    xla.configure(off)
+    assert "XLA_FLAGS" not in off
