@@ -113,10 +113,12 @@ class RunDir:
     def read_mask(self, cell_id: str) -> np.ndarray:
         return np.load(self.mask_path(cell_id), allow_pickle=False)
 
-    def read_records(self) -> pd.DataFrame:
-        """All finished cells as a tidy frame, in a stable order."""
+    def read_records(self, only: set[str] | None = None) -> pd.DataFrame:
+        """Finished cells (all, or those whose id is in ``only``) as a tidy frame."""
         rows = []
         for p in sorted(self.cells.glob("*.json")):
+            if only is not None and p.stem not in only:
+                continue
             try:
                 rows.append(json.loads(p.read_text()))
             except json.JSONDecodeError:

@@ -149,7 +149,9 @@ def write_report(run_dir: str | Path, records: pd.DataFrame | None = None) -> li
     """Rebuilds records.csv, tables and plots of a run directory from its cell records."""
     run = RunDir(Path(run_dir))
     if records is None:
-        records = run.read_records()
+        from bench.runner import current_cell_ids
+
+        records = run.read_records(only=current_cell_ids(run))
         atomic_write_text(run.records_csv, records.to_csv(index=False))
     if records.empty:
         from bench.errors import RobustaxError

@@ -27,7 +27,6 @@ import pandas as pd
 from bench import engine as ev
 from bench.config import AttackConfig, SweepConfig
 from bench.data import Dataset, load_dataset
-from bench.errors import RobustaxError
 from bench.records import CLEAN, RunDir, atomic_write_json, atomic_write_text, clopper_pearson
 
 TRAIN_VERSION = 1
@@ -138,22 +137,39 @@ def checkpoint_path(run: RunDir, cfg: SweepConfig, data: Dataset, model, defense
 
 
 def _prepare_run_dir(run: RunDir, cfg: SweepConfig, config_text: str | None) -> None:
+    """Writes the config as run and appends this invocation's environment.
+
+    A changed config may reuse a run directory: cells are keyed by everything that
+    determines them, so added cells are computed, unchanged ones are reused, and the
+    records and report cover the current grid only. Earlier configs stay in ``history``.
+    """
     run.root.mkdir(parents=True, exist_ok=True)
     as_run = run.root / "config.json"
     source = json.loads(json.dumps(cfg.source, default=str))
-    if as_run.is_file():
-        previous = json.loads(as_run.read_text()).get("config")
-        if previous != source:
-            raise RobustaxError(f"{run.root} holds a run of a different config; pass another "
-                                f"--out directory (or delete it to start over)")
-    else:
-        atomic_write_json(as_run, {"config": source, "config_id": cfg.config_id()})
+    state = json.loads(as_run.read_text()) if as_run.is_file() else {}
+    if state.get("config") != source:
+        history = state.get("history", [])
+        if "config" in state:
+            history.append({"config": state["config"], "config_id": state.get("config_id")})
+        atomic_write_json(as_run, {"config": source, "config_id": cfg.config_id(),
+                                   "history": history})
     if config_text is not None:
         atomic_write_text(run.root / "config.toml", config_text)
     env_path = run.root / "environment.json"
     envs = json.loads(env_path.read_text()) if env_path.is_file() else []
     envs.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **environment()})
     atomic_write_json(env_path, envs)
+
+
+def current_cell_ids(run: RunDir) -> set[str] | None:
+    """Cell ids of the grid in the run directory's config.json (None if it has none)."""
+    from bench.config import parse_config
+
+    path = run.root / "config.json"
+    if not path.is_file():
+        return None
+    cfg = parse_config(json.loads(path.read_text())["config"])
+    return {c.cell_id(cfg) for c in grid(cfg)}
 
 
 def _record(cfg: SweepConfig, cell: Cell, cell_id: str, mask: np.ndarray, seconds: float,
@@ -256,6 +272,6 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
             for c, mask in zip(missing, masks):
                 write(c, mask, seconds / len(missing), compile_s / len(missing))
     bar.close()
-    records = run.read_records()
+    records = run.read_records(only=set(c.cell_id(cfg) for c in cells))
     atomic_write_text(run.records_csv, records.to_csv(index=False))
     return records

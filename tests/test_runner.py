@@ -148,13 +148,35 @@ def test_interrupted_sweep_resumes(tiny_run, tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(reference.drop(columns=VOLATILE), resumed.drop(columns=VOLATILE))
 
 
-def test_different_config_in_same_dir_is_refused(tiny_run):
-    import dataclasses
+def test_changed_config_reuses_cells_and_reports_current_grid(tiny_run, tmp_path, monkeypatch):
+    """Add an ε and drop an attack, rerun into the same directory: only the new cell is
+    computed, records and report cover the current grid, the old config is kept in history."""
+    import shutil
+    import tomllib
 
-    cfg, out, _ = tiny_run
-    other = dataclasses.replace(cfg, source={**cfg.source, "seed": 99}, seed=99)
-    with pytest.raises(RobustaxError, match="holds a run of a different config"):
-        runner.run_sweep(other, out, progress=False)
+    from bench import engine
+    from bench.config import parse_config
+    from tests.conftest import TINY_TOML
+
+    _, out, first = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    raw = tomllib.loads(TINY_TOML)
+    raw["attacks"] = [raw["attacks"][1]]
+    raw["attacks"][0]["eps"] = [0.0, 0.1, 0.2, 0.3]
+    calls = []
+    real = engine.attack_correct
+    monkeypatch.setattr(engine, "attack_correct", lambda *a, **k: calls.append(a[5]) or real(*a, **k))
+    records = runner.run_sweep(parse_config(raw), copy, progress=False)
+    assert calls == [[0.3], [0.3]]  # one new cell per defense
+    assert set(records["attack"]) == {"clean", "pgd"} and len(records) == 2 * (1 + 4)
+    kept = first[first["attack"] != "fgsm"]
+    pd.testing.assert_frame_equal(
+        records[records["eps"] != 0.3].reset_index(drop=True), kept.reset_index(drop=True))
+    state = json.loads((copy / "config.json").read_text())
+    assert len(state["history"]) == 1 and state["history"][0]["config"]["attacks"][0]["name"] == "fgsm"
+    write_report(copy)
+    assert "fgsm" not in (copy / "tables" / "robust_accuracy.md").read_text()
 
 
 def test_corrupt_checkpoint_is_one_line_error(tiny_run, tmp_path):
