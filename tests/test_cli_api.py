@@ -125,3 +125,16 @@ def test_xla_configure_appends_once_and_can_be_disabled():
     off = {"ROBUSTAX_XLA_DEFAULTS": "0"}
     xla.configure(off)
     assert "XLA_FLAGS" not in off
+
+
+def test_readme_python_example_runs():
+    """The README's "Evaluate your own model" example, executed as written."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    code = re.search(r"## Evaluate your own model.*?```python\n(.*?)```", text, re.S).group(1)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    records = namespace["records"]
+    assert list(records["attack"]) == ["clean", "fgsm", "fgsm", "pgd", "pgd", "pgd"]
