@@ -18,6 +18,7 @@ class Attack(Protocol):
     ``attack(logits_fn, params, x, y, eps, key) -> x_adv``: ``x`` is a float32 NHWC batch
     in [0, 1], ``y`` int32 labels, ``eps`` a traced scalar (or per-example array). The
     result is ``stop_gradient``-ed and inside the ``norm`` ε-ball around ``x`` and [0, 1].
+    Targeted attacks take optional ``target`` labels; without them they pick their own.
     """
 
     norm: str
@@ -30,6 +31,7 @@ class Attack(Protocol):
         y: jax.Array,
         eps: jax.Array,
         key: jax.Array,
+        target: jax.Array | None = None,
     ) -> jax.Array: ...
 
 

@@ -46,7 +46,7 @@ class FGSM:
         def obj(z):
             return jnp.sum(losses.objective(logits_fn(params, z), labels, self.loss, self.targeted))
 
-        e = threat._per_example(eps, x)
+        e = threat.per_example(eps, x)
         x0, step = x, e
         if self.random_start:
             noise = jax.random.normal(k_start, x.shape, x.dtype)

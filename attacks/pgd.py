@@ -67,7 +67,7 @@ class PGD:
         return rel * e
 
     def _one_run(self, logits_fn, params, x, labels, eps, key):
-        e = threat._per_example(eps, x)
+        e = threat.per_example(eps, x)
         rule = step_rules.steepest_ascent(self.norm, self._step_size(e))
 
         def obj_and_logits(z):

@@ -27,7 +27,7 @@ def check_norm(norm: str) -> str:
     return norm
 
 
-def _per_example(eps: ArrayLike, x: jax.Array) -> jax.Array:
+def per_example(eps: ArrayLike, x: jax.Array) -> jax.Array:
     """Broadcasts a scalar or per-example ε against a batch ``x`` of shape [B, ...]."""
     eps = jnp.asarray(eps, x.dtype)
     if eps.ndim == 0:
@@ -72,7 +72,7 @@ def project(x_adv: jax.Array, x: jax.Array, eps: ArrayLike, norm: str) -> jax.Ar
     Clipping to the box after the ball projection never leaves the ball: the clip moves
     every coordinate towards ``x``'s, which already lies in the box.
     """
-    e = _per_example(eps, x)
+    e = per_example(eps, x)
     d = x_adv - x
     if norm == "linf":
         d = jnp.clip(d, -e, e)
@@ -115,7 +115,7 @@ def random_init(key: jax.Array, x: jax.Array, eps: ArrayLike, norm: str) -> jax.
     L∞: uniform in the cube; L2: uniform in the ball (Gaussian direction, radius ε·U^(1/d));
     L1: a Laplace direction scaled to radius ε·U^(1/d).
     """
-    e = _per_example(eps, x)
+    e = per_example(eps, x)
     if norm == "linf":
         d = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0) * e
     else:
