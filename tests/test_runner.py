@@ -277,3 +277,23 @@ def test_sharded_over_eight_cpu_devices_matches_one(tmp_path):
                                          d.x_test[:50], d.y_test[:50], [0.05, 0.1],
                                          jax.random.key(1), batch_size=50)
     np.testing.assert_array_equal(sharded, single)
+
+
+def test_sweep_runs_every_registered_model(tmp_path):
+    """Every registered model (tiny variants, BatchNorm ones included) through the whole
+    sweep: train, checkpoint, attack, records; ε = 0 equals clean for each."""
+    from bench.config import parse_config
+    from models import MODELS
+
+    tiny = {"mlp": {"width": 8, "depth": 1}, "cnn": {"width": 4, "dense": 8},
+            "preact-resnet18": {"width": 4, "blocks": [1, 1, 1, 1]},
+            "wide-resnet": {"depth": 10, "widen": 1}}
+    assert set(tiny) == set(MODELS), "add a tiny variant of the new model here"
+    raw = {"name": "models", "data": {"name": "digits", "eval_examples": 20, "train_examples": 64},
+           "models": [{"name": n, **o} for n, o in tiny.items()],
+           "defenses": [{"name": "standard", "epochs": 1, "batch_size": 32}],
+           "attacks": [{"name": "pgd", "steps": 2, "eps": [0.0, 0.1]}]}
+    records = runner.run_sweep(parse_config(raw), tmp_path, progress=False)
+    assert set(records["model"]) == set(tiny) and len(records) == 3 * len(tiny)
+    for model, g in records.groupby("model"):
+        assert g[g["eps"] == 0.0]["correct"].nunique() == 1  # clean row and PGD at ε = 0
