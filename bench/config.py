@@ -193,6 +193,12 @@ def parse_config(raw: Mapping[str, Any]) -> SweepConfig:
 
     _unique([m.label for m in models], "models")
     _unique([d.label for d in defenses], "defenses")
+    training = [d.label for d in defenses if getattr(d.defense, "kind", "training") == "training"]
+    for i, d in enumerate(defenses):
+        if getattr(d.defense, "kind", "training") == "wrapper" and d.defense.base not in training:
+            raise ConfigError(f"defenses[{i}] ({d.name}) wraps base = {d.defense.base!r}, which is "
+                              f"not the label of a training defense here; choose one of: "
+                              f"{', '.join(training) or '(none: add a training defense)'}")
     _unique([f"{a.label}/{a.attack.norm}" for a in attack_cfgs], "attacks")
     return SweepConfig(name, seed, data, tuple(models), tuple(defenses), tuple(attack_cfgs), ev,
                        source=raw)

@@ -67,11 +67,12 @@ def _clean_fn(logits_fn: Callable) -> Callable:
 
 
 @functools.cache
-def _attack_fn(attack: Any, logits_fn: Callable) -> Callable:
+def _attack_fn(attack: Any, logits_fn: Callable, attack_logits_fn: Callable | None) -> Callable:
     norm = attack.norm
+    attacked = attack_logits_fn or logits_fn
 
     def one(params, x, y, eps, key):
-        return attack(logits_fn, params, x[None], y[None], eps, key)[0]
+        return attack(attacked, params, x[None], y[None], eps, key)[0]
 
     def per_eps(params, x, y, keys, eps):
         x_adv = jax.vmap(one, in_axes=(None, 0, 0, None, 0))(params, x, y, eps, keys)
@@ -167,15 +168,18 @@ def clean_correct(logits_fn: Callable, params: Any, x: np.ndarray, y: np.ndarray
 
 def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
                    y: np.ndarray, eps: Sequence[float], key: jax.Array,
-                   batch_size: int = 500) -> tuple[np.ndarray, float, float]:
+                   batch_size: int = 500, attack_logits_fn: Callable | None = None,
+                   ) -> tuple[np.ndarray, float, float]:
     """Per-example correctness under ``attack`` at every ε: ``(mask [E, N], seconds, compile_s)``.
 
-    ``seconds`` is the wall time of the attack itself; ``compile_s`` that of compilation.
+    The attack runs on ``attack_logits_fn`` when given (an adaptive stand-in such as BPDA for
+    a non-differentiable defense) and is always scored on ``logits_fn``. ``seconds`` is the
+    wall time of the attack itself; ``compile_s`` that of compilation.
     """
     n = len(x)
     b = _padded_batch(batch_size, n)
     put = _Placer()
-    fn = _attack_fn(attack, logits_fn)
+    fn = _attack_fn(attack, logits_fn, attack_logits_fn)
     eps_arr = put(np.asarray(eps, np.float32), replicate=True)
     params = jax.tree.map(lambda a: put(a, replicate=True), params)
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(n))

@@ -94,36 +94,63 @@ def environment() -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """One cell of the grid; ``attack`` is None for the clean-accuracy cell."""
+    """One cell of the grid; ``attack`` is None for the clean-accuracy cell.
+
+    ``adaptive`` marks the adaptive evaluation of an inference wrapper (attacks run on its
+    differentiable stand-in, e.g. BPDA, and are scored on the wrapper itself).
+    """
 
     model: str
     defense: str
     attack: AttackConfig | None
     eps: float
+    adaptive: bool = False
+
+    @property
+    def defense_label(self) -> str:
+        return f"{self.defense} (adaptive)" if self.adaptive else self.defense
 
     def identity(self, cfg: SweepConfig) -> dict:
         model = next(m for m in cfg.models if m.label == self.model)
-        defense = next(d for d in cfg.defenses if d.label == self.defense)
-        return {
+        defense = defense_by_label(cfg, self.defense)
+        ident = {
             "data": dataclasses.asdict(cfg.data), "seed": cfg.seed,
             "model": [model.name, list(model.options)], "defense": [defense.name, defense.defense],
             "attack": None if self.attack is None else [self.attack.name, self.attack.attack],
             "eps": self.eps,
         }
+        if is_wrapper(defense):  # its numbers also depend on the weights it wraps
+            base = defense_by_label(cfg, defense.defense.base)
+            ident["base"] = [base.name, base.defense]
+        if self.adaptive:
+            ident["adaptive"] = True
+        return ident
 
     def cell_id(self, cfg: SweepConfig) -> str:
         attack = CLEAN if self.attack is None else f"{self.attack.label}-{self.attack.attack.norm}"
-        return f"{self.model}.{self.defense}.{attack}.eps{self.eps:g}.{stable_hash(self.identity(cfg), 10)}"
+        defense = f"{self.defense}-adaptive" if self.adaptive else self.defense
+        return f"{self.model}.{defense}.{attack}.eps{self.eps:g}.{stable_hash(self.identity(cfg), 10)}"
+
+
+def defense_by_label(cfg: SweepConfig, label: str):
+    return next(d for d in cfg.defenses if d.label == label)
+
+
+def is_wrapper(defense) -> bool:
+    """Inference wrappers (``kind = "wrapper"``) wrap the weights of a training defense."""
+    return getattr(defense.defense, "kind", "training") == "wrapper"
 
 
 def grid(cfg: SweepConfig) -> list[Cell]:
-    """Every cell of the sweep, model-major."""
+    """Every cell of the sweep, model-major; wrappers with an adaptive form get both."""
     cells = []
     for m in cfg.models:
         for d in cfg.defenses:
-            cells.append(Cell(m.label, d.label, None, 0.0))
-            for a in cfg.attacks:
-                cells.extend(Cell(m.label, d.label, a, e) for e in a.eps)
+            modes = (False, True) if is_wrapper(d) and hasattr(d.defense, "adaptive") else (False,)
+            for adaptive in modes:
+                cells.append(Cell(m.label, d.label, None, 0.0, adaptive))
+                for a in cfg.attacks:
+                    cells.extend(Cell(m.label, d.label, a, e, adaptive) for e in a.eps)
     return cells
 
 
@@ -178,7 +205,7 @@ def _record(cfg: SweepConfig, cell: Cell, cell_id: str, mask: np.ndarray, second
     low, high = clopper_pearson(k, n)
     a = cell.attack
     return {
-        "run": cfg.name, "data": cfg.data.name, "model": cell.model, "defense": cell.defense,
+        "run": cfg.name, "data": cfg.data.name, "model": cell.model, "defense": cell.defense_label,
         "attack": CLEAN if a is None else a.label, "norm": "none" if a is None else a.attack.norm,
         "eps": float(cell.eps), "examples": n, "correct": k, "robust_acc": k / n,
         "ci_low": low, "ci_high": high, "seconds": round(seconds, 4),
@@ -215,37 +242,64 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
     todo = {c: c.cell_id(cfg) for c in cells}
     todo = {c: i for c, i in todo.items() if not run.has_cell(i)}
     pairs = [(m, d) for m in cfg.models for d in cfg.defenses]
-    n_train = sum(1 for m, d in pairs if any(c.model == m.label and c.defense == d.label for c in todo)
-                  and not checkpoint_path(run, cfg, data, m, d).is_file())
+
+    def trained_by(m, d):  # the training defense whose weights (m, d) evaluates
+        return (m, defense_by_label(cfg, d.defense.base)) if is_wrapper(d) else (m, d)
+
+    needed = {(m.label, t.label): (m, t) for m, d in pairs
+              if any(c.model == m.label and c.defense == d.label for c in todo)
+              for (_, t) in [trained_by(m, d)]}
+    n_train = sum(1 for m, t in needed.values()
+                  if not checkpoint_path(run, cfg, data, m, t).is_file())
     bar = tqdm(total=len(todo) + n_train, desc=cfg.name, unit="cell", disable=not progress,
                dynamic_ncols=True)
 
-    built = {}  # one module and logits_fn per model, so compiled attacks are reused across defenses
+    built: dict = {}  # one module and logits_fn per model: compiled attacks are reused
+    weights: dict = {}  # (model, training defense) -> (params, checkpoint id)
+
+    def model_fns(m):
+        if m.label not in built:
+            module = m.build(data.num_classes, data.mean, data.std)
+            built[m.label] = (module, make_logits_fn(module))
+        return built[m.label]
+
+    def params_for(m, t):
+        if (m.label, t.label) in weights:
+            return weights[m.label, t.label]
+        module, _ = model_fns(m)
+        ckpt = checkpoint_path(run, cfg, data, m, t)
+        if ckpt.is_file():
+            params, _ = load_checkpoint(
+                ckpt, like=init_variables(module, jax.random.key(0), data.image_shape))
+        else:
+            bar.set_postfix_str(f"training {m.label}/{t.label}", refresh=False)
+            t0 = time.perf_counter()
+            params = t.defense.train(
+                module, data, key_for(cfg.seed, "train", m.label, t.label),
+                on_epoch=lambda e, loss: bar.set_postfix_str(
+                    f"training {m.label}/{t.label} epoch {e + 1}/{t.defense.epochs} loss {loss:.3f}",
+                    refresh=False))
+            save_checkpoint(ckpt, params, {"model": m.name, "model_options": dict(m.options),
+                                           "defense": t.name, "data": data.name,
+                                           "train_seconds": time.perf_counter() - t0})
+            bar.update(1)
+        weights[m.label, t.label] = (params, ckpt.stem.rsplit(".", 1)[-1])
+        return weights[m.label, t.label]
+
     for m, d in pairs:
         mine = [c for c in todo if c.model == m.label and c.defense == d.label]
         if not mine:
             continue
-        if m.label not in built:
-            module = m.build(data.num_classes, data.mean, data.std)
-            built[m.label] = (module, make_logits_fn(module))
-        module, logits_fn = built[m.label]
-        ckpt = checkpoint_path(run, cfg, data, m, d)
-        like = init_variables(module, jax.random.key(0), data.image_shape)
-        if ckpt.is_file():
-            params, _ = load_checkpoint(ckpt, like=like)
+        _, logits_fn = model_fns(m)
+        params, ckpt_id = params_for(*trained_by(m, d))
+        if is_wrapper(d):
+            key = ("wrapped", m.label, d.label)
+            if key not in built:  # stable function objects keep the compile cache warm
+                built[key] = (d.defense.wrap(logits_fn),
+                              d.defense.adaptive(logits_fn) if hasattr(d.defense, "adaptive") else None)
+            eval_fn, adaptive_fn = built[key]
         else:
-            bar.set_postfix_str(f"training {m.label}/{d.label}", refresh=False)
-            t0 = time.perf_counter()
-            params = d.defense.train(
-                module, data, key_for(cfg.seed, "train", m.label, d.label),
-                on_epoch=lambda e, loss: bar.set_postfix_str(
-                    f"training {m.label}/{d.label} epoch {e + 1}/{d.defense.epochs} loss {loss:.3f}",
-                    refresh=False))
-            save_checkpoint(ckpt, params, {"model": m.name, "model_options": dict(m.options),
-                                           "defense": d.name, "data": data.name,
-                                           "train_seconds": time.perf_counter() - t0})
-            bar.update(1)
-        ckpt_id = ckpt.stem.rsplit(".", 1)[-1]
+            eval_fn, adaptive_fn = logits_fn, None
 
         def write(cell, mask, seconds, compile_s):
             cid = todo[cell]
@@ -253,24 +307,28 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
                            mask)
             bar.update(1)
 
-        clean = [c for c in mine if c.attack is None]
-        if clean:
-            bar.set_postfix_str(f"{m.label}/{d.label} clean", refresh=False)
-            t0 = time.perf_counter()
-            mask = ev.clean_correct(logits_fn, params, x_eval, y_eval, cfg.eval.batch_size)
-            write(clean[0], mask, time.perf_counter() - t0, 0.0)
-        for a in cfg.attacks:
-            missing = [c for c in mine if c.attack is a]
-            if not missing:
+        for adaptive in (False, True):
+            group = [c for c in mine if c.adaptive == adaptive]
+            if not group:
                 continue
-            bar.set_postfix_str(f"{m.label}/{d.label} {a.label} {a.attack.norm}", refresh=False)
-            eps = [c.eps for c in missing]
-            masks, seconds, compile_s = ev.attack_correct(
-                a.attack, logits_fn, params, x_eval, y_eval, eps,
-                key_for(cfg.seed, "attack", m.label, d.label, a.label, a.attack.norm),
-                cfg.eval.batch_size)
-            for c, mask in zip(missing, masks):
-                write(c, mask, seconds / len(missing), compile_s / len(missing))
+            tag = f"{m.label}/{group[0].defense_label}"
+            clean = [c for c in group if c.attack is None]
+            if clean:
+                bar.set_postfix_str(f"{tag} clean", refresh=False)
+                t0 = time.perf_counter()
+                mask = ev.clean_correct(eval_fn, params, x_eval, y_eval, cfg.eval.batch_size)
+                write(clean[0], mask, time.perf_counter() - t0, 0.0)
+            for a in cfg.attacks:
+                missing = [c for c in group if c.attack is a]
+                if not missing:
+                    continue
+                bar.set_postfix_str(f"{tag} {a.label} {a.attack.norm}", refresh=False)
+                masks, seconds, compile_s = ev.attack_correct(
+                    a.attack, eval_fn, params, x_eval, y_eval, [c.eps for c in missing],
+                    key_for(cfg.seed, "attack", m.label, d.label, a.label, a.attack.norm),
+                    cfg.eval.batch_size, attack_logits_fn=adaptive_fn if adaptive else None)
+                for c, mask in zip(missing, masks):
+                    write(c, mask, seconds / len(missing), compile_s / len(missing))
     bar.close()
     records = run.read_records(only=set(c.cell_id(cfg) for c in cells))
     atomic_write_text(run.records_csv, records.to_csv(index=False))

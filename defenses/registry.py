@@ -1,8 +1,9 @@
 """The defense registry: config names -> defense dataclasses.
 
 A training defense has ``kind = "training"`` and ``train(module, data, key) -> variables``;
-an inference wrapper has ``kind = "wrapper"`` and ``wrap(logits_fn) -> logits_fn``.
-Adding one is one file and one line here.
+an inference wrapper has ``kind = "wrapper"``, a ``base`` option and ``wrap(logits_fn) ->
+logits_fn`` (and optionally ``adaptive``); see :mod:`defenses.base`. Adding one is one file
+and one line here: the runner handles both kinds.
 """
 
 from __future__ import annotations

@@ -1,0 +1,35 @@
+"""The two kinds of defense a config can name.
+
+A *training* defense turns a model and a training set into weights. An *inference
+wrapper* turns the logits function of another defense's weights into a defended one; its
+``base`` option names the training defense (by its config label) whose weights it wraps,
+so wrapping never retrains. A wrapper that is not differentiable also provides
+``adaptive(logits_fn)``: a stand-in that attacks differentiate instead (BPDA's straight-
+through gradient, an EOT average), and the sweep then reports a second row,
+``<label> (adaptive)``, in which attacks run on the stand-in and are scored on the wrapper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
+
+LogitsFn = Callable[[Any, Any], Any]
+
+
+class TrainingDefense(Protocol):
+    kind: ClassVar[str]  # "training"
+    epochs: int
+
+    def train(self, module, data, key, on_epoch=None) -> dict:
+        """Returns the variables (params and, if any, batch_stats) of ``module``."""
+
+
+class InferenceWrapper(Protocol):
+    kind: ClassVar[str]  # "wrapper"
+    base: str
+
+    def wrap(self, logits_fn: LogitsFn) -> LogitsFn:
+        """The defended ``logits_fn(params, x)``: what accuracy is measured on."""
+
+    # Optional: def adaptive(self, logits_fn) -> LogitsFn, the stand-in attacks differentiate.
