@@ -54,7 +54,8 @@ def _attack_specs(attacks: Sequence[Any], eps: Sequence[float] | None) -> list[t
 def evaluate(logits_fn: Callable, params: Any, data: str | tuple, attacks: Sequence[Any], *,
              eps: Sequence[float] | None = None, eval_examples: int | None = None,
              batch_size: int = 500, seed: int = 0, model: str = "model", defense: str = "none",
-             data_dir: str | None = None, return_masks: bool = False
+             data_dir: str | None = None, return_masks: bool = False,
+             attack_logits_fn: Callable | None = None,
              ) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Robust accuracy of ``logits_fn(params, x)`` under each attack at each ε.
 
@@ -72,6 +73,8 @@ def evaluate(logits_fn: Callable, params: Any, data: str | tuple, attacks: Seque
       seed: PRNG seed of the attacks' randomness.
       model, defense: labels for the records.
       return_masks: also return per-example correctness masks keyed by cell id.
+      attack_logits_fn: for a non-differentiable or random defense, the stand-in the attacks
+        differentiate (e.g. BPDA); accuracy is still measured on ``logits_fn``.
 
     Returns:
       The tidy records frame (one row per attack × norm × ε, plus the clean row), with the
@@ -118,7 +121,7 @@ def evaluate(logits_fn: Callable, params: Any, data: str | tuple, attacks: Seque
     for label, attack, values in specs:
         key = key_for(seed, "attack", model, defense, label, attack.norm)
         m, seconds, compile_s = ev.attack_correct(attack, logits_fn, params, x, y, values, key,
-                                                  batch_size)
+                                                  batch_size, attack_logits_fn=attack_logits_fn)
         options = json.dumps(dataclasses.asdict(attack), sort_keys=True)
         for e, mask in zip(values, m):
             add(label, attack.norm, e, mask, seconds / len(values), compile_s / len(values), options)

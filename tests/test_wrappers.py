@@ -74,3 +74,19 @@ def test_wrapper_base_must_be_a_training_defense(quantize_registered):
     with pytest.raises(ConfigError, match="wraps base = 'pgd-at', which is not the label of a "
                                           "training defense here; choose one of: standard"):
         parse_config(config(base="pgd-at"))
+
+
+def test_api_adaptive_evaluation(trained_mlp, digits):
+    """The same BPDA stand-in through the Python API."""
+    import bench
+    from attacks import PGD
+
+    f, params = trained_mlp
+    q = Quantize()
+    data = (digits.x_test[:100], digits.y_test[:100])
+    attack = [PGD(steps=10, random_start=False)]
+    naive = bench.evaluate(q.wrap(f), params, data, attack, eps=[0.3])
+    adaptive = bench.evaluate(q.wrap(f), params, data, attack, eps=[0.3],
+                              attack_logits_fn=q.adaptive(f))
+    assert naive["correct"].iloc[1] == naive["correct"].iloc[0]  # masked: PGD stuck at x
+    assert adaptive["correct"].iloc[1] < naive["correct"].iloc[1] - 30
