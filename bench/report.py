@@ -84,6 +84,7 @@ def accuracy_table(records: pd.DataFrame, run: RunDir | None = None) -> pd.DataF
     r["column"] = [column_name(a, n, e) for a, n, e in zip(r["attack"], r["norm"], r["eps"])]
     table = r.pivot_table(index=["model", "defense"], columns="column", values="robust_acc",
                           aggfunc="first", sort=False) * 100
+    table.columns.name = None
     cols = ["clean"] if "clean" in table.columns else []
     models, defenses, pairs = _order(records, run)
     for attack, norm in pairs:
@@ -93,6 +94,23 @@ def accuracy_table(records: pd.DataFrame, run: RunDir | None = None) -> pd.DataF
     return table.loc[index, cols].round(1)
 
 
+def latex_table(table: pd.DataFrame, data: str) -> str:
+    """A paper-ready LaTeX table (booktabs): attack × norm as grouped headers over ε."""
+    groups = [("", "clean") if c == "clean" else (c.rsplit(" ε=", 1)[0], "ε=" + c.rsplit(" ε=", 1)[1])
+              for c in table.columns]
+    t = table.copy()
+    t.columns = pd.MultiIndex.from_tuples(groups)
+    t.index.names = ["model", "defense"]
+    data = data.replace("\\", "").replace("_", "\\_").replace("&", "\\&").replace("%", "\\%")
+    caption = f"Robust accuracy (\\%) on {data}."
+    if any(g[0].startswith(WORST) for g in groups):
+        caption += " Worst case: an example counts as robust only if every attack at that budget failed."
+    latex = t.to_latex(float_format="%.1f", multirow=False, multicolumn=True,
+                       multicolumn_format="c", escape=True, caption=caption,
+                       label="tab:robust-accuracy")
+    return latex.replace("ε", "$\\varepsilon$")
+
+
 def write_tables(records: pd.DataFrame, run: RunDir) -> list[Path]:
     """Writes tables/robust_accuracy.{csv,md,tex}; returns the paths."""
     table = accuracy_table(records, run)
@@ -100,10 +118,7 @@ def write_tables(records: pd.DataFrame, run: RunDir) -> list[Path]:
     paths = [run.tables / f"robust_accuracy.{ext}" for ext in ("csv", "md", "tex")]
     atomic_write_text(paths[0], table.to_csv())
     atomic_write_text(paths[1], table.reset_index().to_markdown(index=False, floatfmt=".1f") + "\n")
-    latex = table.to_latex(float_format="%.1f", caption=f"Robust accuracy (\\%) of "
-                           f"{', '.join(sorted(records['data'].unique()))}.",
-                           label="tab:robust-accuracy", escape=True)
-    atomic_write_text(paths[2], latex.replace("ε", "$\\varepsilon$"))
+    atomic_write_text(paths[2], latex_table(table, ", ".join(sorted(records["data"].unique()))))
     return paths
 
 

@@ -297,3 +297,13 @@ def test_sweep_runs_every_registered_model(tmp_path):
     assert set(records["model"]) == set(tiny) and len(records) == 3 * len(tiny)
     for model, g in records.groupby("model"):
         assert g[g["eps"] == 0.0]["correct"].nunique() == 1  # clean row and PGD at ε = 0
+
+
+def test_latex_table_escapes_labels_and_groups_headers():
+    from bench.report import latex_table
+
+    table = pd.DataFrame({"clean": [90.0], "pgd linf ε=0.1": [50.0], "pgd linf ε=0.2": [20.0]},
+                         index=pd.MultiIndex.from_tuples([("my_net", "pgd-at")]))
+    tex = latex_table(table, "tfds:fashion_mnist")
+    assert "my\\_net" in tex and "fashion\\_mnist" in tex and "(\\%)" in tex
+    assert "\\multicolumn{2}{c}{pgd linf}" in tex and "$\\varepsilon$=0.2" in tex
