@@ -14,7 +14,7 @@ from bench.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class FGSM:
-    """One steepest-ascent step of size ε (or (1 − start_frac)·ε after a random start).
+    """FGSM / R+FGSM: one steepest-ascent step of size ε (or (1 − start_frac)·ε after a random start).
 
     Attributes:
       norm: threat model, ``linf``, ``l2`` or ``l1``.

@@ -20,7 +20,7 @@ from bench import options
 
 @dataclasses.dataclass(frozen=True)
 class PGD:
-    """Iterated steepest ascent with projection onto the ε-ball ∩ [0, 1].
+    """PGD (Madry et al.) / BIM: iterated steepest ascent, projected onto the ε-ball ∩ [0, 1].
 
     Attributes:
       norm: threat model, ``linf``, ``l2`` or ``l1``.

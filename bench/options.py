@@ -104,5 +104,8 @@ def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
 
 
 def describe(cls: type, exclude: tuple[str, ...] = ()) -> str:
-    """``a=1, b='x'``: the options of a dataclass with their defaults, for ``robustax list``."""
-    return ", ".join(f"{k}={v[1]!r}" for k, v in fields_of(cls, exclude).items())
+    """The first docstring line and ``Options: a=1, b='x'``, for ``robustax list``."""
+    doc = (cls.__doc__ or "").strip().splitlines()
+    summary = doc[0].strip() if doc else cls.__name__
+    options = ", ".join(f"{k}={v[1]!r}" for k, v in fields_of(cls, exclude).items())
+    return f"{summary} Options: {options or '(none)'}."

@@ -12,7 +12,9 @@ from defenses.training import TrainSettings, fit
 
 @dataclasses.dataclass(frozen=True)
 class PGDAT(TrainSettings):
-    """min_θ E max_{‖δ‖≤ε} CE(f_θ(x + δ), y), the inner max by PGD with a random start.
+    """PGD adversarial training (Madry et al., 2018): train on PGD examples of each batch.
+
+    min_θ E max_{‖δ‖≤ε} CE(f_θ(x + δ), y), the inner max by PGD with a random start.
 
     Attributes (besides the training settings):
       eps: training budget in [0, 1] pixel units.

@@ -9,7 +9,7 @@ from defenses.training import TrainSettings, fit
 
 @dataclasses.dataclass(frozen=True)
 class Standard(TrainSettings):
-    """Empirical risk minimisation with cross-entropy on clean examples."""
+    """Standard training: cross-entropy on clean examples (the undefended baseline)."""
 
     kind = "training"
 
