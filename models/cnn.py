@@ -3,7 +3,7 @@
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.layers import max_pool_2x2, normalize
+from models.layers import Conv, max_pool_2x2, normalize
 
 
 class CNN(nn.Module):
@@ -22,8 +22,8 @@ class CNN(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         x = normalize(x, self.mean, self.std)
         for channels in (self.width, 2 * self.width):
-            x = nn.relu(nn.Conv(channels, (3, 3), padding="SAME")(x))
-            x = nn.relu(nn.Conv(channels, (3, 3), padding="SAME")(x))
+            x = nn.relu(Conv(channels, (3, 3), padding="SAME")(x))
+            x = nn.relu(Conv(channels, (3, 3), padding="SAME")(x))
             x = max_pool_2x2(x)
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(self.dense)(x))

@@ -1,7 +1,10 @@
 """Small building blocks shared by the models."""
 
+import functools
 from collections.abc import Sequence
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from bench.errors import ConfigError
@@ -39,3 +42,65 @@ def normalize(x: jnp.ndarray, mean: Sequence[float], std: Sequence[float]) -> jn
     mean_arr = jnp.asarray(mean, jnp.float32)
     std_arr = jnp.asarray(std, jnp.float32)
     return (x - mean_arr) / std_arr
+
+
+def _transposed_kernel_conv(lhs, rhs, strides, padding, lhs_dil, rhs_dil, dn):
+    """The same convolution with the kernel's in/out axes physically swapped.
+
+    Its input gradient (the convolution's transpose) then reads the kernel in the canonical
+    layout. The optimization barrier stops XLA from folding the swap back into the
+    dimension numbers, which inside a ``while`` loop sends XLA:CPU to a generic convolution
+    ~10× slower than its fast path (measured: 187 vs 51 ms per step on a 3×3, 32→64 conv).
+    """
+    o, i, *spatial = dn.rhs_spec
+    perm = list(range(rhs.ndim))
+    perm[o], perm[i] = perm[i], perm[o]
+    rhs_t = jax.lax.optimization_barrier(jnp.transpose(rhs, perm))
+    dn_t = jax.lax.ConvDimensionNumbers(dn.lhs_spec, (i, o, *spatial), dn.out_spec)
+    return jax.lax.conv_general_dilated(lhs, rhs_t, strides, padding, lhs_dil, rhs_dil, dn_t)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _conv(lhs, rhs, strides, padding, lhs_dil, rhs_dil, dn):
+    return jax.lax.conv_general_dilated(lhs, rhs, strides, padding, lhs_dil, rhs_dil, dn)
+
+
+def _conv_fwd(lhs, rhs, strides, padding, lhs_dil, rhs_dil, dn):
+    return _conv(lhs, rhs, strides, padding, lhs_dil, rhs_dil, dn), (lhs, rhs)
+
+
+def _conv_bwd(strides, padding, lhs_dil, rhs_dil, dn, res, g):
+    lhs, rhs = res
+    _, vjp_lhs = jax.vjp(
+        lambda x: _transposed_kernel_conv(x, rhs, strides, padding, lhs_dil, rhs_dil, dn), lhs)
+    _, vjp_rhs = jax.vjp(
+        lambda k: jax.lax.conv_general_dilated(lhs, k, strides, padding, lhs_dil, rhs_dil, dn), rhs)
+    return vjp_lhs(g)[0], vjp_rhs(g)[0]
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                         precision=None, preferred_element_type=None):
+    """``lax.conv_general_dilated`` with an input gradient that stays fast inside loops.
+
+    Same outputs and gradients (to float rounding); attacks written with ``lax.fori_loop``
+    then run as fast rolled as unrolled on CPU. Grouped convolutions and non-default
+    precision fall back to the plain operation.
+    """
+    if feature_group_count != 1 or batch_group_count != 1 or precision is not None or \
+            preferred_element_type is not None:
+        return jax.lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count, batch_group_count, precision, preferred_element_type)
+    dn = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    nd = lhs.ndim - 2
+    pad = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
+    return _conv(lhs, rhs, tuple(window_strides), pad, tuple(lhs_dilation or (1,) * nd),
+                 tuple(rhs_dilation or (1,) * nd), dn)
+
+
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+"""``flax.linen.Conv`` using :func:`conv_general_dilated` (same parameters and names)."""

@@ -9,7 +9,7 @@ PyTorch's default initialisation, so shapes and statistics match the reference c
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.layers import normalize
+from models.layers import Conv, normalize
 
 # PyTorch's default Conv2d/Linear weight init: kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in)).
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -31,14 +31,14 @@ class PreActBlock(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         out = nn.relu(bn(train)(x))
         if self.stride != 1 or x.shape[-1] != self.channels:
-            shortcut = nn.Conv(self.channels, (1, 1), (self.stride, self.stride), padding="VALID",
+            shortcut = Conv(self.channels, (1, 1), (self.stride, self.stride), padding="VALID",
                                use_bias=False, kernel_init=self.kernel_init, name="shortcut")(out)
         else:
             shortcut = x
-        out = nn.Conv(self.channels, (3, 3), (self.stride, self.stride), padding=((1, 1), (1, 1)),
+        out = Conv(self.channels, (3, 3), (self.stride, self.stride), padding=((1, 1), (1, 1)),
                       use_bias=False, kernel_init=self.kernel_init)(out)
         out = nn.relu(bn(train)(out))
-        out = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+        out = Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                       kernel_init=self.kernel_init)(out)
         return out + shortcut
 
@@ -55,7 +55,7 @@ class PreActResNet18(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         x = normalize(x, self.mean, self.std)
-        x = nn.Conv(self.width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+        x = Conv(self.width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                     kernel_init=torch_default_init)(x)
         for stage, count in enumerate(self.blocks):
             for i in range(count):

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bench.errors import ConfigError
-from models.layers import normalize
+from models.layers import Conv, normalize
 from models.preact_resnet import PreActBlock, bn
 
 he_fan_out_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -42,7 +42,7 @@ class WideResNet(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         n = blocks_per_stage(self.depth)
         x = normalize(x, self.mean, self.std)
-        x = nn.Conv(16, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+        x = Conv(16, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                     kernel_init=he_fan_out_init)(x)
         for stage, stride in enumerate((1, 2, 2)):
             for i in range(n):

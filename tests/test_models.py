@@ -244,3 +244,19 @@ def test_max_pool_2x2_gradient_matches_flax_without_ties(shape):
     ours = jax.grad(lambda v: jnp.sum(weights * max_pool_2x2(v)))(x)
     theirs = jax.grad(lambda v: jnp.sum(weights * nn.max_pool(v, (2, 2), (2, 2))))(x)
     np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("strides,padding", [((1, 1), "SAME"), ((2, 2), ((1, 1), (1, 1))),
+                                             ((2, 2), "VALID"), ((1, 1), ((0, 2), (1, 0)))])
+def test_loop_friendly_conv_matches_lax(strides, padding):
+    """models.layers.conv_general_dilated: same outputs and gradients as lax's."""
+    from models.layers import conv_general_dilated
+
+    x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
+    k = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
+    dn = ("NHWC", "HWIO", "NHWC")
+    ref = lambda x, k: (jax.lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=dn) ** 2).sum()
+    ours = lambda x, k: (conv_general_dilated(x, k, strides, padding, dimension_numbers=dn) ** 2).sum()
+    np.testing.assert_allclose(ours(x, k), ref(x, k), rtol=1e-6)
+    for a, b in zip(jax.grad(ours, (0, 1))(x, k), jax.grad(ref, (0, 1))(x, k)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
