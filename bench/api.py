@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ import pandas as pd
 
 from bench import engine as ev
 from bench.errors import ConfigError
-from bench.records import CLEAN, clopper_pearson, records_frame
+from bench.records import CLEAN, accuracy_fields, records_frame
 
 
 def _attack_specs(attacks: Sequence[Any], eps: Sequence[float] | None) -> list[tuple[str, Any, tuple]]:
@@ -100,20 +101,15 @@ def evaluate(logits_fn: Callable, params: Any, data: str | tuple, attacks: Seque
     rows, masks = [], {}
 
     def add(attack_label, norm, e, mask, seconds, compile_s, options):
-        n, k = int(mask.size), int(mask.sum())
-        low, high = clopper_pearson(k, n)
         cid = f"{model}.{defense}.{attack_label}-{norm}.eps{e:g}" if attack_label != CLEAN else \
             f"{model}.{defense}.{CLEAN}"
         rows.append({"run": "api", "data": data_name, "model": model, "defense": defense,
-                     "attack": attack_label, "norm": norm, "eps": float(e), "examples": n,
-                     "correct": k, "robust_acc": k / n, "ci_low": low, "ci_high": high,
+                     "attack": attack_label, "norm": norm, "eps": float(e), **accuracy_fields(mask),
                      "seconds": round(seconds, 4), "compile_seconds": round(compile_s, 4),
                      "seed": seed, "cell_id": cid, "config_id": "", "checkpoint": "",
                      "code_version": version, "attack_options": options,
                      "model_options": "", "defense_options": ""})
         masks[cid] = mask
-
-    import time
 
     t0 = time.perf_counter()
     add(CLEAN, "none", 0.0, ev.clean_correct(logits_fn, params, x, y, batch_size),

@@ -138,6 +138,7 @@ def parse_config(raw: Mapping[str, Any]) -> SweepConfig:
     """Checks a parsed TOML document and returns the typed sweep config."""
     from attacks import build_attack
     from defenses import build_defense
+    from defenses.base import is_wrapper
     from models import build_model
 
     raw = dict(raw)
@@ -193,9 +194,9 @@ def parse_config(raw: Mapping[str, Any]) -> SweepConfig:
 
     _unique([m.label for m in models], "models")
     _unique([d.label for d in defenses], "defenses")
-    training = [d.label for d in defenses if getattr(d.defense, "kind", "training") == "training"]
+    training = [d.label for d in defenses if not is_wrapper(d.defense)]
     for i, d in enumerate(defenses):
-        if getattr(d.defense, "kind", "training") == "wrapper" and d.defense.base not in training:
+        if is_wrapper(d.defense) and d.defense.base not in training:
             raise ConfigError(f"defenses[{i}] ({d.name}) wraps base = {d.defense.base!r}, which is "
                               f"not the label of a training defense here; choose one of: "
                               f"{', '.join(training) or '(none: add a training defense)'}")

@@ -64,6 +64,13 @@ def clopper_pearson(correct: int, n: int, level: float = 0.95) -> tuple[float, f
     return float(ci.low), float(ci.high)
 
 
+def accuracy_fields(mask: np.ndarray) -> dict:
+    """examples, correct, robust_acc and its 95% interval from a per-example mask."""
+    n, k = int(np.size(mask)), int(np.sum(mask))
+    low, high = clopper_pearson(k, n)
+    return {"examples": n, "correct": k, "robust_acc": k / n, "ci_low": low, "ci_high": high}
+
+
 @dataclasses.dataclass(frozen=True)
 class RunDir:
     """The layout of a run directory."""

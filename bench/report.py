@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.records import CLEAN, RunDir, atomic_write_bytes, atomic_write_text, clopper_pearson
+from bench.records import CLEAN, RunDir, accuracy_fields, atomic_write_bytes, atomic_write_text
 
 
 def _order(records: pd.DataFrame, run: RunDir | None) -> tuple[list, list, list]:
@@ -61,11 +61,8 @@ def worst_case(records: pd.DataFrame, run: RunDir) -> pd.DataFrame:
         if g["attack"].nunique() < 2:
             continue
         mask = np.logical_and.reduce([run.read_mask(c) for c in g["cell_id"]])
-        n, k = int(mask.size), int(mask.sum())
-        low, high = clopper_pearson(k, n)
-        first = g.iloc[0].to_dict()
-        rows.append({**first, "attack": WORST, "examples": n, "correct": k, "robust_acc": k / n,
-                     "ci_low": low, "ci_high": high, "seconds": float(g["seconds"].sum()),
+        rows.append({**g.iloc[0].to_dict(), "attack": WORST, **accuracy_fields(mask),
+                     "seconds": float(g["seconds"].sum()),
                      "compile_seconds": float(g["compile_seconds"].sum()),
                      "cell_id": "+".join(g["cell_id"]),
                      "attack_options": json.dumps(sorted(g["attack"]))})

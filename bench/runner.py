@@ -27,7 +27,8 @@ import pandas as pd
 from bench import engine as ev
 from bench.config import AttackConfig, SweepConfig
 from bench.data import Dataset, load_dataset
-from bench.records import CLEAN, RunDir, atomic_write_json, atomic_write_text, clopper_pearson
+from bench.records import CLEAN, RunDir, accuracy_fields, atomic_write_json, atomic_write_text
+from defenses.base import is_wrapper
 
 TRAIN_VERSION = 1
 """Bumped when the training loop changes in a way that changes weights (invalidates caches)."""
@@ -123,7 +124,7 @@ class Cell:
             "attack": None if self.attack is None else [self.attack.name, self.attack.attack],
             "eps": self.eps,
         }
-        if is_wrapper(defense):  # its numbers also depend on the weights it wraps
+        if is_wrapper(defense.defense):  # its numbers also depend on the weights it wraps
             base = defense_by_label(cfg, defense.defense.base)
             ident["base"] = [base.name, base.defense]
         if self.adaptive:
@@ -140,17 +141,12 @@ def defense_by_label(cfg: SweepConfig, label: str):
     return next(d for d in cfg.defenses if d.label == label)
 
 
-def is_wrapper(defense) -> bool:
-    """Inference wrappers (``kind = "wrapper"``) wrap the weights of a training defense."""
-    return getattr(defense.defense, "kind", "training") == "wrapper"
-
-
 def grid(cfg: SweepConfig) -> list[Cell]:
     """Every cell of the sweep, model-major; wrappers with an adaptive form get both."""
     cells = []
     for m in cfg.models:
         for d in cfg.defenses:
-            modes = (False, True) if is_wrapper(d) and hasattr(d.defense, "adaptive") else (False,)
+            modes = (False, True) if is_wrapper(d.defense) and hasattr(d.defense, "adaptive") else (False,)
             for adaptive in modes:
                 cells.append(Cell(m.label, d.label, None, 0.0, adaptive))
                 for a in cfg.attacks:
@@ -205,14 +201,11 @@ def current_cell_ids(run: RunDir) -> set[str] | None:
 
 def _record(cfg: SweepConfig, cell: Cell, cell_id: str, mask: np.ndarray, seconds: float,
             compile_s: float, checkpoint: str, version: str, model, defense) -> dict:
-    n, k = int(mask.size), int(mask.sum())
-    low, high = clopper_pearson(k, n)
     a = cell.attack
     return {
         "run": cfg.name, "data": cfg.data.name, "model": cell.model, "defense": cell.defense_label,
         "attack": CLEAN if a is None else a.label, "norm": "none" if a is None else a.attack.norm,
-        "eps": float(cell.eps), "examples": n, "correct": k, "robust_acc": k / n,
-        "ci_low": low, "ci_high": high, "seconds": round(seconds, 4),
+        "eps": float(cell.eps), **accuracy_fields(mask), "seconds": round(seconds, 4),
         "compile_seconds": round(compile_s, 4), "seed": cfg.seed, "cell_id": cell_id,
         "config_id": cfg.config_id(), "checkpoint": checkpoint, "code_version": version,
         "attack_options": "" if a is None else json.dumps(dataclasses.asdict(a.attack), sort_keys=True),
@@ -248,7 +241,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
     pairs = [(m, d) for m in cfg.models for d in cfg.defenses]
 
     def trained_by(m, d):  # the training defense whose weights (m, d) evaluates
-        return (m, defense_by_label(cfg, d.defense.base)) if is_wrapper(d) else (m, d)
+        return (m, defense_by_label(cfg, d.defense.base)) if is_wrapper(d.defense) else (m, d)
 
     needed = {(m.label, t.label): (m, t) for m, d in pairs
               if any(c.model == m.label and c.defense == d.label for c in todo)
@@ -296,7 +289,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
             continue
         _, logits_fn = model_fns(m)
         params, ckpt_id = params_for(*trained_by(m, d))
-        if is_wrapper(d):
+        if is_wrapper(d.defense):
             key = ("wrapped", m.label, d.label)
             if key not in built:  # stable function objects keep the compile cache warm
                 built[key] = (d.defense.wrap(logits_fn),

@@ -33,3 +33,8 @@ class InferenceWrapper(Protocol):
         """The defended ``logits_fn(params, x)``: what accuracy is measured on."""
 
     # Optional: def adaptive(self, logits_fn) -> LogitsFn, the stand-in attacks differentiate.
+
+
+def is_wrapper(defense: Any) -> bool:
+    """True for inference wrappers (``kind = "wrapper"``), False for training defenses."""
+    return getattr(defense, "kind", "training") == "wrapper"
