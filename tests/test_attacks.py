@@ -205,3 +205,20 @@ def test_attack_option_errors(name, options, match):
     with pytest.raises(ConfigError, match=match) as e:
         attacks.build_attack(name, options)
     assert "\n" not in str(e.value)
+
+
+def test_engine_rejects_examples_outside_the_ball(trained_mlp, digits):
+    """The engine's run-time check: an attack that leaves its ε-ball is an error, not a number."""
+    from bench.errors import RobustaxError
+
+    @dataclasses.dataclass(frozen=True)
+    class Overshoot:
+        norm: str = "linf"
+
+        def __call__(self, logits_fn, params, x, y, eps, key, target=None):
+            return jnp.clip(x + 2 * eps, 0.0, 1.0)
+
+    f, params = trained_mlp
+    with pytest.raises(RobustaxError, match="outside the ε-ball or \\[0, 1\\]"):
+        engine.attack_correct(Overshoot(), f, params, digits.x_test[:8], digits.y_test[:8],
+                              [0.1], jax.random.key(0))

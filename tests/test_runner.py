@@ -113,6 +113,26 @@ def test_rerun_skips_finished_cells_and_training(tiny_run, monkeypatch):
     pd.testing.assert_frame_equal(first, again)
 
 
+def test_checkpoints_are_reused_when_cells_are_missing(tiny_run, tmp_path, monkeypatch):
+    """Delete every cell but keep the checkpoints: the rerun evaluates again, never trains."""
+    import shutil
+
+    from defenses import PGDAT, Standard
+
+    cfg, out, first = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "cells")
+
+    def boom(*a, **k):
+        raise AssertionError("retrained although the checkpoint exists")
+
+    monkeypatch.setattr(Standard, "train", boom)
+    monkeypatch.setattr(PGDAT, "train", boom)
+    again = runner.run_sweep(cfg, copy, progress=False)
+    pd.testing.assert_frame_equal(first.drop(columns=VOLATILE), again.drop(columns=VOLATILE))
+
+
 def test_interrupted_sweep_resumes(tiny_run, tmp_path, monkeypatch):
     """Kill the sweep after 4 cells; the rerun computes only the rest, reusing the checkpoint,
     and the final records equal an uninterrupted run."""
