@@ -35,6 +35,15 @@ class Attack(Protocol):
     ) -> jax.Array: ...
 
 
+def apply_logits(logits_fn: LogitsFn, params: Any, x: jax.Array, key: jax.Array) -> jax.Array:
+    """Logits of a possibly random model: ``logits_fn(params, x, key)`` when the function is
+    marked ``logits_fn.random = True`` (a randomized defense, attacked with EOT), else
+    ``logits_fn(params, x)``."""
+    if getattr(logits_fn, "random", False):
+        return logits_fn(params, x, key)
+    return logits_fn(params, x)
+
+
 def score(success: jax.Array, obj: jax.Array) -> jax.Array:
     """Orders candidate examples: any success beats any failure, then higher objective."""
     return jnp.where(success, jnp.inf, obj)

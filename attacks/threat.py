@@ -18,15 +18,6 @@ NORMS: tuple[str, ...] = ("linf", "l2", "l1")
 _TINY = 1e-12
 
 
-def check_norm(norm: str) -> str:
-    """Returns ``norm`` or raises a one-line error listing the norms."""
-    if norm not in NORMS:
-        from bench.errors import ConfigError
-
-        raise ConfigError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
-    return norm
-
-
 def per_example(eps: ArrayLike, x: jax.Array) -> jax.Array:
     """Broadcasts a scalar or per-example ε against a batch ``x`` of shape [B, ...]."""
     eps = jnp.asarray(eps, x.dtype)
@@ -97,6 +88,10 @@ def steepest_direction(g: jax.Array, norm: str, l1_sparsity: float = 0.99) -> ja
         return jnp.sign(g)
     flat = _flat(g)
     if norm == "l2":
+        # Rescale by the largest entry first: gradients of very confident examples can be
+        # ~1e-15 (exact, see losses.py), and squaring them would underflow the norm.
+        flat = flat / jnp.maximum(jnp.max(jnp.abs(flat), axis=1, keepdims=True),
+                                  jnp.finfo(flat.dtype).tiny)
         n = jnp.sqrt(jnp.sum(flat * flat, axis=1, keepdims=True))
         return (flat / jnp.maximum(n, _TINY)).reshape(g.shape)
     if norm == "l1":
