@@ -7,9 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from attacks import losses, threat
-from bench import options
-from bench.errors import ConfigError
+from attacks import checks, losses, threat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,7 +16,7 @@ class FGSM:
 
     Attributes:
       norm: threat model, ``linf``, ``l2`` or ``l1``.
-      loss: ``ce`` or ``margin``.
+      loss: ``ce``, ``margin`` or ``dlr`` (see attacks/losses.py).
       random_start: start from x + start_frac·ε·(random unit direction), as in R+FGSM.
       start_frac: the share of ε spent on the random start.
       targeted: push towards a target class instead of away from the label.
@@ -33,11 +31,10 @@ class FGSM:
     target: str = "random"
 
     def __post_init__(self):
-        options.check_choice("norm", self.norm, threat.NORMS)
-        options.check_choice("loss", self.loss, losses.LOSSES)
-        options.check_choice("target", self.target, losses.TARGET_MODES)
-        if not 0.0 <= self.start_frac < 1.0:
-            raise ConfigError(f"start_frac = {self.start_frac!r} is impossible; it must be in [0, 1)")
+        checks.check_choice("norm", self.norm, threat.NORMS)
+        checks.check_choice("loss", self.loss, losses.LOSSES)
+        checks.check_choice("target", self.target, losses.TARGET_MODES)
+        checks.check_range("start_frac", self.start_frac, 0.0, 1.0, closed_high=False)
 
     def __call__(self, logits_fn, params, x, y, eps, key, target=None):
         k_start, k_target = jax.random.split(key)

@@ -14,8 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from attacks import base, losses, steps as step_rules, threat
-from bench import options
+from attacks import base, checks, losses, steps as step_rules, threat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +28,7 @@ class PGD:
       rel_step_size: step size as a fraction of ε (default 2.5 / steps, Madry et al.).
       step_size: absolute step size; overrides ``rel_step_size`` when set.
       random_start: start from a uniform point of the ball (PGD) or from x (BIM).
-      loss: ``ce`` or ``margin``.
+      loss: ``ce``, ``margin`` or ``dlr`` (see attacks/losses.py).
       targeted: push towards a target class instead of away from the label.
       target: how targets are picked when ``targeted``: ``random`` or ``least-likely``.
       unroll: loop unrolling. ``0`` (auto) unrolls fully on CPU up to 50 steps and not at
@@ -52,15 +51,15 @@ class PGD:
     unroll: int = 0
 
     def __post_init__(self):
-        options.check_choice("norm", self.norm, threat.NORMS)
-        options.check_choice("loss", self.loss, losses.LOSSES)
-        options.check_choice("target", self.target, losses.TARGET_MODES)
-        options.check_positive("steps", self.steps)
-        options.check_positive("restarts", self.restarts)
-        options.check_positive("unroll", self.unroll, allow_zero=True)
+        checks.check_choice("norm", self.norm, threat.NORMS)
+        checks.check_choice("loss", self.loss, losses.LOSSES)
+        checks.check_choice("target", self.target, losses.TARGET_MODES)
+        checks.check_positive("steps", self.steps)
+        checks.check_positive("restarts", self.restarts)
+        checks.check_positive("unroll", self.unroll, allow_zero=True)
         for name in ("rel_step_size", "step_size"):
             if getattr(self, name) is not None:
-                options.check_positive(name, getattr(self, name))
+                checks.check_positive(name, getattr(self, name))
 
     def _step_size(self, e):
         if self.step_size is not None:

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
+import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -18,13 +18,13 @@ import pandas as pd
 
 from bench import engine as ev
 from bench.errors import ConfigError
-from bench.records import CLEAN, accuracy_fields, records_frame
+from bench.records import CLEAN, make_record, records_frame
 
 
 def _attack_specs(attacks: Sequence[Any], eps: Sequence[float] | None) -> list[tuple[str, Any, tuple]]:
     """(label, attack instance, ε values) from dicts in config form or attack instances."""
-    from attacks import attack_name, build_attack
-    from bench import options as opts
+    from bench.config import parse_eps
+    from bench.registry import ATTACKS
 
     specs = []
     for i, a in enumerate(attacks):
@@ -36,19 +36,15 @@ def _attack_specs(attacks: Sequence[Any], eps: Sequence[float] | None) -> list[t
             name = a.pop("name")
             label = a.pop("label", name)
             values = a.pop("eps", eps)
-            attack = build_attack(name, a, where)
+            attack = ATTACKS.build(name, a, where)
         else:
-            if not dataclasses.is_dataclass(a) or not callable(a):
+            if not dataclasses.is_dataclass(a) or not callable(a) or not hasattr(a, "norm"):
                 raise ConfigError(f"{where} = {a!r} is not an attack; pass an attack instance "
                                   f"(e.g. attacks.PGD()) or a dict with a name")
-            label, attack, values = attack_name(a), a, eps
+            label, attack, values = ATTACKS.name_of(a), a, eps
         if values is None:
             raise ConfigError(f"{where} has no eps; pass eps=[...] or put \"eps\" in its dict")
-        values = opts.coerce(values if isinstance(values, (list, tuple)) else [values],
-                             tuple[float, ...], f"{where}.eps")
-        for e in values:
-            opts.check_positive(f"{where}.eps", e, allow_zero=True)
-        specs.append((label, attack, values))
+        specs.append((label, attack, parse_eps(values, where)))
     return specs
 
 
@@ -81,7 +77,8 @@ def evaluate(logits_fn: Callable, params: Any, data: str | tuple, attacks: Seque
       The tidy records frame (one row per attack × norm × ε, plus the clean row), with the
       same columns as a sweep's records.csv; with ``return_masks``, also the masks.
     """
-    from bench.runner import code_version, key_for
+    from bench.plan import cell_id, key_for
+    from bench.runner import code_version
 
     if isinstance(data, str):
         from bench.data import load_dataset
@@ -98,28 +95,28 @@ def evaluate(logits_fn: Callable, params: Any, data: str | tuple, attacks: Seque
         x, y = x[:eval_examples], y[:eval_examples]
     specs = _attack_specs(attacks, eps)
     version = code_version()
+    data_id = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()[:12]
     rows, masks = [], {}
 
-    def add(attack_label, norm, e, mask, seconds, compile_s, options):
-        cid = f"{model}.{defense}.{attack_label}-{norm}.eps{e:g}" if attack_label != CLEAN else \
-            f"{model}.{defense}.{CLEAN}"
-        rows.append({"run": "api", "data": data_name, "model": model, "defense": defense,
-                     "attack": attack_label, "norm": norm, "eps": float(e), **accuracy_fields(mask),
-                     "seconds": round(seconds, 4), "compile_seconds": round(compile_s, 4),
-                     "seed": seed, "cell_id": cid, "config_id": "", "checkpoint": "",
-                     "code_version": version, "attack_options": options,
-                     "model_options": "", "defense_options": ""})
+    def add(label, attack, e, mask, seconds, compile_s):
+        norm = "none" if attack is None else attack.norm
+        ident = {"data": data_id, "seed": seed, "model": model, "defense": defense, "eps": e,
+                 "attack": None if attack is None else [label, attack]}
+        cid = cell_id(model, defense, label, norm, e, ident)
+        rows.append(make_record(
+            run="api", data=data_name, model=model, defense=defense, attack=label, norm=norm,
+            eps=e, mask=mask, seconds=seconds, compile_seconds=compile_s, seed=seed, cell_id=cid,
+            code_version=version, attack_options=attack))
         masks[cid] = mask
 
     t0 = time.perf_counter()
-    add(CLEAN, "none", 0.0, ev.clean_correct(logits_fn, params, x, y, batch_size),
-        time.perf_counter() - t0, 0.0, "")
+    add(CLEAN, None, 0.0, ev.clean_correct(logits_fn, params, x, y, batch_size),
+        time.perf_counter() - t0, 0.0)
     for label, attack, values in specs:
         key = key_for(seed, "attack", model, defense, label, attack.norm)
         m, seconds, compile_s = ev.attack_correct(attack, logits_fn, params, x, y, values, key,
                                                   batch_size, attack_logits_fn=attack_logits_fn)
-        options = json.dumps(dataclasses.asdict(attack), sort_keys=True)
         for e, mask in zip(values, m):
-            add(label, attack.norm, e, mask, seconds / len(values), compile_s / len(values), options)
+            add(label, attack, e, mask, seconds / len(values), compile_s / len(values))
     frame = records_frame(rows)
     return (frame, masks) if return_masks else frame

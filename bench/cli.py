@@ -56,13 +56,11 @@ def _run(args) -> None:
 
 
 def _list() -> None:
-    from attacks import describe_attacks
     from bench.data import describe_datasets
-    from defenses import describe_defenses
-    from models import describe_models
+    from bench.registry import ATTACKS, DEFENSES, MODELS
 
-    for title, rows in (("data sets", describe_datasets()), ("models", describe_models()),
-                        ("defenses", describe_defenses()), ("attacks", describe_attacks())):
+    for title, rows in (("data sets", describe_datasets()), ("models", MODELS.describe()),
+                        ("defenses", DEFENSES.describe()), ("attacks", ATTACKS.describe())):
         print(f"{title}:")
         for name, text in rows:
             print(f"  {name:<20} {text}")

@@ -1,8 +1,11 @@
 """Sweep configs: TOML -> frozen dataclasses, checked at the boundary.
 
 Unknown keys, wrong types, unknown names, impossible values and empty grids raise a
-:class:`~bench.errors.ConfigError` naming the key, the value and the allowed choices, so
-nothing inside the runner compares strings or trusts user input.
+:class:`~bench.errors.ConfigError` naming where (``[[attacks]] #2``), the key, the value and
+the allowed choices. Every entry becomes a typed, checked instance (attack, defense, model
+module), and wrappers hold a reference to the training defense whose weights they wrap, so
+nothing downstream compares label strings or trusts user input. :mod:`bench.plan` turns the
+config into the grid of cells.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any
 
 from bench import options as opts
 from bench.errors import ConfigError
+from bench.registry import ATTACKS, DEFENSES, MODELS
+from defenses import is_wrapper
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,40 +36,52 @@ class DataConfig:
     """
 
     name: str = "digits"
-    eval_examples: int | None = None
-    train_examples: int | None = None
+    eval_examples: int | None = dataclasses.field(default=None, metadata={"min": 1})
+    train_examples: int | None = dataclasses.field(default=None, metadata={"min": 1})
     data_dir: str | None = None
+
+    def __post_init__(self):
+        from bench.data import DATASETS
+
+        if self.name not in DATASETS:
+            raise ValueError(f"name = {self.name!r} is unknown; choose one of: {', '.join(DATASETS)}")
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """How evaluation is batched; results do not depend on it (keys are per example)."""
 
-    batch_size: int = 500
+    batch_size: int = dataclasses.field(default=500, metadata={"min": 1})
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """A registered model and its options (``robustax list`` shows them)."""
+    """A registered model: its checked module (data statistics filled in by the plan)."""
 
     name: str
     label: str
+    module: Any
     options: tuple[tuple[str, Any], ...] = ()
-
-    def build(self, num_classes: int, mean, std):
-        from models import build_model
-
-        return build_model(self.name, num_classes=num_classes, mean=tuple(mean), std=tuple(std),
-                           **dict(self.options))
 
 
 @dataclasses.dataclass(frozen=True)
 class DefenseConfig:
-    """A registered defense; ``defense`` is its typed, checked instance."""
+    """A registered defense: its checked instance and, for a wrapper, the training defense
+    whose weights it wraps."""
 
     name: str
     label: str
     defense: Any
+    base: DefenseConfig | None = None
+
+    @property
+    def is_wrapper(self) -> bool:
+        return self.base is not None
+
+    @property
+    def trained(self) -> DefenseConfig:
+        """The training defense whose weights this entry evaluates (itself, or its base)."""
+        return self.base if self.base is not None else self
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +92,10 @@ class AttackConfig:
     label: str
     attack: Any
     eps: tuple[float, ...]
+
+    @property
+    def norm(self) -> str:
+        return self.attack.norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,27 +122,28 @@ _TOP_KEYS = ("name", "seed", "data", "models", "defenses", "attacks", "eval")
 
 def _table(value: Any, where: str) -> dict:
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{where} must be a table ([{where}]), got {value!r}")
+        raise ConfigError(f"{where} must be a table, got {value!r}")
     return dict(value)
 
 
-def _tables(raw: Mapping, key: str) -> list[dict]:
+def _tables(raw: Mapping, key: str) -> list[tuple[str, dict]]:
+    """The entries of an array of tables with their locations, ``[[key]] #1`` first."""
     value = raw.get(key)
-    if value is None:
+    if value is None or value == []:
         raise ConfigError(f"the grid is empty: add at least one [[{key}]] table with a name")
     if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
         raise ConfigError(f"{key} must be an array of tables ([[{key}]]), got {value!r}")
-    if not value:
-        raise ConfigError(f"the grid is empty: add at least one [[{key}]] table with a name")
-    return [dict(v) for v in value]
+    return [(f"[[{key}]] #{i + 1}", dict(v)) for i, v in enumerate(value)]
 
 
 def _name_and_label(entry: dict, where: str) -> tuple[str, str]:
     name = entry.pop("name", None)
     if name is None:
         raise ConfigError(f"{where} has no name; add name = \"...\" (see `robustax list`)")
-    name = opts.coerce(name, str, f"{where}.name")
-    label = opts.coerce(entry.pop("label", name), str, f"{where}.label")
+    name = opts.coerce(name, str, f"{where}: name")
+    label = opts.coerce(entry.pop("label", name), str, f"{where}: label")
+    if not label.strip():
+        raise ConfigError(f"{where}: label = {label!r} is empty; give a visible name")
     return name, label
 
 
@@ -134,73 +156,65 @@ def _unique(labels: list[str], key: str) -> None:
         seen.add(label)
 
 
+def parse_eps(value: Any, where: str) -> tuple[float, ...]:
+    """A list of distinct budgets ≥ 0 (a single number is a list of one)."""
+    eps = opts.coerce(value if isinstance(value, (list, tuple)) else [value], tuple[float, ...],
+                      f"{where}: eps")
+    if not eps:
+        raise ConfigError(f"the grid is empty: {where}: eps = [] has no budgets; add at least one")
+    for e in eps:
+        opts.check_positive(f"{where}: eps", e, allow_zero=True)
+    if len(set(eps)) != len(eps):
+        raise ConfigError(f"{where}: eps = {list(eps)} repeats a value; list each ε once")
+    return eps
+
+
 def parse_config(raw: Mapping[str, Any]) -> SweepConfig:
     """Checks a parsed TOML document and returns the typed sweep config."""
-    from attacks import build_attack
-    from defenses import build_defense
-    from defenses.base import is_wrapper
-    from models import build_model
-
     raw = dict(raw)
     for key in raw:
         if key not in _TOP_KEYS:
             raise ConfigError(f"unknown top-level key {key!r}; allowed: {', '.join(_TOP_KEYS)}")
     name = opts.coerce(raw.get("name", "sweep"), str, "name")
     seed = opts.coerce(raw.get("seed", 0), int, "seed")
-    data = opts.build(DataConfig, _table(raw.get("data", {}), "data"), "data", "[data]")
-    from bench.data import DATASETS
-
-    if data.name not in DATASETS:
-        raise ConfigError(f"data.name = {data.name!r} is unknown; choose one of: {', '.join(DATASETS)}")
-    for key in ("eval_examples", "train_examples"):
-        if getattr(data, key) is not None:
-            opts.check_positive(f"data.{key}", getattr(data, key))
-    ev = opts.build(EvalConfig, _table(raw.get("eval", {}), "eval"), "eval", "[eval]")
-    opts.check_positive("eval.batch_size", ev.batch_size)
+    data = opts.build(DataConfig, _table(raw.get("data", {}), "[data]"), "[data]", "")
+    ev = opts.build(EvalConfig, _table(raw.get("eval", {}), "[eval]"), "[eval]", "")
 
     models = []
-    for i, entry in enumerate(_tables(raw, "models")):
-        where = f"models[{i}]"
+    for where, entry in _tables(raw, "models"):
         mname, label = _name_and_label(entry, where)
-        try:
-            build_model(mname, num_classes=10, mean=(0.0,), std=(1.0,), **entry)
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from None
-        models.append(ModelConfig(mname, label, tuple(sorted(entry.items()))))
+        module = MODELS.build(mname, entry, where)
+        options = tuple(sorted((k, getattr(module, k)) for k in entry))
+        models.append(ModelConfig(mname, label, module, options))
 
-    defenses = []
-    for i, entry in enumerate(_tables(raw, "defenses")):
-        where = f"defenses[{i}]"
+    parsed = []
+    for where, entry in _tables(raw, "defenses"):
         dname, label = _name_and_label(entry, where)
-        defenses.append(DefenseConfig(dname, label, build_defense(dname, entry, where)))
+        parsed.append((where, dname, label, DEFENSES.build(dname, entry, where)))
+    _unique([label for _, _, label, _ in parsed], "defenses")
+    training = {label: DefenseConfig(dname, label, d) for _, dname, label, d in parsed
+                if not is_wrapper(d)}
+    defenses = []
+    for where, dname, label, d in parsed:
+        if not is_wrapper(d):
+            defenses.append(training[label])
+        elif d.base not in training:
+            raise ConfigError(f"{where} ({dname}) wraps base = {d.base!r}, which is not the label "
+                              f"of a training defense here; choose one of: "
+                              f"{', '.join(training) or '(none: add a training defense)'}")
+        else:
+            defenses.append(DefenseConfig(dname, label, d, training[d.base]))
 
     attack_cfgs = []
-    for i, entry in enumerate(_tables(raw, "attacks")):
-        where = f"attacks[{i}]"
+    for where, entry in _tables(raw, "attacks"):
         aname, label = _name_and_label(entry, where)
         if "eps" not in entry:
             raise ConfigError(f"{where} ({aname}) has no eps; add eps = [0.0, 0.1, ...]")
-        eps_raw = entry.pop("eps")
-        eps = opts.coerce(eps_raw if isinstance(eps_raw, list) else [eps_raw], tuple[float, ...],
-                          f"{where}.eps")
-        if not eps:
-            raise ConfigError(f"the grid is empty: {where}.eps = [] has no budgets; add at least one")
-        for e in eps:
-            opts.check_positive(f"{where}.eps", e, allow_zero=True)
-        if len(set(eps)) != len(eps):
-            raise ConfigError(f"{where}.eps = {list(eps)} repeats a value; list each ε once")
-        attack = build_attack(aname, entry, where)
-        attack_cfgs.append(AttackConfig(aname, label, attack, tuple(eps)))
+        eps = parse_eps(entry.pop("eps"), where)
+        attack_cfgs.append(AttackConfig(aname, label, ATTACKS.build(aname, entry, where), eps))
 
     _unique([m.label for m in models], "models")
-    _unique([d.label for d in defenses], "defenses")
-    training = [d.label for d in defenses if not is_wrapper(d.defense)]
-    for i, d in enumerate(defenses):
-        if is_wrapper(d.defense) and d.defense.base not in training:
-            raise ConfigError(f"defenses[{i}] ({d.name}) wraps base = {d.defense.base!r}, which is "
-                              f"not the label of a training defense here; choose one of: "
-                              f"{', '.join(training) or '(none: add a training defense)'}")
-    _unique([f"{a.label}/{a.attack.norm}" for a in attack_cfgs], "attacks")
+    _unique([f"{a.label}/{a.norm}" for a in attack_cfgs], "attacks")
     return SweepConfig(name, seed, data, tuple(models), tuple(defenses), tuple(attack_cfgs), ev,
                        source=raw)
 
@@ -213,6 +227,6 @@ def load_config(path: str | Path) -> SweepConfig:
                           f"sweep config (e.g. bench/configs/default.toml)")
     try:
         raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid TOML: {e}; fix the syntax there") from None
     return parse_config(raw)

@@ -10,6 +10,7 @@ its ε-ball or [0, 1] are errors, not numbers.
 
 from __future__ import annotations
 
+import collections
 import functools
 import time
 from collections.abc import Callable, Sequence
@@ -57,7 +58,13 @@ def _padded_batch(batch_size: int, n: int) -> int:
     return -(-b // d) * d
 
 
-@functools.cache
+# Compiled evaluators are cached per model function: a sweep reuses them across defenses and
+# weights. The caches are bounded, so an API user passing a fresh lambda in a loop does not
+# grow memory without end (each entry holds an XLA executable).
+_CACHE_SIZE = 32
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def _clean_fn(logits_fn: Callable) -> Callable:
     def run(params, x, y):
         logits = logits_fn(params, x)
@@ -66,7 +73,7 @@ def _clean_fn(logits_fn: Callable) -> Callable:
     return jax.jit(run)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def _attack_fn(attack: Any, logits_fn: Callable, attack_logits_fn: Callable | None) -> Callable:
     norm = attack.norm
     attacked = attack_logits_fn or logits_fn
@@ -88,9 +95,9 @@ def _attack_fn(attack: Any, logits_fn: Callable, attack_logits_fn: Callable | No
     return jax.jit(run)
 
 
-_EXECUTABLES: dict[tuple, Any] = {}
-"""Compiled evaluators by (jitted function, argument shapes/dtypes/shardings); like the
-functools caches above, it lives as long as the process."""
+_EXECUTABLES: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+"""Compiled evaluators by (jitted function, argument shapes/dtypes/shardings), least
+recently used first; at most ``_CACHE_SIZE`` entries."""
 
 
 def _compiled(fn: Callable, args: tuple) -> tuple[Any, float]:
@@ -100,10 +107,14 @@ def _compiled(fn: Callable, args: tuple) -> tuple[Any, float]:
     key = (fn, treedef, tuple((np.shape(a), str(getattr(a, "dtype", type(a))),
                                str(getattr(a, "sharding", ""))) for a in leaves))
     if key in _EXECUTABLES:
+        _EXECUTABLES.move_to_end(key)
         return _EXECUTABLES[key], 0.0
     t0 = time.perf_counter()
-    _EXECUTABLES[key] = fn.lower(*args).compile()
-    return _EXECUTABLES[key], time.perf_counter() - t0
+    compiled = fn.lower(*args).compile()
+    _EXECUTABLES[key] = compiled
+    while len(_EXECUTABLES) > _CACHE_SIZE:
+        _EXECUTABLES.popitem(last=False)
+    return compiled, time.perf_counter() - t0
 
 
 def _batches(n: int, b: int):

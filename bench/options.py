@@ -1,8 +1,11 @@
-"""Checks user options (from TOML or Python) against a frozen dataclass's fields.
+"""The one option validator: user options (from TOML or Python dicts) -> a library dataclass.
 
-Used by every registry (attacks, defenses, models) so that an unknown key, a wrong type
-or an impossible value becomes the same one-line error naming the key, the value and the
-allowed choices.
+Every registry (attacks, defenses, models) goes through :func:`build`, so an unknown key, a
+wrong type or an impossible value becomes the same one-line :class:`ConfigError` naming where
+in the config it is, the key, the value and the allowed choices. Types come from the
+dataclass annotations; lower bounds from a field's ``metadata={"min": ...}``; everything
+else from the class's own ``__post_init__`` (a plain ``ValueError``), which is re-raised
+here with the location.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
+from attacks import checks
 from bench.errors import ConfigError
 
 
@@ -24,8 +28,14 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def coerce(value: Any, tp: Any, where: str) -> Any:
-    """Returns ``value`` converted to annotation ``tp`` or raises a one-line ConfigError."""
+    """Returns ``value`` converted to annotation ``tp`` (lists -> tuples, int -> float) or
+    raises a one-line ConfigError."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -54,58 +64,84 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             return value
     else:
         return value
-    raise ConfigError(f"{where} = {value!r} has the wrong type; expected {_type_name(tp)}")
+    raise ConfigError(f"{where} = {_short(value)} has the wrong type; expected {_type_name(tp)}")
 
 
-def fields_of(cls: type, exclude: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
-    """User-settable fields of a dataclass: name -> (annotation, default)."""
-    hints = typing.get_type_hints(cls)
-    out = {}
-    for f in dataclasses.fields(cls):
-        if f.name in exclude or f.name.startswith("_") or not f.init:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        out[f.name] = (hints[f.name], default)
-    return out
+def fields_of(cls: type, exclude: tuple[str, ...] = ()) -> dict[str, dataclasses.Field]:
+    """User-settable fields of a dataclass (or flax module): name -> field."""
+    return {f.name: f for f in dataclasses.fields(cls)
+            if f.name not in exclude and not f.name.startswith("_") and f.init}
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _check_min(value: Any, minimum: float | None, where: str) -> None:
+    if minimum is None or value is None or isinstance(value, (bool, str)):
+        return
+    values = value if isinstance(value, tuple) else (value,)
+    if isinstance(value, tuple) and not value:
+        raise ConfigError(f"{where} = [] is empty; give at least one value")
+    for v in values:
+        if isinstance(v, (int, float)) and v < minimum:
+            raise ConfigError(f"{where} = {_short(value)} is impossible; values must be ≥ {minimum}")
 
 
 def build(cls: type, options: Mapping[str, Any], where: str, what: str,
-          exclude: tuple[str, ...] = (), **fixed: Any) -> Any:
-    """Instantiates dataclass ``cls`` from user ``options``, checking names and types.
+          exclude: tuple[str, ...] = (), int_min: int | None = None, **fixed: Any) -> Any:
+    """Instantiates ``cls`` from user ``options``, checking names, types, bounds and values.
 
-    ``where`` prefixes error messages (e.g. ``attacks[1]``); ``what`` names the thing
-    (e.g. ``attack 'pgd'``); ``fixed`` are non-user arguments passed through.
+    ``where`` locates the options in the config (``[[attacks]] #2``); ``what`` names the
+    thing (``attack 'pgd'``; empty for a plain table); ``int_min`` is the lower bound of integer options without a
+    ``min`` of their own (model sizes: 1); ``fixed`` are non-user arguments passed through.
     """
     allowed = fields_of(cls, exclude=exclude + tuple(fixed))
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in options.items():
         if key not in allowed:
             choices = ", ".join(sorted(allowed)) or "(none)"
-            raise ConfigError(f"{where}: {what} has no option {key!r}; options: {choices}")
-        kwargs[key] = coerce(value, allowed[key][0], f"{where}.{key}")
+            raise ConfigError(f"{where}: {what + ' ' if what else ''}has no option {key!r}; "
+                              f"options: {choices}")
+        tp = hints[key]
+        kwargs[key] = coerce(value, tp, f"{where}: {key}")
+        minimum = allowed[key].metadata.get("min")
+        if minimum is None and int_min is not None and _is_int_type(tp):
+            minimum = int_min
+        _check_min(kwargs[key], minimum, f"{where}: {key}")
     try:
         return cls(**kwargs, **fixed)
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: {what + ': ' if what else ''}{e}") from None
 
 
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    """Raises a one-line ConfigError unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ConfigError(f"{name} = {value!r} is not allowed; choose one of: {', '.join(choices)}")
+def _is_int_type(tp: Any) -> bool:
+    if tp is int:
+        return True
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        return typing.get_args(tp)[0] is int
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_int_type(a) for a in typing.get_args(tp) if a is not type(None))
+    return False
 
 
-def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
-    """Raises a one-line ConfigError unless ``value`` > 0 (or ≥ 0)."""
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = "≥ 0" if allow_zero else "> 0"
-        raise ConfigError(f"{name} = {value!r} is impossible; it must be {bound}")
+def check_positive(where: str, value: float, allow_zero: bool = False) -> None:
+    """:func:`attacks.checks.check_positive` for the app layer's own options (ConfigError)."""
+    try:
+        checks.check_positive(where, value, allow_zero)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def describe(cls: type, exclude: tuple[str, ...] = ()) -> str:
     """The first docstring line and ``Options: a=1, b='x'``, for ``robustax list``."""
     doc = (cls.__doc__ or "").strip().splitlines()
     summary = doc[0].strip() if doc else cls.__name__
-    options = ", ".join(f"{k}={v[1]!r}" for k, v in fields_of(cls, exclude).items())
+    options = ", ".join(f"{k}={_default(f)!r}" for k, f in fields_of(cls, exclude).items())
     return f"{summary} Options: {options or '(none)'}."

@@ -21,6 +21,9 @@ from scipy import stats
 
 from bench.errors import RobustaxError
 
+CLEAN = "clean"
+"""The attack name of the clean-accuracy cell of each model × defense."""
+
 COLUMNS = (
     "run", "data", "model", "defense", "attack", "norm", "eps", "examples", "correct",
     "robust_acc", "ci_low", "ci_high", "seconds", "compile_seconds", "seed", "cell_id",
@@ -28,12 +31,10 @@ COLUMNS = (
     "defense_options",
 )
 
-CLEAN = "clean"
-"""The attack name of the clean-accuracy cell of each model × defense."""
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` so that readers see the old file or the new, never half."""
+    """The one writer of every artifact (checkpoints, cells, masks, records, tables, plots):
+    readers see the old file or the new, never half of one, and the new one survives a crash
+    (file and directory entry are fsync'd)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -42,6 +43,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -69,6 +75,32 @@ def accuracy_fields(mask: np.ndarray) -> dict:
     n, k = int(np.size(mask)), int(np.sum(mask))
     low, high = clopper_pearson(k, n)
     return {"examples": n, "correct": k, "robust_acc": k / n, "ci_low": low, "ci_high": high}
+
+
+def make_record(*, run: str, data: str, model: str, defense: str, attack: str, norm: str,
+                eps: float, mask: np.ndarray, seconds: float, compile_seconds: float, seed: int,
+                cell_id: str, config_id: str = "", checkpoint: str = "", code_version: str = "",
+                attack_options: Any = None, model_options: Any = None,
+                defense_options: Any = None) -> dict:
+    """The one record builder (sweeps and ``bench.evaluate``): a row of :data:`COLUMNS`.
+
+    Options are dataclass instances or dicts, stored as sorted JSON ("" when absent).
+    """
+    def as_json(o):
+        if o is None:
+            return ""
+        if dataclasses.is_dataclass(o):
+            o = {f.name: getattr(o, f.name) for f in dataclasses.fields(o)}
+        return json.dumps(o, sort_keys=True, default=str)
+
+    return {
+        "run": run, "data": data, "model": model, "defense": defense, "attack": attack,
+        "norm": norm, "eps": float(eps), **accuracy_fields(mask), "seconds": round(seconds, 4),
+        "compile_seconds": round(compile_seconds, 4), "seed": seed, "cell_id": cell_id,
+        "config_id": config_id, "checkpoint": checkpoint, "code_version": code_version,
+        "attack_options": as_json(attack_options), "model_options": as_json(model_options),
+        "defense_options": as_json(defense_options),
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +132,30 @@ class RunDir:
     @property
     def records_csv(self) -> Path:
         return self.root / "records.csv"
+
+    @property
+    def plan_json(self) -> Path:
+        return self.root / "plan.json"
+
+    def write_plan(self, order: dict) -> None:
+        """The current grid's order and cell ids, for reports (see :meth:`bench.plan.Plan.order`)."""
+        atomic_write_json(self.plan_json, order)
+
+    def read_plan(self) -> dict | None:
+        """The plan.json of the last run into this directory (None if there is none)."""
+        if not self.plan_json.is_file():
+            return None
+        try:
+            return json.loads(self.plan_json.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RobustaxError(f"{self.plan_json} is corrupt; rerun `robustax run CONFIG --out "
+                                f"{self.root}` to rewrite it") from None
+
+    def checkpoint_path(self, file_name: str) -> Path:
+        return self.checkpoints / file_name
+
+    def write_checkpoint(self, file_name: str, data: bytes) -> None:
+        atomic_write_bytes(self.checkpoint_path(file_name), data)
 
     def cell_path(self, cell_id: str) -> Path:
         return self.cells / f"{cell_id}.json"

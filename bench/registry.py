@@ -1,21 +1,31 @@
-"""Name -> class registries for the strings users write in configs (attacks, defenses, models).
+"""The names users write in configs, mapped to the library's classes.
 
-Lookups of unknown names raise a one-line ConfigError listing what exists; registering a
-name twice is a programming error (ValueError).
+Adding an attack, defense or model is one file in its package and one ``register`` line
+here. Lookups of unknown names raise a one-line :class:`ConfigError` listing what exists;
+registering a name twice is a programming error (``ValueError``). :func:`build` turns a name
+and user options into a checked instance through the one option validator
+(:mod:`bench.options`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import Any
 
+import attacks
+import defenses
+import models
+from bench import options as opts
 from bench.errors import ConfigError
 
 
 class Registry(Mapping[str, type]):
     """A read-mostly mapping from config names to classes."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, exclude: tuple[str, ...] = (), int_min: int | None = None):
         self.kind = kind
+        self.exclude = exclude  # fields set by robustax, not by users
+        self.int_min = int_min
         self._items: dict[str, type] = {}
 
     def register(self, name: str, cls: type) -> type:
@@ -27,7 +37,8 @@ class Registry(Mapping[str, type]):
 
     def __getitem__(self, name: str) -> type:
         if name not in self._items:
-            raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(sorted(self._items))}")
+            raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: "
+                              f"{', '.join(sorted(self._items))}")
         return self._items[name]
 
     def __contains__(self, name: object) -> bool:
@@ -45,3 +56,34 @@ class Registry(Mapping[str, type]):
             if type(obj) is cls:
                 return name
         return type(obj).__name__.lower()
+
+    def build(self, name: str, options: Mapping[str, Any] | None = None,
+              where: str | None = None, **fixed: Any) -> Any:
+        """A checked instance of ``name`` from user ``options``; errors name ``where``."""
+        where = where or self.kind
+        try:
+            cls = self[name]
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        return opts.build(cls, options or {}, where, f"{self.kind} {name!r}",
+                          exclude=self.exclude, int_min=self.int_min, **fixed)
+
+    def describe(self) -> list[tuple[str, str]]:
+        """(name, summary and options with defaults) of every entry, for ``robustax list``."""
+        return [(n, opts.describe(c, self.exclude)) for n, c in sorted(self._items.items())]
+
+
+ATTACKS = Registry("attack")
+ATTACKS.register("fgsm", attacks.FGSM)
+ATTACKS.register("pgd", attacks.PGD)
+
+DEFENSES = Registry("defense")
+DEFENSES.register("standard", defenses.Standard)
+DEFENSES.register("pgd-at", defenses.PGDAT)
+
+MODEL_FIXED = ("num_classes", "mean", "std")
+MODELS = Registry("model", exclude=MODEL_FIXED + ("parent", "name"), int_min=1)
+MODELS.register("mlp", models.MLP)
+MODELS.register("cnn", models.CNN)
+MODELS.register("preact-resnet18", models.PreActResNet18)
+MODELS.register("wide-resnet", models.WideResNet)

@@ -19,29 +19,19 @@ from bench.records import CLEAN, RunDir, accuracy_fields, atomic_write_bytes, at
 
 
 def _order(records: pd.DataFrame, run: RunDir | None) -> tuple[list, list, list]:
-    """Model labels, defense labels and (attack, norm) pairs in config order when the run's
-    config is known (else sorted)."""
+    """Model labels, defense labels and (attack, norm) pairs in the plan's order when the run
+    directory has a plan.json (else sorted); derived worst-case columns last."""
     models = sorted(records["model"].unique())
     defenses = sorted(records["defense"].unique())
     attacked = records[records["attack"] != CLEAN]
     pairs = sorted(set(zip(attacked["attack"], attacked["norm"])))
-    path = None if run is None else run.root / "config.json"
-    if path is not None and path.is_file():
-        cfg = json.loads(path.read_text()).get("config", {})
-
+    plan = None if run is None else run.read_plan()
+    if plan is not None:
         def first(order, items):
             return [i for i in order if i in items] + [i for i in items if i not in order]
 
-        def labels(key):
-            return [e.get("label", e.get("name")) for e in cfg.get(key, [])]
-
-        models, defenses = first(labels("models"), models), first(labels("defenses"), defenses)
-        order = []
-        for e in cfg.get("attacks", []):
-            label = e.get("label", e.get("name"))
-            order += [p for p in pairs if p[0] == label and e.get("norm", p[1]) == p[1]
-                      and p not in order]
-        pairs = first(order, pairs)
+        models, defenses = first(plan["models"], models), first(plan["defenses"], defenses)
+        pairs = first([tuple(p) for p in plan["attacks"]], pairs)
     pairs = [p for p in pairs if p[0] != WORST] + [p for p in pairs if p[0] == WORST]
     return models, defenses, pairs
 
@@ -161,9 +151,8 @@ def write_report(run_dir: str | Path, records: pd.DataFrame | None = None) -> li
     """Rebuilds records.csv, tables and plots of a run directory from its cell records."""
     run = RunDir(Path(run_dir))
     if records is None:
-        from bench.runner import current_cell_ids
-
-        records = run.read_records(only=current_cell_ids(run))
+        plan = run.read_plan()
+        records = run.read_records(only=None if plan is None else set(plan["cells"]))
         atomic_write_text(run.records_csv, records.to_csv(index=False))
     if records.empty:
         from bench.errors import RobustaxError

@@ -31,9 +31,9 @@ def measure(batch: int = 256, steps: int = 20, repeats: int = 5, seed: int = 0) 
     """Times the ``cnn`` (28×28×1, 10 classes) forward+input-gradient and PGD-``steps`` L∞."""
     from attacks import PGD
     from bench import engine as ev
-    from models import build_model, init_variables, make_logits_fn
+    from models import CNN, init_variables, make_logits_fn
 
-    module = build_model("cnn", num_classes=10, mean=(0.13,), std=(0.31,))
+    module = CNN(num_classes=10, mean=(0.13,), std=(0.31,))
     params = init_variables(module, jax.random.key(seed), (28, 28, 1))
     logits_fn = make_logits_fn(module)
     kx, ky, ka = jax.random.split(jax.random.key(seed + 1), 3)

@@ -11,10 +11,9 @@ through gradient, an EOT average), and the sweep then reports a second row,
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
-LogitsFn = Callable[[Any, Any], Any]
+from attacks.base import LogitsFn
 
 
 class TrainingDefense(Protocol):

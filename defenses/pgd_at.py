@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from attacks import checks
 from attacks.pgd import PGD
 from attacks.threat import NORMS
-from bench import options as opts
 from defenses.training import TrainSettings, fit
 
 
@@ -32,9 +32,9 @@ class PGDAT(TrainSettings):
 
     def __post_init__(self):
         self.check()
-        opts.check_positive("eps", self.eps)
-        opts.check_positive("steps", self.steps)
-        opts.check_choice("norm", self.norm, NORMS)
+        checks.check_positive("eps", self.eps)
+        checks.check_positive("steps", self.steps)
+        checks.check_choice("norm", self.norm, NORMS)
 
     def train(self, module, data, key, on_epoch=None) -> dict:
         """Returns adversarially trained variables for ``module`` on ``data``'s training set."""

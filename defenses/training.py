@@ -20,8 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bench import options as opts
-from bench.errors import ConfigError
+from attacks import checks
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -48,12 +47,12 @@ class TrainSettings:
     weight_decay: float = 5e-4
 
     def check(self) -> None:
-        opts.check_positive("epochs", self.epochs)
-        opts.check_positive("batch_size", self.batch_size)
-        opts.check_positive("lr", self.lr)
-        opts.check_positive("weight_decay", self.weight_decay, allow_zero=True)
-        opts.check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        opts.check_choice("schedule", self.schedule, SCHEDULES)
+        checks.check_positive("epochs", self.epochs)
+        checks.check_positive("batch_size", self.batch_size)
+        checks.check_positive("lr", self.lr)
+        checks.check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        checks.check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        checks.check_choice("schedule", self.schedule, SCHEDULES)
 
 
 class TrainState(NamedTuple):
@@ -89,7 +88,8 @@ def fit(module, x_train: np.ndarray, y_train: np.ndarray, settings: TrainSetting
     bs = min(settings.batch_size, n)
     steps_per_epoch = n // bs
     if steps_per_epoch == 0:
-        raise ConfigError(f"batch_size = {settings.batch_size} exceeds the {n} training examples")
+        raise ValueError(f"batch_size = {settings.batch_size} exceeds the {n} training examples; "
+                         f"lower it")
     k_init, k_train = jax.random.split(key)
     variables = init_variables(module, k_init, tuple(x_train.shape[1:]))
     tx = _optimizer(settings, settings.epochs * steps_per_epoch)
@@ -148,5 +148,5 @@ def fit(module, x_train: np.ndarray, y_train: np.ndarray, settings: TrainSetting
             on_epoch(e, float(loss))
     loss = float(loss)
     if not np.isfinite(loss):
-        raise ConfigError(f"training diverged (loss = {loss}); lower lr (now {settings.lr})")
+        raise ValueError(f"training diverged (loss = {loss}); lower lr (now {settings.lr})")
     return jax.device_get(variables_of(state.params, state.batch_stats))

@@ -1,33 +1,26 @@
-"""Classifiers for robustax: flax.linen modules taking [0, 1] NHWC images, normalising inside."""
+"""Classifiers for robustax: flax.linen modules taking [0, 1] NHWC images, normalising inside.
 
+Each model is a plain ``flax.linen.Module`` with ``num_classes``, ``mean`` and ``std`` fields
+and size options; the config names that map to them live in ``bench.registry``.
+"""
+
+from models.base import init_variables, make_logits_fn
 from models.cnn import CNN
-from models.layers import max_pool_2x2, normalize
+from models.layers import Conv, conv_general_dilated, max_pool_2x2, normalize
 from models.mlp import MLP
 from models.preact_resnet import PreActBlock, PreActResNet18
-from models.registry import (
-    MODELS,
-    build_model,
-    describe_models,
-    init_variables,
-    make_logits_fn,
-    model_options,
-    register,
-)
 from models.wide_resnet import WideResNet
 
 __all__ = [
     "CNN",
     "MLP",
-    "MODELS",
+    "Conv",
     "PreActBlock",
     "PreActResNet18",
     "WideResNet",
-    "build_model",
-    "describe_models",
+    "conv_general_dilated",
     "init_variables",
     "make_logits_fn",
     "max_pool_2x2",
-    "model_options",
     "normalize",
-    "register",
 ]

@@ -8,7 +8,6 @@ linear head. Convolutions use He-normal (fan-out) init like the reference code.
 import flax.linen as nn
 import jax.numpy as jnp
 
-from bench.errors import ConfigError
 from models.layers import Conv, normalize
 from models.preact_resnet import PreActBlock, bn
 
@@ -16,10 +15,10 @@ he_fan_out_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def blocks_per_stage(depth: int) -> int:
-    """Blocks in each of the three stages; ConfigError unless depth = 6n + 4 with n >= 1."""
+    """Blocks in each of the three stages; ValueError unless depth = 6n + 4 with n >= 1."""
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
-        raise ConfigError(
-            f"model 'wide-resnet' option 'depth' must be 6n + 4 with n >= 1 "
+        raise ValueError(
+            f"depth must be 6n + 4 with n >= 1 "
             f"(10, 16, 22, 28, 34, 40, ...), got {depth!r}"
         )
     return (depth - 4) // 6

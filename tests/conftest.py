@@ -66,9 +66,9 @@ def digits():
 def trained_mlp(digits):
     """A small MLP trained on digits (clean), its logits_fn and variables."""
     from defenses import Standard
-    from models import build_model, make_logits_fn
+    from models import MLP, make_logits_fn
 
-    module = build_model("mlp", num_classes=10, mean=digits.mean, std=digits.std, width=64, depth=1)
+    module = MLP(num_classes=10, mean=digits.mean, std=digits.std, width=64, depth=1)
     variables = Standard(epochs=8).train(module, digits, jax.random.key(0))
     return make_logits_fn(module), variables
 

@@ -11,6 +11,7 @@ import attacks
 from attacks import losses, threat
 from bench import engine
 from bench.errors import ConfigError
+from bench.registry import ATTACKS
 
 NORMS = attacks.NORMS
 
@@ -18,7 +19,7 @@ NORMS = attacks.NORMS
 def all_attacks():
     """One small instance of every registered attack for every norm (fast settings)."""
     out = []
-    for name, cls in sorted(attacks.ATTACKS.items()):
+    for name, cls in sorted(ATTACKS.items()):
         for norm in NORMS:
             opts = {"norm": norm}
             if "steps" in {f.name for f in dataclasses.fields(cls)}:
@@ -199,12 +200,20 @@ def test_nan_logits_are_an_error(digits):
     ("pgd", {"steps": 0}, "steps = 0 is impossible"),
     ("pgd", {"norm": "l3"}, "norm = 'l3' is not allowed; choose one of: linf, l2, l1"),
     ("fgsm", {"loss": "hinge"}, "loss = 'hinge' is not allowed"),
+    ("fgsm", {"start_frac": 1.0}, "start_frac = 1.0 is impossible; it must be in \\[0, 1\\)"),
     ("pgdd", {}, "unknown attack 'pgdd'; choose one of: fgsm, pgd"),
 ])
 def test_attack_option_errors(name, options, match):
-    with pytest.raises(ConfigError, match=match) as e:
-        attacks.build_attack(name, options)
+    with pytest.raises(ConfigError, match="^\\[\\[attacks\\]\\] #2: .*" + match) as e:
+        ATTACKS.build(name, options, "[[attacks]] #2")
     assert "\n" not in str(e.value)
+
+
+def test_library_raises_plain_value_errors():
+    """Constructed from Python, the library's own error names the option (no bench types)."""
+    with pytest.raises(ValueError, match="steps = 0 is impossible") as e:
+        attacks.PGD(steps=0)
+    assert type(e.value) is ValueError
 
 
 def test_engine_rejects_examples_outside_the_ball(trained_mlp, digits):
@@ -222,3 +231,155 @@ def test_engine_rejects_examples_outside_the_ball(trained_mlp, digits):
     with pytest.raises(RobustaxError, match="outside the ε-ball or \\[0, 1\\]"):
         engine.attack_correct(Overshoot(), f, params, digits.x_test[:8], digits.y_test[:8],
                               [0.1], jax.random.key(0))
+
+
+# --- float32 numerics of the losses (renovation §3) ------------------------------------------
+
+
+def _confident_logits(seed, gaps):
+    """Logits whose true class leads every other by at least ``gaps`` (20–40), float32."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(len(gaps), 10)).astype(np.float32)
+    y = rng.integers(0, 10, len(gaps))
+    z[np.arange(len(gaps)), y] = z.max(1) + np.asarray(gaps, np.float32)
+    return z, y
+
+
+def _reference_grad(z, y, loss):
+    """The float64 gradient with respect to the logits, formed without cancellation."""
+    z = z.astype(np.float64)
+    g = np.zeros_like(z)
+    for i, (row, t) in enumerate(zip(z, y)):
+        others = np.delete(np.arange(len(row)), t)
+        if loss == "ce":  # d/dz_j = p_j (j ≠ y), d/dz_y = −Σ_{j≠y} p_j
+            p = np.exp(row - (row.max() + np.log(np.exp(row - row.max()).sum())))
+            g[i, others] = p[others]
+            g[i, t] = -p[others].sum()
+        elif loss == "margin":
+            j = others[np.argmax(row[others])]
+            g[i, j], g[i, t] = 1.0, -1.0
+        elif loss == "dlr":
+            order = np.argsort(-row)
+            j = others[np.argmax(row[others])]
+            denom = row[order[0]] - row[order[2]]
+            num = row[j] - row[t]
+            g[i, j] += 1 / denom
+            g[i, t] -= 1 / denom
+            g[i, order[0]] -= num / denom**2
+            g[i, order[2]] += num / denom**2
+    return g
+
+
+@pytest.mark.parametrize("loss", losses.LOSSES)
+def test_loss_gradients_agree_with_float64_on_confident_inputs(loss):
+    """Through a linear model x ↦ Wx the input gradient is Wᵀ g: in float32 it must have the
+    sign of the float64 one wherever that is not negligible, for logit gaps of 20–40 (the
+    textbook cross-entropy fails this: its true-class entry rounds to 0)."""
+    gaps = np.linspace(20, 40, 32)
+    z, y = _confident_logits(0, gaps)
+    w = np.random.default_rng(1).normal(size=(10, 50)).astype(np.float32)
+    g32 = jax.grad(lambda v: jnp.sum(losses._LOSS_FNS[loss](v, jnp.asarray(y))))(jnp.asarray(z))
+    g64 = _reference_grad(z, y, loss)
+    x32, x64 = np.asarray(g32, np.float64) @ w, g64 @ w.astype(np.float64)
+    big = np.abs(x64) > 1e-3 * np.abs(x64).max(axis=1, keepdims=True)
+    assert np.all(np.sign(x32[big]) == np.sign(x64[big]))
+    cos = (x32 * x64).sum(1) / np.linalg.norm(x32, axis=1) / np.linalg.norm(x64, axis=1)
+    assert cos.min() > 0.999, cos.min()
+
+
+def test_textbook_cross_entropy_fails_the_same_check():
+    """The guard above is meaningful: optax's cross-entropy loses the true-class term."""
+    import optax
+
+    z, y = _confident_logits(0, np.full(8, 30.0))
+    g = jax.grad(lambda v: optax.softmax_cross_entropy_with_integer_labels(v, jnp.asarray(y)).sum())(
+        jnp.asarray(z))
+    assert np.all(np.asarray(g)[np.arange(8), y] == 0.0)
+
+
+def test_fgsm_on_a_confident_linear_model_matches_float64(images):
+    """End to end: FGSM's step on a confidently classifying linear model is the sign of the
+    float64 gradient."""
+    x, _ = images
+    w = np.asarray(jax.random.normal(jax.random.key(5), (36, 4)))
+    f = lambda p, z: z.reshape(z.shape[0], -1) @ p
+    z = np.asarray(f(w, x), np.float64)
+    top2 = np.sort(z, 1)[:, -2:]
+    w = w * (30.0 / np.median(top2[:, 1] - top2[:, 0]))  # median logit gap 30
+    z = np.asarray(f(w, x), np.float64)
+    y = z.argmax(1)
+    gaps = np.diff(np.sort(z, 1)[:, -2:], axis=1)[:, 0]
+    assert np.median(gaps) > 20 and np.mean(gaps < 60) > 0.75
+    eps = 0.01
+    x_adv = attacks.FGSM()(f, jnp.asarray(w), jnp.asarray(x), jnp.asarray(y), eps, jax.random.key(0))
+    expected = np.clip(x + eps * np.sign(_reference_grad(z, y, "ce") @ w.T).reshape(x.shape), 0, 1)
+    np.testing.assert_allclose(np.asarray(x_adv), expected, atol=1e-6)
+
+
+def test_l2_direction_survives_tiny_gradients():
+    g = jax.random.normal(jax.random.key(0), (3, 6, 6, 1)) * 1e-30
+    d = threat.steepest_direction(g, "l2")
+    np.testing.assert_allclose(threat.distance(d, jnp.zeros_like(d), "l2"), 1.0, rtol=1e-5)
+
+
+# --- best restart and best iterate, per example (renovation §4) -------------------------------
+
+
+def _tanh_net():
+    k1, k2 = jax.random.split(jax.random.key(21))
+    params = (jax.random.normal(k1, (36, 16)) * 0.8, jax.random.normal(k2, (16, 5)) * 1.5)
+    return lambda p, z: jnp.tanh(z.reshape(z.shape[0], -1) @ p[0]) @ p[1], params
+
+
+def test_best_over_restarts_picks_the_best_per_example():
+    xs = jnp.arange(3 * 4, dtype=jnp.float32).reshape(3, 4, 1)
+    scores = jnp.array([[1.0, 5.0, -2.0, 0.0], [3.0, 4.0, jnp.inf, 0.0], [2.0, 6.0, 1.0, 0.5]])
+    got = attacks.base.best_over_restarts(xs, scores)
+    np.testing.assert_array_equal(np.asarray(got)[:, 0], np.asarray(xs)[[1, 2, 1, 2], [0, 1, 2, 3], 0])
+
+
+def test_pgd_restarts_keep_every_success_per_example():
+    """Per example: PGD with R restarts fools the model whenever any of its R runs (the same
+    keys, run one by one) does, and otherwise returns the highest-objective run."""
+    f, params = _tanh_net()
+    x = jax.random.uniform(jax.random.key(1), (48, 6, 6, 1))
+    y = jnp.argmax(f(params, x), -1)
+    pgd = attacks.PGD(steps=3, restarts=4, rel_step_size=0.5)
+    key = jax.random.key(0)
+    x_adv = pgd(f, params, x, y, 0.03, key)
+    keys = jax.random.split(jax.random.split(key)[1], 4)
+    runs = [pgd._one_run(f, params, x, y, 0.03, k) for k in keys]
+    scores = np.stack([np.asarray(s) for _, s in runs])
+    assert np.any(np.isinf(scores).any(0) & ~np.isinf(scores).all(0))  # restarts differ somewhere
+    fooled_any = np.isinf(scores).any(0)
+    fooled = np.asarray(jnp.argmax(f(params, x_adv), -1) != y)
+    np.testing.assert_array_equal(fooled, fooled_any)
+    obj = np.asarray(losses.cross_entropy(f(params, x_adv), y))
+    best = np.max(np.where(np.isinf(scores), -np.inf, scores), 0)
+    np.testing.assert_allclose(obj[~fooled_any], best[~fooled_any], rtol=1e-5)
+
+
+def test_pgd_returns_the_best_iterate_not_the_last():
+    """Per example, PGD's output is the first fooling iterate, else the highest-objective one,
+    computed here by an independent Python loop over the same steps (no random start)."""
+    f, params = _tanh_net()
+    x = jax.random.uniform(jax.random.key(3), (64, 6, 6, 1))
+    y = jnp.argmax(f(params, x), -1)
+    eps, steps = 0.05, 6
+    pgd = attacks.PGD(steps=steps, rel_step_size=1.5, random_start=False)
+    x_adv = np.asarray(pgd(f, params, x, y, eps, jax.random.key(0)))
+    obj_fn = lambda z: losses.cross_entropy(f(params, z), y)
+    z, iterates = x, []
+    for _ in range(steps + 1):
+        iterates.append(np.asarray(z))
+        g = jax.grad(lambda v: obj_fn(v).sum())(z)
+        z = threat.project(z + 1.5 * eps * jnp.sign(g), x, eps, "linf")
+    objs = np.stack([np.asarray(obj_fn(jnp.asarray(i))) for i in iterates])       # [T, B]
+    fools = np.stack([np.asarray(jnp.argmax(f(params, jnp.asarray(i)), -1) != y) for i in iterates])
+    assert np.any(objs[-1] < objs.max(0) - 1e-3)  # the last iterate is not always the best
+    for b in range(len(x)):
+        if fools[:, b].any():
+            expected = iterates[int(np.argmax(fools[:, b]))][b]
+        else:
+            expected = iterates[int(np.argmax(objs[:, b]))][b]
+        np.testing.assert_allclose(x_adv[b], expected, atol=1e-6, err_msg=f"example {b}")

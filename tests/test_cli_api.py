@@ -15,10 +15,8 @@ from bench.errors import ConfigError, DataError
 def test_list_names_everything(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    from attacks import ATTACKS
     from bench.data import DATASETS
-    from defenses import DEFENSES
-    from models import MODELS
+    from bench.registry import ATTACKS, DEFENSES, MODELS
 
     for name in [*ATTACKS, *DEFENSES, *MODELS, *DATASETS]:
         assert name in out
@@ -66,8 +64,15 @@ def test_cli_run_and_report(tiny_toml, tmp_path, capsys):
 
 
 def test_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "bench", "list"], capture_output=True, text=True)
-    assert result.returncode == 0 and "pgd" in result.stdout
+    """The `robustax` script that `pip install` put next to this interpreter, run as a user would."""
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "robustax"
+    assert script.is_file(), f"no console script at {script}; reinstall with pip install -e ."
+    result = subprocess.run([str(script), "list"], capture_output=True, text=True)
+    assert result.returncode == 0 and "pgd" in result.stdout, result.stderr
+    bad = subprocess.run([str(script), "run", "no-such.toml"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "does not exist" in bad.stderr
 
 
 def test_api_evaluate_arrays_and_names(trained_mlp, digits):

@@ -43,27 +43,29 @@ def mutate(fn):
 
 @pytest.mark.parametrize("change,match", [
     (lambda r: r.update(sede=1), "unknown top-level key 'sede'; allowed: name, seed"),
-    (lambda r: r["data"].update(nme="x"), r"\[data\] has no option 'nme'; options: data_dir, eval_examples"),
-    (lambda r: r["attacks"][0].update(stepz=3), r"attacks\[0\]: attack 'fgsm' has no option 'stepz'"),
-    (lambda r: r["defenses"][1].update(epohcs=3), r"defenses\[1\]: defense 'pgd-at' has no option 'epohcs'"),
-    (lambda r: r["models"][0].update(widht=3), r"models\[0\]: .*has no option 'widht'"),
-    (lambda r: r["attacks"][0].update(name="fgms"), "unknown attack 'fgms'; choose one of: fgsm, pgd"),
+    (lambda r: r["data"].update(nme="x"), r"\[data\]: has no option 'nme'; options: data_dir, eval_examples"),
+    (lambda r: r["attacks"][0].update(stepz=3), r"\[\[attacks\]\] #1: attack 'fgsm' has no option 'stepz'"),
+    (lambda r: r["defenses"][1].update(epohcs=3), r"\[\[defenses\]\] #2: defense 'pgd-at' has no option 'epohcs'"),
+    (lambda r: r["models"][0].update(widht=3), r"\[\[models\]\] #1: .*has no option 'widht'"),
+    (lambda r: r["attacks"][0].update(name="fgms"), r"\[\[attacks\]\] #1: unknown attack 'fgms'; choose one of: fgsm, pgd"),
     (lambda r: r["defenses"][0].update(name="pgd_at"), "unknown defense 'pgd_at'; choose one of: pgd-at, standard"),
     (lambda r: r["models"][0].update(name="resnet"), "unknown model 'resnet'; choose one of"),
-    (lambda r: r["data"].update(name="cifar11"), "data.name = 'cifar11' is unknown; choose one of: digits"),
-    (lambda r: r["attacks"][1].update(steps="20"), r"attacks\[1\].steps = '20' has the wrong type; expected int"),
-    (lambda r: r["attacks"][1].update(eps="0.1"), r"attacks\[1\].eps\[0\] = '0.1' has the wrong type"),
+    (lambda r: r["data"].update(name="cifar11"), r"\[data\]: name = 'cifar11' is unknown; choose one of: digits"),
+    (lambda r: r["data"].update(eval_examples=0), r"\[data\]: eval_examples = 0 is impossible; values must be ≥ 1"),
+    (lambda r: r["attacks"][1].update(steps="20"), r"\[\[attacks\]\] #2: steps = '20' has the wrong type; expected int"),
+    (lambda r: r["attacks"][1].update(steps=0), r"\[\[attacks\]\] #2: attack 'pgd': steps = 0 is impossible; it must be > 0"),
+    (lambda r: r["attacks"][1].update(eps="0.1"), r"\[\[attacks\]\] #2: eps\[0\] = '0.1' has the wrong type"),
     (lambda r: r.update(seed=1.5), "seed = 1.5 has the wrong type; expected int"),
-    (lambda r: r["defenses"][0].update(lr=-1.0), "lr = -1.0 is impossible; it must be > 0"),
-    (lambda r: r["attacks"][1].update(eps=[-0.1]), r"attacks\[1\].eps = -0.1 is impossible"),
+    (lambda r: r["defenses"][0].update(lr=-1.0), r"\[\[defenses\]\] #1: defense 'standard': lr = -1.0 is impossible; it must be > 0"),
+    (lambda r: r["attacks"][1].update(eps=[-0.1]), r"\[\[attacks\]\] #2: eps = -0.1 is impossible"),
     (lambda r: r["attacks"][1].update(eps=[0.1, 0.1]), "repeats a value"),
     (lambda r: r.update(attacks=[]), r"the grid is empty: add at least one \[\[attacks\]\]"),
     (lambda r: r.pop("models"), r"the grid is empty: add at least one \[\[models\]\]"),
     (lambda r: r["attacks"][1].update(eps=[]), "the grid is empty"),
-    (lambda r: r["attacks"][1].pop("eps"), r"attacks\[1\] \(pgd\) has no eps"),
-    (lambda r: r["attacks"][1].pop("name"), r"attacks\[1\] has no name"),
+    (lambda r: r["attacks"][1].pop("eps"), r"\[\[attacks\]\] #2 \(pgd\) has no eps"),
+    (lambda r: r["attacks"][1].pop("name"), r"\[\[attacks\]\] #2 has no name"),
     (lambda r: r["defenses"].append({"name": "standard"}), "both labelled 'standard'"),
-    (lambda r: r.update(data=3), r"data must be a table"),
+    (lambda r: r.update(data=3), r"\[data\] must be a table"),
 ])
 def test_config_errors_are_one_line(change, match):
     with pytest.raises(ConfigError, match=match) as e:
@@ -92,11 +94,9 @@ def test_bad_toml_and_missing_file(tmp_path):
 
 
 def test_registries_reject_duplicates_and_list_names():
-    from attacks import ATTACKS
-    from bench.registry import Registry
-    from defenses import DEFENSES
+    from bench.registry import ATTACKS, DEFENSES, MODELS, Registry
 
-    for registry in (ATTACKS, DEFENSES):
+    for registry in (ATTACKS, DEFENSES, MODELS):
         name = next(iter(registry))
         with pytest.raises(ValueError, match="registered twice"):
             registry.register(name, object)

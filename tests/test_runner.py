@@ -208,7 +208,7 @@ def test_corrupt_checkpoint_is_one_line_error(tiny_run, tmp_path):
     shutil.rmtree(copy / "cells")
     ckpt = sorted((copy / "checkpoints").glob("*.safetensors"))[0]
     ckpt.write_bytes(ckpt.read_bytes()[:100])
-    with pytest.raises(RobustaxError, match="cannot be read.*delete it to retrain") as e:
+    with pytest.raises(RobustaxError, match="is damaged: not a readable safetensors.*delete it to retrain") as e:
         runner.run_sweep(cfg, copy, progress=False)
     assert "\n" not in str(e.value)
 
@@ -259,10 +259,10 @@ import jax, numpy as np
 import attacks
 from bench import engine
 from bench.data import load_dataset
-from models import build_model, init_variables, make_logits_fn
+from models import MLP, init_variables, make_logits_fn
 assert jax.device_count() == 8, jax.devices()
 d = load_dataset("digits")
-m = build_model("mlp", num_classes=10, mean=d.mean, std=d.std, width=16, depth=1)
+m = MLP(num_classes=10, mean=d.mean, std=d.std, width=16, depth=1)
 p = init_variables(m, jax.random.key(0), d.image_shape)
 x, y = d.x_test[:50], d.y_test[:50]
 masks, _, _ = engine.attack_correct(attacks.PGD(steps=3), make_logits_fn(m), p, x, y, [0.05, 0.1],
@@ -283,7 +283,7 @@ def test_sharded_over_eight_cpu_devices_matches_one(tmp_path):
     import attacks
     from bench import engine
     from bench.data import load_dataset
-    from models import build_model, init_variables, make_logits_fn
+    from models import MLP, init_variables, make_logits_fn
 
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     out = subprocess.run([sys.executable, "-c", MULTI_DEVICE], capture_output=True, text=True,
@@ -291,7 +291,7 @@ def test_sharded_over_eight_cpu_devices_matches_one(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     sharded = np.array(json.loads(out.stdout.strip().splitlines()[-1]), dtype=bool)
     d = load_dataset("digits")
-    m = build_model("mlp", num_classes=10, mean=d.mean, std=d.std, width=16, depth=1)
+    m = MLP(num_classes=10, mean=d.mean, std=d.std, width=16, depth=1)
     p = init_variables(m, jax.random.key(0), d.image_shape)
     single, _, _ = engine.attack_correct(attacks.PGD(steps=3), make_logits_fn(m), p,
                                          d.x_test[:50], d.y_test[:50], [0.05, 0.1],
@@ -303,7 +303,7 @@ def test_sweep_runs_every_registered_model(tmp_path):
     """Every registered model (tiny variants, BatchNorm ones included) through the whole
     sweep: train, checkpoint, attack, records; ε = 0 equals clean for each."""
     from bench.config import parse_config
-    from models import MODELS
+    from bench.registry import MODELS
 
     tiny = {"mlp": {"width": 8, "depth": 1}, "cnn": {"width": 4, "dense": 8},
             "preact-resnet18": {"width": 4, "blocks": [1, 1, 1, 1]},

@@ -14,7 +14,7 @@ import pytest
 
 from bench.config import parse_config
 from bench.errors import ConfigError
-from defenses import DEFENSES
+from bench.registry import DEFENSES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,176 @@
+"""The sweep plan: a config turned once into the typed grid that the runner walks.
+
+A plan holds, for one config and data set, every training (model × training defense: one
+checkpoint), every evaluation unit (model × defense × naive/adaptive, with the training it
+reads) and every cell (unit × attack × ε, or the unit's clean cell) with its id and the
+names its PRNG key derives from. The runner executes it; the report reads its order from
+``plan.json`` in the run directory instead of re-deriving it from the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from bench.config import AttackConfig, DefenseConfig, ModelConfig, SweepConfig
+from bench.records import CLEAN
+
+
+def stable_hash(obj: Any, n: int = 12) -> str:
+    """A short sha256 of a JSON-serialisable object (dataclasses included)."""
+    def default(o):
+        if dataclasses.is_dataclass(o):
+            return {"__class__": type(o).__name__, **{f.name: getattr(o, f.name)
+                                                      for f in dataclasses.fields(o)}}
+        return str(o)
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=default).encode()).hexdigest()[:n]
+
+
+def key_for(seed: int, *parts: str) -> jax.Array:
+    """A PRNG key derived from the seed and names (not grid positions), so adding a model or
+    an attack to a config leaves every other cell's randomness unchanged."""
+    digest = int(hashlib.sha256("/".join(parts).encode()).hexdigest()[:8], 16)
+    return jax.random.fold_in(jax.random.key(seed), digest)
+
+
+@functools.cache
+def train_version() -> str:
+    """A digest of the library source that determines trained weights (attacks, models,
+    defenses): any change there keys new checkpoints, so stale weights are never reused and
+    nobody has to remember to bump a constant."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for package in ("attacks", "models", "defenses"):
+        for path in sorted((root / package).glob("*.py")):
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def slug(label: str, n: int = 40) -> str:
+    """A file-name-safe form of a label: ASCII letters, digits, ``-`` and ``_`` only."""
+    s = re.sub(r"[^A-Za-z0-9_-]+", "_", label).strip("_-")[:n]
+    return s or "x"
+
+
+def cell_id(model: str, defense: str, attack: str, norm: str, eps: float, identity: Any) -> str:
+    """The one cell-id format: readable labels (slugged) plus a hash of the cell's identity."""
+    what = CLEAN if attack == CLEAN else f"{slug(attack)}-{norm}"
+    return f"{slug(model)}.{slug(defense)}.{what}.eps{eps:g}.{stable_hash(identity, 10)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """One checkpoint: a model trained by a training defense."""
+
+    model: ModelConfig
+    defense: DefenseConfig
+    digest: str  # hash of everything that determines the weights
+
+    @property
+    def file_name(self) -> str:
+        return f"{slug(self.model.label)}.{slug(self.defense.label)}.{self.digest}.safetensors"
+
+    @property
+    def key_parts(self) -> tuple[str, ...]:
+        return ("train", self.model.label, self.defense.label)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One cell of the grid; ``attack`` is None for the clean-accuracy cell."""
+
+    attack: AttackConfig | None
+    eps: float
+    cell_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """A model × defense evaluated naively or adaptively, with its cells (clean first).
+
+    ``adaptive`` marks the adaptive evaluation of an inference wrapper: attacks run on its
+    differentiable stand-in (BPDA, EOT) and are scored on the wrapper itself.
+    """
+
+    model: ModelConfig
+    defense: DefenseConfig
+    adaptive: bool
+    training: Training
+    cells: tuple[Cell, ...]
+
+    @property
+    def defense_label(self) -> str:
+        return f"{self.defense.label} (adaptive)" if self.adaptive else self.defense.label
+
+    def attack_key_parts(self, attack: AttackConfig) -> tuple[str, ...]:
+        return ("attack", self.model.label, self.defense.label, attack.label, attack.norm)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The whole sweep as typed objects, built once by :func:`make_plan`."""
+
+    config: SweepConfig
+    data_fingerprint: str
+    trainings: tuple[Training, ...]
+    units: tuple[Unit, ...]
+
+    @property
+    def cells(self) -> tuple[Cell, ...]:
+        return tuple(c for u in self.units for c in u.cells)
+
+    def order(self) -> dict:
+        """Row and column order of reports, and the cells of the current grid (plan.json)."""
+        return {
+            "models": [m.label for m in self.config.models],
+            "defenses": list(dict.fromkeys(u.defense_label for u in self.units)),
+            "attacks": [[a.label, a.norm] for a in self.config.attacks],
+            "cells": [c.cell_id for c in self.cells],
+        }
+
+
+def make_plan(cfg: SweepConfig, data_fingerprint: str) -> Plan:
+    """Every training, unit and cell of ``cfg`` on the data set with ``data_fingerprint``."""
+    trainings: dict[tuple[str, str], Training] = {}
+    for m in cfg.models:
+        for d in cfg.defenses:
+            t = d.trained
+            if (m.label, t.label) not in trainings:
+                digest = stable_hash({
+                    "data": data_fingerprint, "train_examples": cfg.data.train_examples,
+                    "model": [m.name, list(m.options)], "defense": [t.name, t.defense],
+                    "seed": cfg.seed, "train_version": train_version()})
+                trainings[m.label, t.label] = Training(m, t, digest)
+
+    units = []
+    for m in cfg.models:
+        for d in cfg.defenses:
+            training = trainings[m.label, d.trained.label]
+            modes = (False, True) if d.is_wrapper and hasattr(d.defense, "adaptive") else (False,)
+            for adaptive in modes:
+                defense_label = f"{d.label} (adaptive)" if adaptive else d.label
+                base = {"data": dataclasses.asdict(cfg.data), "seed": cfg.seed,
+                        "model": [m.name, list(m.options)], "defense": [d.name, d.defense],
+                        "weights": training.digest}
+                if adaptive:
+                    base["adaptive"] = True
+
+                def make(attack: AttackConfig | None, eps: float) -> Cell:
+                    ident = {**base, "eps": eps, "attack": None if attack is None
+                             else [attack.name, attack.attack]}
+                    label = CLEAN if attack is None else attack.label
+                    norm = "none" if attack is None else attack.norm
+                    return Cell(attack, eps, cell_id(m.label, defense_label, label, norm, eps, ident))
+
+                cells = [make(None, 0.0)] + [make(a, e) for a in cfg.attacks for e in a.eps]
+                units.append(Unit(m, d, adaptive, training, tuple(cells)))
+    return Plan(cfg, data_fingerprint, tuple(trainings.values()), tuple(units))
