@@ -98,7 +98,7 @@ def evaluate(logits_fn: Callable, params: Any, data: str | tuple, attacks: Seque
     data_id = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()[:12]
     rows, masks = [], {}
 
-    def add(label, attack, e, mask, seconds, compile_s):
+    def add(label, attack, e, mask, seconds, compile_s, info=None):
         norm = "none" if attack is None else attack.norm
         ident = {"data": data_id, "seed": seed, "model": model, "defense": defense, "eps": e,
                  "attack": None if attack is None else [label, attack]}
@@ -106,7 +106,7 @@ def evaluate(logits_fn: Callable, params: Any, data: str | tuple, attacks: Seque
         rows.append(make_record(
             run="api", data=data_name, model=model, defense=defense, attack=label, norm=norm,
             eps=e, mask=mask, seconds=seconds, compile_seconds=compile_s, seed=seed, cell_id=cid,
-            code_version=version, attack_options=attack))
+            code_version=version, attack_options=attack, info=info))
         masks[cid] = mask
 
     t0 = time.perf_counter()
@@ -114,9 +114,11 @@ def evaluate(logits_fn: Callable, params: Any, data: str | tuple, attacks: Seque
         time.perf_counter() - t0, 0.0)
     for label, attack, values in specs:
         key = key_for(seed, "attack", model, defense, label, attack.norm)
-        m, seconds, compile_s = ev.attack_correct(attack, logits_fn, params, x, y, values, key,
-                                                  batch_size, attack_logits_fn=attack_logits_fn)
-        for e, mask in zip(values, m):
-            add(label, attack, e, mask, seconds / len(values), compile_s / len(values))
+        m, seconds, compile_s, info = ev.attack_correct(
+            attack, logits_fn, params, x, y, values, key, batch_size,
+            attack_logits_fn=attack_logits_fn, with_info=True)
+        for i, (e, mask) in enumerate(zip(values, m)):
+            add(label, attack, e, mask, seconds / len(values), compile_s / len(values),
+                {k: v[i] for k, v in info.items()})
     frame = records_frame(rows)
     return (frame, masks) if return_masks else frame

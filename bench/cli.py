@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     speed.add_argument("--repeats", type=int, default=5)
     speed.add_argument("--torchattacks", action="store_true",
                        help="also time torchattacks PGD on the same weights (needs torch)")
+    cc = sub.add_parser("crosscheck", help="compare attacks with torchattacks on the same weights "
+                                           "(cnn models of a finished run; needs torch)")
+    cc.add_argument("run_dir")
+    cc.add_argument("--examples", type=int, default=100)
+    cc.add_argument("--seed", type=int, default=0)
     return p
 
 
@@ -83,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(path)
         elif args.command == "list":
             _list()
+        elif args.command == "crosscheck":
+            from bench.crosscheck import main as crosscheck_main
+
+            crosscheck_main(args.run_dir, args.examples, args.seed)
         elif args.command == "speed":
             from bench.speed import main as speed_main
 

@@ -75,19 +75,47 @@ def _clean_fn(logits_fn: Callable) -> Callable:
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _attack_fn(attack: Any, logits_fn: Callable, attack_logits_fn: Callable | None) -> Callable:
+    """The compiled evaluator of one attack: per ε, correctness, finiteness, inside-the-ball
+    and the attack's per-example info (``{}``, ``queries``, ``distance``, ...).
+
+    Minimum-norm attacks (``attack.minimum_norm``) run once; every ε is scored from the one
+    minimal example found (``where(dist <= ε, x_min, x)``). Other attacks run per ε (a
+    ``vmap`` axis). The score always comes from ``logits_fn``, never from the attack."""
     norm = attack.norm
     attacked = attack_logits_fn or logits_fn
 
-    def one(params, x, y, eps, key):
-        return attack(attacked, params, x[None], y[None], eps, key)[0]
-
-    def per_eps(params, x, y, keys, eps):
-        x_adv = jax.vmap(one, in_axes=(None, 0, 0, None, 0))(params, x, y, eps, keys)
+    def score(params, x, y, x_adv, eps):
         logits = logits_fn(params, x_adv)
         dist = threat.distance(x_adv, x, norm)
         inside = (dist <= eps * (1 + _BALL_RTOL) + _BALL_ATOL)
         inside &= jnp.all((x_adv >= 0) & (x_adv <= 1), axis=(1, 2, 3))
         return jnp.argmax(logits, -1) == y, jnp.all(jnp.isfinite(logits), -1), inside
+
+    if getattr(attack, "minimum_norm", False):
+        def one_min(params, x, y, key):
+            x_min, dist = attack.minimize(attacked, params, x[None], y[None], key)
+            return x_min[0], dist[0]
+
+        def run(params, x, y, keys, eps_vec):
+            x_min, dist = jax.vmap(one_min, in_axes=(None, 0, 0, 0))(params, x, y, keys)
+
+            def per_eps(eps):
+                take = (dist <= eps).reshape((-1,) + (1,) * (x.ndim - 1))
+                return (*score(params, x, y, jnp.where(take, x_min, x), eps), {"distance": dist})
+
+            return jax.vmap(per_eps)(eps_vec)
+
+        return jax.jit(run)
+
+    def one(params, x, y, eps, key):
+        if hasattr(attack, "run"):
+            x_adv, info = attack.run(attacked, params, x[None], y[None], eps, key)
+            return x_adv[0], {k: v[0] for k, v in info.items()}
+        return attack(attacked, params, x[None], y[None], eps, key)[0], {}
+
+    def per_eps(params, x, y, keys, eps):
+        x_adv, info = jax.vmap(one, in_axes=(None, 0, 0, None, 0))(params, x, y, eps, keys)
+        return (*score(params, x, y, x_adv, eps), info)
 
     def run(params, x, y, keys, eps_vec):
         return jax.vmap(functools.partial(per_eps, params, x, y, keys))(eps_vec)
@@ -164,40 +192,105 @@ def clean_correct(logits_fn: Callable, params: Any, x: np.ndarray, y: np.ndarray
     return np.concatenate(out)
 
 
-def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
-                   y: np.ndarray, eps: Sequence[float], key: jax.Array,
-                   batch_size: int = 500, attack_logits_fn: Callable | None = None,
-                   ) -> tuple[np.ndarray, float, float]:
-    """Per-example correctness under ``attack`` at every ε: ``(mask [E, N], seconds, compile_s)``.
+def _example_keys(key: jax.Array, n: int) -> np.ndarray:
+    """One key per example, ``fold_in(key, index)``, as raw key data [n, ...]."""
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(n))
+    return np.asarray(jax.random.key_data(keys))
 
-    The attack runs on ``attack_logits_fn`` when given (an adaptive stand-in such as BPDA for
-    a non-differentiable defense) and is always scored on ``logits_fn``. ``seconds`` is the
-    wall time of the attack itself; ``compile_s`` that of compilation.
-    """
+
+def _run_attack(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y: np.ndarray,
+                eps: Sequence[float], keys: np.ndarray, impl: Any, batch_size: int,
+                attack_logits_fn: Callable | None) -> tuple[np.ndarray, dict, float, float]:
+    """Runs one (non-cascade) attack over ``x`` in padded batches with the given per-example
+    key data: (correct [E, N], info {name: [E, N]}, seconds, compile seconds)."""
     n = len(x)
     b = _padded_batch(batch_size, n)
     put = _Placer()
     fn = _attack_fn(attack, logits_fn, attack_logits_fn)
     eps_arr = put(np.asarray(eps, np.float32), replicate=True)
     params = jax.tree.map(lambda a: put(a, replicate=True), params)
-    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(n))
-    keys = np.asarray(jax.random.key_data(keys))
-    impl = jax.random.key_impl(key)
 
     def args(s, e):
         k = jax.random.wrap_key_data(put(_pad(keys[s:e], b)), impl=impl)
         return params, put(_pad(x[s:e], b)), put(_pad(y[s:e], b)), k, eps_arr
 
     compiled, compile_s = _compiled(fn, args(0, min(b, n)))
-    out = []
+    out, infos = [], []
     t0 = time.perf_counter()
     for s, e in _batches(n, b):
-        ok, finite, inside = (np.asarray(a)[:, : e - s] for a in compiled(*args(s, e)))
+        ok, finite, inside, info = compiled(*args(s, e))
+        ok, finite, inside = (np.asarray(a)[:, : e - s] for a in (ok, finite, inside))
         if not finite.all():
             raise _nan_error("adversarial", int((~finite).sum()))
         if not inside.all():
             raise RobustaxError(f"attack {attack!r} returned {int((~inside).sum())} examples "
                                 f"outside the ε-ball or [0, 1]; this is a bug in the attack")
         out.append(ok)
+        infos.append({k: np.asarray(v)[:, : e - s] for k, v in info.items()})
     seconds = time.perf_counter() - t0
-    return np.concatenate(out, axis=1), seconds, compile_s
+    info = {k: np.concatenate([i[k] for i in infos], axis=1) for k in (infos[0] if infos else {})}
+    return np.concatenate(out, axis=1), info, seconds, compile_s
+
+
+def _bucket(count: int, batch_size: int) -> int:
+    """Batch size for a cascade stage on ``count`` points: the next power of two (at least 8),
+    capped at ``batch_size``, so later stages compile for a handful of shapes only."""
+    return min(batch_size, max(8, 1 << max(count - 1, 0).bit_length()))
+
+
+def _cascade(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y: np.ndarray,
+             eps: Sequence[float], key: jax.Array, batch_size: int,
+             attack_logits_fn: Callable | None) -> tuple[np.ndarray, dict, float, float]:
+    """An ensemble run as AutoAttack does: each stage only on the points every earlier stage
+    left robust, gathered into padded buckets. Per example, stage ``s`` gets the key
+    ``fold_in(fold_in(key, index), s)``, exactly what ``attack.run`` uses on one example, so
+    the cascade equals running every stage on every point and taking the per-example worst
+    case. ``info["stage"]``: 0 robust, -1 misclassified clean, s ≥ 1 broken by stage s."""
+    n = len(x)
+    impl = jax.random.key_impl(key)
+    example_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(n))
+    clean = clean_correct(logits_fn, params, x, y, batch_size)
+    masks, stages_out = [], []
+    seconds = compile_s = 0.0
+    for e in eps:
+        robust = clean.copy()
+        stage = np.where(clean, 0, -1).astype(np.int32)
+        for s, (_, stage_attack) in enumerate(attack.stages(), start=1):
+            idx = np.flatnonzero(robust)
+            if len(idx) == 0:
+                break
+            keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(example_keys[idx], s)
+            ok, _, sec, comp = _run_attack(
+                stage_attack, logits_fn, params, x[idx], y[idx], [e],
+                np.asarray(jax.random.key_data(keys)), impl, _bucket(len(idx), batch_size),
+                attack_logits_fn)
+            seconds, compile_s = seconds + sec, compile_s + comp
+            broken = idx[~ok[0]]
+            robust[broken] = False
+            stage[broken] = s
+        masks.append(robust)
+        stages_out.append(stage)
+    return np.stack(masks), {"stage": np.stack(stages_out)}, seconds, compile_s
+
+
+def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
+                   y: np.ndarray, eps: Sequence[float], key: jax.Array,
+                   batch_size: int = 500, attack_logits_fn: Callable | None = None,
+                   with_info: bool = False, cascade: bool = True):
+    """Per-example correctness under ``attack`` at every ε: ``(mask [E, N], seconds, compile_s)``.
+
+    The attack runs on ``attack_logits_fn`` when given (an adaptive stand-in such as BPDA for
+    a non-differentiable defense) and is always scored on ``logits_fn``. ``seconds`` is the
+    wall time of the attack itself; ``compile_s`` that of compilation. An attack with
+    ``stages()`` (AutoAttack) runs as a cascade unless ``cascade=False``. With ``with_info``
+    the result has a fourth element: the attack's per-example info ``{name: [E, N]}``
+    (``queries`` for Square, ``distance`` for minimum-norm attacks, ``stage`` for cascades).
+    """
+    if cascade and hasattr(attack, "stages"):
+        masks, info, seconds, compile_s = _cascade(attack, logits_fn, params, x, y, eps, key,
+                                                   batch_size, attack_logits_fn)
+    else:
+        masks, info, seconds, compile_s = _run_attack(
+            attack, logits_fn, params, x, y, eps, _example_keys(key, len(x)),
+            jax.random.key_impl(key), batch_size, attack_logits_fn)
+    return (masks, seconds, compile_s, info) if with_info else (masks, seconds, compile_s)

@@ -9,9 +9,11 @@ names its PRNG key derives from. The runner executes it; the report reads its or
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
 import re
 from pathlib import Path
@@ -41,17 +43,57 @@ def key_for(seed: int, *parts: str) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), digest)
 
 
+_ROOT = Path(__file__).resolve().parent.parent
+_LIBRARY = ("attacks", "models", "defenses")
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of library module ``name`` (``a.b`` -> a/b.py or a/b/__init__.py)."""
+    parts = name.split(".")
+    if parts[0] not in _LIBRARY:
+        return None
+    for path in (_ROOT.joinpath(*parts).with_suffix(".py"), _ROOT.joinpath(*parts, "__init__.py")):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imported_files(path: Path) -> set[Path]:
+    """The library source files ``path`` imports: ``from attacks import pgd`` names
+    attacks/pgd.py, ``from models import init_variables`` names models/__init__.py (whose own
+    imports are then followed)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [_module_file(a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            for a in node.names:
+                found.append(_module_file(f"{node.module}.{a.name}") or _module_file(node.module))
+    return {f.resolve() for f in found if f is not None}
+
+
+def training_sources(*classes: type) -> list[Path]:
+    """The files defining ``classes`` and every library file they import, transitively."""
+    todo = [Path(inspect.getsourcefile(c)).resolve() for c in classes]
+    seen: set[Path] = set()
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo.extend(_imported_files(path) - seen)
+    return sorted(seen)
+
+
 @functools.cache
-def train_version() -> str:
-    """A digest of the library source that determines trained weights (attacks, models,
-    defenses): any change there keys new checkpoints, so stale weights are never reused and
-    nobody has to remember to bump a constant."""
-    root = Path(__file__).resolve().parent.parent
+def train_version(*classes: type) -> str:
+    """A digest of the library source that determines trained weights: the files of
+    :func:`training_sources` for the defense and the model. A change there keys new
+    checkpoints, so stale weights are never reused and nobody has to remember to bump a
+    constant; adding an unrelated attack changes nothing."""
     h = hashlib.sha256()
-    for package in ("attacks", "models", "defenses"):
-        for path in sorted((root / package).glob("*.py")):
-            h.update(path.name.encode())
-            h.update(path.read_bytes())
+    for path in training_sources(*classes):
+        h.update(str(path.relative_to(_ROOT)).encode())
+        h.update(path.read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -148,7 +190,8 @@ def make_plan(cfg: SweepConfig, data_fingerprint: str) -> Plan:
                 digest = stable_hash({
                     "data": data_fingerprint, "train_examples": cfg.data.train_examples,
                     "model": [m.name, list(m.options)], "defense": [t.name, t.defense],
-                    "seed": cfg.seed, "train_version": train_version()})
+                    "seed": cfg.seed,
+                    "train_version": train_version(type(t.defense), type(m.module))})
                 trainings[m.label, t.label] = Training(m, t, digest)
 
     units = []

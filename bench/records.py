@@ -28,7 +28,7 @@ COLUMNS = (
     "run", "data", "model", "defense", "attack", "norm", "eps", "examples", "correct",
     "robust_acc", "ci_low", "ci_high", "seconds", "compile_seconds", "seed", "cell_id",
     "config_id", "checkpoint", "code_version", "attack_options", "model_options",
-    "defense_options",
+    "defense_options", "queries_mean", "queries_median", "details",
 )
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -77,14 +77,43 @@ def accuracy_fields(mask: np.ndarray) -> dict:
     return {"examples": n, "correct": k, "robust_acc": k / n, "ci_low": low, "ci_high": high}
 
 
+def info_fields(mask: np.ndarray, info: dict | None, stage_names: tuple[str, ...] = ()) -> dict:
+    """Summaries of an attack's per-example info for one cell.
+
+    ``queries`` (score-based attacks): mean and median over the examples the attack fooled
+    (those with a positive count; examples misclassified before any query count 0).
+    ``distance`` (minimum-norm attacks): the median of the finite distances found.
+    ``stage`` (cascades): how many points each stage broke, in ``details``.
+    """
+    out = {"queries_mean": float("nan"), "queries_median": float("nan"), "details": ""}
+    if not info:
+        return out
+    details: dict = {}
+    if "queries" in info:
+        q = np.asarray(info["queries"])[~np.asarray(mask) & (np.asarray(info["queries"]) > 0)]
+        if q.size:
+            out["queries_mean"], out["queries_median"] = float(q.mean()), float(np.median(q))
+    if "distance" in info:
+        d = np.asarray(info["distance"], np.float64)
+        d = d[np.isfinite(d)]
+        details["median_distance"] = float(np.median(d)) if d.size else None
+    if "stage" in info:
+        st = np.asarray(info["stage"])
+        details["misclassified_clean"] = int(np.sum(st == -1))
+        details["broken_by"] = {name: int(np.sum(st == i)) for i, name in enumerate(stage_names, 1)}
+    out["details"] = json.dumps(details, sort_keys=True) if details else ""
+    return out
+
+
 def make_record(*, run: str, data: str, model: str, defense: str, attack: str, norm: str,
                 eps: float, mask: np.ndarray, seconds: float, compile_seconds: float, seed: int,
                 cell_id: str, config_id: str = "", checkpoint: str = "", code_version: str = "",
                 attack_options: Any = None, model_options: Any = None,
-                defense_options: Any = None) -> dict:
+                defense_options: Any = None, info: dict | None = None) -> dict:
     """The one record builder (sweeps and ``bench.evaluate``): a row of :data:`COLUMNS`.
 
-    Options are dataclass instances or dicts, stored as sorted JSON ("" when absent).
+    Options are dataclass instances or dicts, stored as sorted JSON ("" when absent);
+    ``info`` is the attack's per-example info at this ε (see :func:`info_fields`).
     """
     def as_json(o):
         if o is None:
@@ -100,6 +129,8 @@ def make_record(*, run: str, data: str, model: str, defense: str, attack: str, n
         "config_id": config_id, "checkpoint": checkpoint, "code_version": code_version,
         "attack_options": as_json(attack_options), "model_options": as_json(model_options),
         "defense_options": as_json(defense_options),
+        **info_fields(mask, info, tuple(n for n, _ in attack_options.stages())
+                      if hasattr(attack_options, "stages") else ()),
     }
 
 

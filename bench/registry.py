@@ -76,6 +76,12 @@ class Registry(Mapping[str, type]):
 ATTACKS = Registry("attack")
 ATTACKS.register("fgsm", attacks.FGSM)
 ATTACKS.register("pgd", attacks.PGD)
+ATTACKS.register("apgd-ce", attacks.APGD)
+ATTACKS.register("apgd-dlr", attacks.APGDDLR)
+ATTACKS.register("apgd-t", attacks.APGDT)
+ATTACKS.register("fab", attacks.FAB)
+ATTACKS.register("square", attacks.Square)
+ATTACKS.register("autoattack", attacks.AutoAttack)
 
 DEFENSES = Registry("defense")
 DEFENSES.register("standard", defenses.Standard)

@@ -177,7 +177,7 @@ def _evaluate_unit(unit: Unit, todo: set[str], weights: _Weights, plan: Plan, x,
     attack_fn = adaptive_fn if unit.adaptive else None
     tag = f"{m.label}/{unit.defense_label}"
 
-    def write(cell, mask, seconds, compile_s):
+    def write(cell, mask, seconds, compile_s, info=None):
         a = cell.attack
         run.write_cell(make_record(
             run=cfg.name, data=cfg.data.name, model=m.label, defense=unit.defense_label,
@@ -185,7 +185,7 @@ def _evaluate_unit(unit: Unit, todo: set[str], weights: _Weights, plan: Plan, x,
             eps=cell.eps, mask=mask, seconds=seconds, compile_seconds=compile_s, seed=cfg.seed,
             cell_id=cell.cell_id, config_id=cfg.config_id(), checkpoint=unit.training.digest,
             code_version=version, attack_options=None if a is None else a.attack,
-            model_options=dict(m.options), defense_options=d.defense), mask)
+            model_options=dict(m.options), defense_options=d.defense, info=info), mask)
         bar.update(1)
 
     for cell in unit.cells:
@@ -199,12 +199,13 @@ def _evaluate_unit(unit: Unit, todo: set[str], weights: _Weights, plan: Plan, x,
         if not missing:
             continue
         bar.set_postfix_str(f"{tag} {a.label} {a.norm}", refresh=False)
-        masks, seconds, compile_s = ev.attack_correct(
+        masks, seconds, compile_s, info = ev.attack_correct(
             a.attack, eval_fn, params, x, y, [c.eps for c in missing],
             key_for(cfg.seed, *unit.attack_key_parts(a)), cfg.eval.batch_size,
-            attack_logits_fn=attack_fn)
-        for c, mask in zip(missing, masks):
-            write(c, mask, seconds / len(missing), compile_s / len(missing))
+            attack_logits_fn=attack_fn, with_info=True)
+        for i, (c, mask) in enumerate(zip(missing, masks)):
+            write(c, mask, seconds / len(missing), compile_s / len(missing),
+                  {k: v[i] for k, v in info.items()})
 
 
 def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None = None,

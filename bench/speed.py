@@ -76,46 +76,12 @@ def torchattacks_time(module, params, x: np.ndarray, y: np.ndarray, steps: int,
     """torchattacks PGD-``steps`` (ε=0.3, α=2.5ε/steps) on a PyTorch copy of the ``cnn``."""
     import torch
     import torchattacks
-    from torch import nn
 
-    p = params["params"]
-    w = module.width
-    mean, std = float(module.mean[0]), float(module.std[0])
+    from bench.torch_twin import cnn_twin, to_torch
 
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.convs = nn.ModuleList([nn.Conv2d(1, w, 3, padding=1), nn.Conv2d(w, w, 3, padding=1),
-                                        nn.Conv2d(w, 2 * w, 3, padding=1),
-                                        nn.Conv2d(2 * w, 2 * w, 3, padding=1)])
-            self.fc1 = nn.Linear(2 * w * 7 * 7, module.dense)
-            self.fc2 = nn.Linear(module.dense, module.num_classes)
-
-        def forward(self, z):
-            z = (z - mean) / std
-            for i, conv in enumerate(self.convs):
-                z = torch.relu(conv(z))
-                if i % 2 == 1:
-                    z = torch.nn.functional.max_pool2d(z, 2)
-            z = z.permute(0, 2, 3, 1).flatten(1)  # NHWC flatten order, as in flax
-            return self.fc2(torch.relu(self.fc1(z)))
-
-    net = Net().eval()
-    with torch.no_grad():
-        for i, conv in enumerate(net.convs):
-            conv.weight.copy_(torch.tensor(np.array(p[f"Conv_{i}"]["kernel"]).transpose(3, 2, 0, 1)))
-            conv.bias.copy_(torch.tensor(np.array(p[f"Conv_{i}"]["bias"])))
-        for lin, name in ((net.fc1, "Dense_0"), (net.fc2, "Dense_1")):
-            lin.weight.copy_(torch.tensor(np.array(p[name]["kernel"]).T))
-            lin.bias.copy_(torch.tensor(np.array(p[name]["bias"])))
-    xt = torch.tensor(x.transpose(0, 3, 1, 2))
+    net = cnn_twin(module, params, x)  # checks the copy computes the same logits
+    xt = to_torch(x)
     yt = torch.tensor(y.astype(np.int64))
-    with torch.no_grad():  # the copy must compute the same function, or the timing means nothing
-        from models import make_logits_fn
-
-        diff = np.abs(net(xt).numpy() - np.asarray(make_logits_fn(module)(params, x))).max()
-    if diff > 1e-3:
-        raise RuntimeError(f"the PyTorch copy of the cnn differs from the Flax model by {diff}")
     atk = torchattacks.PGD(net, eps=0.3, alpha=2.5 * 0.3 / steps, steps=steps, random_start=True)
     atk(xt, yt)
     best = float("inf")

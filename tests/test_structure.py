@@ -53,3 +53,19 @@ def test_one_atomic_writer():
             if needle in text:
                 offenders.append(f"{p.relative_to(ROOT)}: {needle}")
     assert not offenders, offenders
+
+
+def test_training_version_covers_what_training_imports():
+    """Checkpoints are keyed by the source their weights depend on, found by following
+    imports: PGD-AT depends on PGD and the losses, not on Square; standard training not on PGD."""
+    import defenses
+    import models
+    from bench.plan import train_version, training_sources
+
+    rel = lambda classes: {str(p.relative_to(ROOT)) for p in training_sources(*classes)}
+    pgd_at = rel((defenses.PGDAT, models.CNN))
+    assert {"attacks/pgd.py", "attacks/losses.py", "defenses/training.py", "models/cnn.py",
+            "models/layers.py", "models/base.py"} <= pgd_at
+    assert "attacks/square.py" not in pgd_at and "bench/plan.py" not in pgd_at
+    assert "attacks/pgd.py" not in rel((defenses.Standard, models.MLP))
+    assert train_version(defenses.PGDAT, models.CNN) != train_version(defenses.Standard, models.CNN)

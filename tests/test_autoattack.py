@@ -1,0 +1,90 @@
+"""AutoAttack's cascade in the engine, minimum-norm scoring and attack info in records."""
+
+import jax
+import numpy as np
+import pytest
+
+import attacks
+import bench
+from bench import engine
+
+
+@pytest.fixture(scope="module")
+def small(trained_mlp, digits):
+    f, params = trained_mlp
+    return f, params, digits.x_test[:48], digits.y_test[:48]
+
+
+AA = attacks.AutoAttack(steps=5, queries=40)
+EPS = [0.05, 0.1]
+
+
+def test_cascade_equals_worst_case_of_stages_on_all_points(small):
+    """The cascade (each stage on the still-robust points, padded buckets) gives the same
+    per-example result as the pure kernel (every stage on every point) and as the
+    per-example worst case of the stages run separately with the same keys; it is below
+    every stage and below PGD."""
+    f, params, x, y = small
+    key = jax.random.key(5)
+    cascade, _, _, info = engine.attack_correct(AA, f, params, x, y, EPS, key, batch_size=20,
+                                                with_info=True)
+    kernel, _, _, kinfo = engine.attack_correct(AA, f, params, x, y, EPS, key, batch_size=20,
+                                                with_info=True, cascade=False)
+    np.testing.assert_array_equal(cascade, kernel)
+    np.testing.assert_array_equal(info["stage"], kinfo["stage"])
+    clean = engine.clean_correct(f, params, x, y)
+    worst = np.broadcast_to(clean, cascade.shape).copy()
+    n = len(x)
+    example_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, np.arange(n))
+    for s, (_, stage) in enumerate(AA.stages(), start=1):
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(example_keys, s)
+        ok, _, _, _ = engine._run_attack(stage, f, params, x, y, EPS,
+                                         np.asarray(jax.random.key_data(keys)),
+                                         jax.random.key_impl(key), 48, None)
+        assert np.all(cascade <= ok)  # never above a stage, per example
+        worst &= ok
+    np.testing.assert_array_equal(cascade, worst)
+    pgd, _, _ = engine.attack_correct(attacks.PGD(steps=10), f, params, x, y, EPS, key)
+    assert np.all(cascade.mean(1) <= pgd.mean(1))
+    # Stage bookkeeping: -1 misclassified clean, 0 robust, s broken by stage s.
+    np.testing.assert_array_equal(info["stage"] == 0, cascade)
+    np.testing.assert_array_equal((info["stage"] == -1)[0], ~clean)
+    assert np.all(cascade.mean(1)[:-1] >= cascade.mean(1)[1:])  # non-increasing in ε
+
+
+def test_autoattack_records_say_which_stage_broke_how_many(small):
+    import json
+
+    f, params, x, y = small
+    records = bench.evaluate(f, params, (x, y), [AA], eps=EPS, batch_size=24)
+    for _, row in records[records["attack"] == "autoattack"].iterrows():
+        details = json.loads(row["details"])
+        assert list(details["broken_by"]) == [name for name, _ in AA.stages()]
+        broken = sum(details["broken_by"].values())
+        assert broken + details["misclassified_clean"] + row["correct"] == row["examples"]
+
+
+def test_square_records_carry_queries(small):
+    f, params, x, y = small
+    records = bench.evaluate(f, params, (x, y), [attacks.Square(queries=60)], eps=[0.0, 0.2])
+    row = records[(records["attack"] == "square") & (records["eps"] == 0.2)].iloc[0]
+    assert row["correct"] < records.iloc[0]["correct"]  # it broke some points
+    assert 1 <= row["queries_median"] <= 60 and 1 <= row["queries_mean"] <= 60
+    at_zero = records[(records["attack"] == "square") & (records["eps"] == 0.0)].iloc[0]
+    assert np.isnan(at_zero["queries_mean"])  # nothing fooled at ε = 0
+
+
+def test_minimum_norm_attack_scores_every_eps_from_one_run(small):
+    """FAB runs once; the accuracy at each ε equals calling the kernel at that ε, and the
+    per-example distances come back as info."""
+    f, params, x, y = small
+    fab = attacks.FAB(steps=10, n_target_classes=3)
+    eps = [0.0, 0.03, 0.08, 0.2]
+    key = jax.random.key(2)
+    masks, _, _, info = engine.attack_correct(fab, f, params, x, y, eps, key, with_info=True)
+    dist = info["distance"][0]
+    np.testing.assert_array_equal(info["distance"][1], dist)
+    clean = engine.clean_correct(f, params, x, y)
+    for i, e in enumerate(eps):
+        np.testing.assert_array_equal(masks[i], clean & ~(dist <= e))
+    assert masks[-1].sum() < masks[0].sum()
