@@ -29,7 +29,7 @@ def _best_time(fn: Callable[[], object], repeats: int) -> float:
 
 def measure(batch: int = 256, steps: int = 20, repeats: int = 5, seed: int = 0) -> dict:
     """Times the ``cnn`` (28×28×1, 10 classes) forward+input-gradient and PGD-``steps`` L∞."""
-    from attacks import PGD
+    from attacks import APGD, PGD, Square
     from bench import engine as ev
     from models import CNN, init_variables, make_logits_fn
 
@@ -51,6 +51,16 @@ def measure(batch: int = 256, steps: int = 20, repeats: int = 5, seed: int = 0) 
     results = {"batch": batch, "steps": steps, "backend": jax.default_backend(),
                "devices": jax.device_count()}
     results["fwd_bwd_s"] = _best_time(lambda: fwd_bwd(params, x, y), repeats)
+    results["fwd_s"] = _best_time(lambda: jax.jit(logits_fn)(params, x), repeats)
+    # APGD-CE (k gradient steps) and Square (k queries on a budget where no example is
+    # fooled, ε = 0: every query is spent), each over its own unit of work.
+    apgd = jax.jit(lambda p, x, y, k: APGD(norm="linf", steps=steps)(logits_fn, p, x, y, eps, k))
+    results["apgd_s"] = _best_time(lambda: apgd(params, x, y, ka), repeats)
+    square = jax.jit(lambda p, x, y, k: Square(norm="linf", queries=steps)(
+        logits_fn, p, x, y, jnp.float32(0.0), k))
+    results["square_s"] = _best_time(lambda: square(params, x, y, ka), repeats)
+    results["ratio_apgd"] = results["apgd_s"] / (steps * results["fwd_bwd_s"])
+    results["ratio_square"] = results["square_s"] / (steps * results["fwd_s"])
     for name, unroll in (("pgd_s", 0), ("pgd_rolled_s", 1)):
         attack = PGD(norm="linf", steps=steps, unroll=unroll)
         fn = jax.jit(lambda p, x, y, k, a=attack: a(logits_fn, p, x, y, eps, k))
@@ -102,6 +112,10 @@ def main(batch: int = 256, steps: int = 20, repeats: int = 5, torchattacks: bool
     print(f"  PGD-{steps} kernel (unrolled loop)   {r['pgd_s']:8.3f} s   ratio to {steps}×(fwd+grad): {r['ratio']:.2f}")
     print(f"  PGD-{steps} kernel (rolled loop)     {r['pgd_rolled_s']:8.3f} s   ratio: {r['ratio_rolled']:.2f}")
     print(f"  PGD-{steps} as run by a sweep        {r['sweep_pgd_s']:8.3f} s   ratio: {r['ratio_sweep']:.2f}")
+    print(f"  APGD-CE-{steps} kernel               {r['apgd_s']:8.3f} s   ratio: {r['ratio_apgd']:.2f}")
+    print(f"  forward only                     {r['fwd_s'] * 1e3:8.1f} ms")
+    print(f"  Square, {steps} queries (ε = 0)      {r['square_s']:8.3f} s   ratio to {steps}×fwd: "
+          f"{r['ratio_square']:.2f}")
     if torchattacks:
         try:
             t = torchattacks_time(module, params, x, y, steps, repeats)

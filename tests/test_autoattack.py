@@ -88,3 +88,32 @@ def test_minimum_norm_attack_scores_every_eps_from_one_run(small):
     for i, e in enumerate(eps):
         np.testing.assert_array_equal(masks[i], clean & ~(dist <= e))
     assert masks[-1].sum() < masks[0].sum()
+
+
+def test_torch_twin_and_the_crosscheck_mapping():
+    """The PyTorch twin computes the cnn's logits; every registered attack that torchattacks
+    also has maps to it with the same budget."""
+    pytest.importorskip("torch")
+    pytest.importorskip("torchattacks")
+    from bench.crosscheck import torch_attack
+    from bench.torch_twin import cnn_twin
+    from models import CNN, init_variables
+
+    module = CNN(num_classes=10, mean=(0.4,), std=(0.3,), width=4, dense=8)
+    params = init_variables(module, jax.random.key(0), (8, 8, 1))
+    x = np.asarray(jax.random.uniform(jax.random.key(1), (5, 8, 8, 1)))
+    net = cnn_twin(module, params, x)
+    for name, attack in [("pgd", attacks.PGD()), ("apgd-ce", attacks.APGD()),
+                         ("apgd-t", attacks.APGDT(norm="l2")), ("fab", attacks.FAB()),
+                         ("square", attacks.Square()), ("autoattack", attacks.AutoAttack())]:
+        ta = torch_attack(name, attack, net, 0.1, 10, 0)
+        assert ta is not None and abs(float(ta.eps) - 0.1) < 1e-9, name
+    assert torch_attack("pgd", attacks.PGD(norm="l1"), net, 0.1, 10, 0) is None
+    import torch
+
+    from bench.torch_twin import to_torch
+    from models import make_logits_fn
+
+    with torch.no_grad():
+        twin = net(to_torch(x)).numpy()
+    np.testing.assert_allclose(twin, make_logits_fn(module)(params, x), atol=1e-5)
