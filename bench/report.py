@@ -134,8 +134,8 @@ def write_plots(records: pd.DataFrame, run: RunDir) -> list[Path]:
                                 color=line.get_color(), alpha=0.15, lw=0)
         data = ", ".join(sorted(group["data"].unique()))
         n = ", ".join(str(v) for v in sorted(group["examples"].unique()))
-        ax.set(xlabel=f"ε ({norm})", ylabel="robust accuracy (%)", ylim=(-2, 102),
-               title=f"{attack} ({norm}) on {data}: {n} test images, 95% CI")
+        ax.set(xlabel=f"ε ({norm})", ylabel="robust accuracy (%)", ylim=(-2, 102))
+        ax.set_title(f"{attack} ({norm}) on {data}: {n} test images, 95% CI", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         for ext in ("png", "pdf"):

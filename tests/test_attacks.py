@@ -163,13 +163,18 @@ def test_steepest_directions_have_unit_norm():
         assert np.all(np.sum(np.asarray(d * g), axis=(1, 2, 3)) > 0)
 
 
-def test_eps_zero_equals_clean_accuracy(trained_mlp, digits):
+def test_eps_zero_equals_clean_and_accuracy_falls_with_eps(trained_mlp, digits):
+    """Every registered attack through the engine: ε = 0 gives exactly the clean mask, and
+    robust accuracy never rises with ε (one compiled call per attack)."""
     f, params = trained_mlp
     x, y = digits.x_test[:40], digits.y_test[:40]
     clean = engine.clean_correct(f, params, x, y)
+    eps = [0.0, 0.05, 0.1, 0.3]
     for attack in [a.values[0] for a in all_attacks()]:
-        masks, _, _ = engine.attack_correct(attack, f, params, x, y, [0.0], jax.random.key(0))
+        masks, _, _ = engine.attack_correct(attack, f, params, x, y, eps, jax.random.key(0))
         np.testing.assert_array_equal(masks[0], clean, err_msg=repr(attack))
+        acc = masks.mean(1)
+        assert np.all(acc[1:] <= acc[:-1]), (attack, acc)
 
 
 def test_pgd_at_least_as_strong_as_fgsm(trained_mlp, digits):
