@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     cc.add_argument("run_dir")
     cc.add_argument("--examples", type=int, default=100)
     cc.add_argument("--seed", type=int, default=0)
+    cc.add_argument("--attack", action="append", help="only this attack name (repeatable)")
+    cc.add_argument("--eps", action="append", type=float, help="only this ε (repeatable)")
+    cc.add_argument("--defense", action="append", help="only this defense label (repeatable)")
     return p
 
 
@@ -91,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "crosscheck":
             from bench.crosscheck import main as crosscheck_main
 
-            crosscheck_main(args.run_dir, args.examples, args.seed)
+            crosscheck_main(args.run_dir, args.examples, args.seed, args.attack, args.eps,
+                            args.defense)
         elif args.command == "speed":
             from bench.speed import main as speed_main
 

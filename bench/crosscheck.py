@@ -57,9 +57,12 @@ def torch_attack(name: str, attack, net, eps: float, num_classes: int, seed: int
     return None
 
 
-def crosscheck(run_dir: str | Path, examples: int = 100, seed: int = 0,
-               progress=print) -> pd.DataFrame:
-    """Runs the comparison for a finished run directory; writes and returns the table."""
+def crosscheck(run_dir: str | Path, examples: int = 100, seed: int = 0, progress=print,
+               only_attacks: tuple[str, ...] = (), only_eps: tuple[float, ...] = (),
+               only_defenses: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Runs the comparison for a finished run directory; writes and returns the table.
+
+    ``only_*`` restrict it to some attack names, budgets and defense labels (empty: all)."""
     import torch
 
     from bench import engine as ev
@@ -83,15 +86,18 @@ def crosscheck(run_dir: str | Path, examples: int = 100, seed: int = 0,
     torch.manual_seed(seed)
     rows = []
     for training in plan.trainings:
-        if training.model.name != "cnn":
+        if training.model.name != "cnn" or (only_defenses and
+                                             training.defense.label not in only_defenses):
             continue
         module, logits_fn = weights.module(training.model)
         params = weights(training)
         net = cnn_twin(module, params, x[:64])
         xt, yt = to_torch(x), torch.tensor(y.astype(np.int64))
         for a in cfg.attacks:
+            if only_attacks and a.name not in only_attacks:
+                continue
             for eps in a.eps:
-                if eps == 0:
+                if eps == 0 or (only_eps and eps not in only_eps):
                     continue
                 atk = torch_attack(a.name, a.attack, net, eps, data.num_classes, seed)
                 if atk is None:
@@ -140,12 +146,13 @@ class _NoBar:
         pass
 
 
-def main(run_dir: str, examples: int, seed: int) -> None:
+def main(run_dir: str, examples: int, seed: int, attacks=(), eps=(), defenses=()) -> None:
     try:
         import torch  # noqa: F401
         import torchattacks  # noqa: F401
     except ImportError as e:
         raise RobustaxError(f"crosscheck needs {e.name}: pip install torch==2.13.0 and "
                             f"pip install --no-deps torchattacks") from None
-    frame = crosscheck(run_dir, examples, seed)
+    frame = crosscheck(run_dir, examples, seed, only_attacks=tuple(attacks or ()),
+                       only_eps=tuple(eps or ()), only_defenses=tuple(defenses or ()))
     print(frame.to_markdown(index=False, floatfmt=".3f"))

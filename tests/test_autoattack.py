@@ -12,7 +12,7 @@ from bench import engine
 @pytest.fixture(scope="module")
 def small(trained_mlp, digits):
     f, params = trained_mlp
-    return f, params, digits.x_test[:48], digits.y_test[:48]
+    return f, params, digits.x_test[:32], digits.y_test[:32]
 
 
 AA = attacks.AutoAttack(steps=5, queries=40)
@@ -40,7 +40,7 @@ def test_cascade_equals_worst_case_of_stages_on_all_points(small):
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(example_keys, s)
         ok, _, _, _ = engine._run_attack(stage, f, params, x, y, EPS,
                                          np.asarray(jax.random.key_data(keys)),
-                                         jax.random.key_impl(key), 48, None)
+                                         jax.random.key_impl(key), 32, None)
         assert np.all(cascade <= ok)  # never above a stage, per example
         worst &= ok
     np.testing.assert_array_equal(cascade, worst)
