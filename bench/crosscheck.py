@@ -50,10 +50,16 @@ def torch_attack(name: str, attack, net, eps: float, num_classes: int, seed: int
         return ta.Square(net, norm=norm, eps=eps, n_queries=attack.queries,
                          n_restarts=attack.restarts, p_init=attack.p_init, loss=attack.loss,
                          resc_schedule=attack.resc_schedule, seed=seed)
-    if name == "autoattack" and attack.version == "standard" and attack.steps == 100 \
-            and attack.queries == 5000:
-        return ta.AutoAttack(net, norm=norm, eps=eps, version="standard", n_classes=num_classes,
-                             seed=seed)
+    if name == "autoattack" and attack.version == "standard":
+        # Not ta.AutoAttack: torchattacks 3.5.1 builds its APGD, APGD-T and FAB stages with their
+        # default 10 steps instead of the reference's 100, a much weaker attack. The same four
+        # stages with our settings, as torchattacks' own MultiAttack:
+        return ta.MultiAttack([
+            ta.APGD(net, norm=norm, eps=eps, steps=attack.steps, loss="ce", seed=seed),
+            ta.APGDT(net, norm=norm, eps=eps, steps=attack.steps, n_classes=num_classes, seed=seed),
+            ta.FAB(net, norm=norm, eps=eps, steps=attack.steps, multi_targeted=True,
+                   n_classes=num_classes, seed=seed),
+            ta.Square(net, norm=norm, eps=eps, n_queries=attack.queries, seed=seed)])
     return None
 
 

@@ -107,7 +107,12 @@ def test_torch_twin_and_the_crosscheck_mapping():
                          ("apgd-t", attacks.APGDT(norm="l2")), ("fab", attacks.FAB()),
                          ("square", attacks.Square()), ("autoattack", attacks.AutoAttack())]:
         ta = torch_attack(name, attack, net, 0.1, 10, 0)
-        assert ta is not None and abs(float(ta.eps) - 0.1) < 1e-9, name
+        assert ta is not None, name
+        for sub in getattr(ta, "attacks", [ta]):  # AutoAttack: torchattacks' MultiAttack
+            assert abs(float(sub.eps) - 0.1) < 1e-9, (name, sub)
+            if hasattr(sub, "steps") and name != "pgd":
+                assert sub.steps == attack.stages()[0][1].steps if name == "autoattack" \
+                    else sub.steps == attack.steps, (name, sub)
     assert torch_attack("pgd", attacks.PGD(norm="l1"), net, 0.1, 10, 0) is None
     import torch
 
