@@ -192,10 +192,9 @@ def clean_correct(logits_fn: Callable, params: Any, x: np.ndarray, y: np.ndarray
     return np.concatenate(out)
 
 
-def _example_keys(key: jax.Array, n: int) -> np.ndarray:
-    """One key per example, ``fold_in(key, index)``, as raw key data [n, ...]."""
-    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(n))
-    return np.asarray(jax.random.key_data(keys))
+def _example_keys(key: jax.Array, n: int) -> jax.Array:
+    """One key per example, ``fold_in(key, index)``: results never depend on batching."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(n))
 
 
 def _run_attack(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y: np.ndarray,
@@ -248,7 +247,7 @@ def _cascade(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y: np
     case. ``info["stage"]``: 0 robust, -1 misclassified clean, s ≥ 1 broken by stage s."""
     n = len(x)
     impl = jax.random.key_impl(key)
-    example_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(n))
+    example_keys = _example_keys(key, n)
     clean = clean_correct(logits_fn, params, x, y, batch_size)
     masks, stages_out = [], []
     seconds = compile_s = 0.0
@@ -291,6 +290,7 @@ def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
                                                    batch_size, attack_logits_fn)
     else:
         masks, info, seconds, compile_s = _run_attack(
-            attack, logits_fn, params, x, y, eps, _example_keys(key, len(x)),
+            attack, logits_fn, params, x, y, eps,
+            np.asarray(jax.random.key_data(_example_keys(key, len(x)))),
             jax.random.key_impl(key), batch_size, attack_logits_fn)
     return (masks, seconds, compile_s, info) if with_info else (masks, seconds, compile_s)

@@ -109,6 +109,11 @@ def cell_id(model: str, defense: str, attack: str, norm: str, eps: float, identi
     return f"{slug(model)}.{slug(defense)}.{what}.eps{eps:g}.{stable_hash(identity, 10)}"
 
 
+def defense_label(label: str, adaptive: bool) -> str:
+    """The row label of a defense: its config label, marked for the adaptive evaluation."""
+    return f"{label} (adaptive)" if adaptive else label
+
+
 @dataclasses.dataclass(frozen=True)
 class Training:
     """One checkpoint: a model trained by a training defense."""
@@ -151,7 +156,7 @@ class Unit:
 
     @property
     def defense_label(self) -> str:
-        return f"{self.defense.label} (adaptive)" if self.adaptive else self.defense.label
+        return defense_label(self.defense.label, self.adaptive)
 
     def attack_key_parts(self, attack: AttackConfig) -> tuple[str, ...]:
         return ("attack", self.model.label, self.defense.label, attack.label, attack.norm)
@@ -200,7 +205,7 @@ def make_plan(cfg: SweepConfig, data_fingerprint: str) -> Plan:
             training = trainings[m.label, d.trained.label]
             modes = (False, True) if d.is_wrapper and hasattr(d.defense, "adaptive") else (False,)
             for adaptive in modes:
-                defense_label = f"{d.label} (adaptive)" if adaptive else d.label
+                row = defense_label(d.label, adaptive)
                 base = {"data": dataclasses.asdict(cfg.data), "seed": cfg.seed,
                         "model": [m.name, list(m.options)], "defense": [d.name, d.defense],
                         "weights": training.digest}
@@ -212,7 +217,7 @@ def make_plan(cfg: SweepConfig, data_fingerprint: str) -> Plan:
                              else [attack.name, attack.attack]}
                     label = CLEAN if attack is None else attack.label
                     norm = "none" if attack is None else attack.norm
-                    return Cell(attack, eps, cell_id(m.label, defense_label, label, norm, eps, ident))
+                    return Cell(attack, eps, cell_id(m.label, row, label, norm, eps, ident))
 
                 cells = [make(None, 0.0)] + [make(a, e) for a in cfg.attacks for e in a.eps]
                 units.append(Unit(m, d, adaptive, training, tuple(cells)))
