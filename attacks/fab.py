@@ -3,10 +3,11 @@
 FAB-T (``targeted=True``, the default) is AutoAttack's ``fab-t``: for each of the top
 ``n_target_classes`` classes under the clean logits it linearises f = z_t − z_y at the
 current iterate with one input gradient, projects the iterate and the clean point onto the
-hyperplane {f + ⟨∇f, δ⟩ = 0} ∩ [0, 1] in the threat norm (exact, sorting-based solvers),
-and takes the biased step x ← clip((1−α)(x + ηδ) + α(x₀ + ηδ₀)), α = min(‖δ‖/(‖δ‖+‖δ₀‖),
-α_max). Whenever the new point is misclassified it is kept if closer than the best so far
-and pulled back towards x₀ by the factor β. Untargeted FAB (``targeted=False``) linearises
+hyperplane {f + ⟨∇f, δ⟩ = 0} ∩ [0, 1] in the threat norm (exact solvers: a bracketed
+Newton water level for L∞ and L2, a sort for L1), and takes the biased step
+x ← clip((1−α)(x + ηδ) + α(x₀ + ηδ₀)), α = min(‖δ‖/(‖δ‖+‖δ₀‖), α_max). Whenever the new
+point is misclassified it is kept if closer than the best so far and pulled back towards x₀
+by the factor β. Untargeted FAB (``targeted=False``) linearises
 every z_j − z_y (the full input Jacobian, K backward passes) and follows the hyperplane of
 the closest class by |f_j| / ‖∇f_j‖_dual. Targets and restarts are ``vmap`` axes; restart 0
 starts at x, later ones at a random point at distance ``eps_init``/2, as in the reference
@@ -14,7 +15,7 @@ starts at x, later ones at a random point at distance ``eps_init``/2, as in the 
 (prediction ≠ y) in both versions, as in the reference.
 
 Cost per target and restart: steps × (one forward + input-gradient pass, one forward pass
-for the success check, two box-constrained projections, i.e. sorts of the input dimension).
+for the success check, two box-constrained projections, ~24 elementwise passes each).
 """
 
 from __future__ import annotations
@@ -53,21 +54,38 @@ def _oriented(t, w, b):
     return jnp.abs(c), jnp.abs(w), -jnp.sign(w), jnp.maximum(cap, 0.0)
 
 
+_BISECTIONS = 20  # geometric bisection steps that bracket the water level ...
+_NEWTON = 4       # ... then Newton steps, exact on the bracket's last linear piece
+
+
 def _water_level(q, r, c):
     """The λ ≥ 0 with Σ_i q_i·min(λ, r_i) = c for weights q ≥ 0 and breakpoints r ≥ 0, per row,
-    and whether it exists (c < Σ q_i r_i). One sort of the breakpoints; the piecewise-linear
-    left side is evaluated at every breakpoint at once and λ solved on its segment."""
-    rs, qs = jax.lax.sort((r, q), dimension=1, num_keys=1)
-    qr = qs * rs
-    qr_cum = jnp.cumsum(qr, axis=1)
-    qr_before = jnp.pad(qr_cum[:, :-1], ((0, 0), (1, 0)))       # Σ_{j<k} q_j r_j
-    q_from = jnp.flip(jnp.cumsum(jnp.flip(qs, 1), axis=1), 1)   # Σ_{j≥k} q_j
-    level = qr_before + rs * q_from                              # left side at λ = r_k
-    m = jnp.minimum(jnp.sum(level <= c[:, None], axis=1), q.shape[1] - 1)[:, None]
-    num = c - jnp.take_along_axis(qr_before, m, axis=1)[:, 0]
-    den = jnp.take_along_axis(q_from, m, axis=1)[:, 0]
-    lam = jnp.maximum(num / jnp.maximum(den, jnp.finfo(q.dtype).tiny), 0.0)
-    return lam, c < qr_cum[:, -1]
+    and whether it exists (c < Σ q_i r_i).
+
+    The left side F(λ) is increasing, concave and piecewise linear. λ is bracketed between
+    c / Σq (where F ≤ c) and max r by geometric bisection, then Newton steps from the lower
+    end: on a concave function they stay below the root and land on it exactly once they
+    reach its linear piece. This costs ~24 elementwise passes over the row; the sort of the
+    breakpoints that the reference uses costs 10–20× more on CPU.
+    """
+    tiny = jnp.finfo(q.dtype).tiny
+    level = lambda lam: jnp.sum(q * jnp.minimum(lam[:, None], r), axis=1)  # noqa: E731
+    lo = c / jnp.maximum(jnp.sum(q, axis=1), tiny)
+    hi = jnp.maximum(jnp.max(r, axis=1), lo)
+
+    def bisect(_, bounds):
+        lo, hi = bounds
+        mid = jnp.sqrt(lo * hi)
+        below = level(mid) < c
+        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+    def newton(_, lam):
+        slope = jnp.sum(jnp.where(r > lam[:, None], q, 0.0), axis=1)
+        return jnp.maximum(lam, lam + (c - level(lam)) / jnp.maximum(slope, tiny))
+
+    lo, _ = jax.lax.fori_loop(0, _BISECTIONS, bisect, (lo, hi))
+    lam = jax.lax.fori_loop(0, _NEWTON, newton, lo)
+    return lam, c < jnp.sum(q * r, axis=1)
 
 
 def projection_linf(t: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
@@ -159,6 +177,11 @@ class FAB:
       eps_init: radius scale of the random restarts (they start at distance eps_init / 2,
         as in the reference); ``None`` uses the reference's default for ``norm`` (0.3 L∞,
         1 L2, 5 L1). AutoAttack passes its ε here.
+      refine: bisection steps on the segment from x to the closest point found, after the
+        runs (one forward pass each; the reference has none, ``refine = 0``). FAB's
+        overshoot η and backward step β leave the best iterate up to ~0.5% outside the
+        boundary (1.0052·d* on a linear model with the defaults); 12 steps bring it within
+        2⁻¹² of the segment's crossing.
     """
 
     minimum_norm: ClassVar[bool] = True
@@ -172,6 +195,7 @@ class FAB:
     eta: float = 1.05
     beta: float = 0.9
     eps_init: float | None = None
+    refine: int = 12
 
     def __post_init__(self):
         checks.check_choice("norm", self.norm, threat.NORMS)
@@ -183,6 +207,7 @@ class FAB:
         checks.check_range("beta", self.beta, 0.0, 1.0)
         if self.eps_init is not None:
             checks.check_positive("eps_init", self.eps_init)
+        checks.check_positive("refine", self.refine, allow_zero=True)
 
     # ---- one run: one target (or untargeted), one start --------------------------------
 
@@ -260,6 +285,24 @@ class FAB:
         _, x_best, d_best = jax.lax.fori_loop(0, self.steps, body, init)
         return x_best, d_best
 
+    def _refine(self, logits_fn, params, x, x_adv, y, key):
+        """The point closest to x on the segment [x, x_adv] that is still misclassified, by
+        bisection on t ∈ [0, 1] (x_adv itself, t = 1, is misclassified or equal to x)."""
+        expand = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))  # noqa: E731
+        step = x_adv - x
+
+        def body(i, bounds):
+            lo, hi = bounds
+            mid = 0.5 * (lo + hi)
+            z = jnp.clip(x + expand(mid) * step, 0.0, 1.0)
+            logits = base.apply_logits(logits_fn, params, z, jax.random.fold_in(key, i))
+            fooled = jnp.argmax(logits, axis=-1) != y
+            return jnp.where(fooled, lo, mid), jnp.where(fooled, mid, hi)
+
+        ones = jnp.ones(x.shape[:1], x.dtype)
+        _, hi = jax.lax.fori_loop(0, self.refine, body, (jnp.zeros_like(ones), ones))
+        return jnp.clip(x + expand(hi) * step, 0.0, 1.0)
+
     # ---- public ------------------------------------------------------------------------
 
     def minimize(self, logits_fn, params, x, y, key, target=None):
@@ -292,6 +335,8 @@ class FAB:
         wrong = jnp.argmax(clean, axis=-1) != y
         keep = found & ~wrong
         x_adv = jnp.where(keep.reshape((-1,) + (1,) * (x.ndim - 1)), x_adv, x)
+        if self.refine:
+            x_adv = self._refine(logits_fn, params, x, x_adv, y, jax.random.fold_in(k_clean, 1))
         dist = threat.distance(x_adv, x, self.norm).astype(jnp.float32)
         dist = jnp.where(keep | wrong, dist, jnp.inf)
         return jax.lax.stop_gradient(x_adv), jax.lax.stop_gradient(dist)

@@ -150,19 +150,23 @@ def _ratio_on_a_line(eta, beta, alpha_max, steps):
 @pytest.mark.parametrize("targeted", [True, False])
 def test_closed_form_minimal_distance(norm, targeted):
     params, x, y, best = _linear_problem(norm)
-    # The defaults stop 0.52% outside: after the first success at 1.05·d* the backward step
-    # lands at 0.945·d*, whose next step overshoots to 1.0052·d*. A small overshoot and
-    # backward step cross the boundary closer, 1.00043·d* (with β → 1 the crossings drown
-    # in float32 rounding of the logits).
-    for options, tol in ((dict(), 1e-2), (dict(eta=1.005, beta=0.95), 1e-3)):
+    # Without the final bisection (refine = 0, the reference) the defaults stop 0.52%
+    # outside: after the first success at 1.05·d* the backward step lands at 0.945·d*, whose
+    # next step overshoots to 1.0052·d*, exactly what the recursion on the line predicts. The
+    # bisection on [x, x_best] (the default) then lands within 1e-3, on the boundary's side.
+    for options in (dict(refine=0), dict()):
         attack = fab.FAB(norm=norm, targeted=targeted, **options)
         x_adv, dist = jax.jit(
             lambda x, y: attack.minimize(linear_logits, params, x, y, jax.random.key(0)))(x, y)
         ratio = np.asarray(dist) / best
-        np.testing.assert_allclose(ratio, 1.0, rtol=tol)
-        want = _ratio_on_a_line(attack.eta, attack.beta, attack.alpha_max, attack.steps)
-        np.testing.assert_allclose(ratio, want, rtol=2e-4)
         assert np.all(np.argmax(linear_logits(params, x_adv), -1) != np.asarray(y))
+        if attack.refine == 0:
+            want = _ratio_on_a_line(attack.eta, attack.beta, attack.alpha_max, attack.steps)
+            np.testing.assert_allclose(ratio, want, rtol=2e-4)
+            assert np.all(ratio > 1.004)
+        else:
+            np.testing.assert_allclose(ratio, 1.0, rtol=1e-3)
+            assert np.all(ratio >= 1.0 - 1e-4)
 
 
 # ---- the attack contract ---------------------------------------------------------------
@@ -251,7 +255,7 @@ def test_options_are_checked():
     with pytest.raises(ValueError, match="norm"):
         fab.FAB(norm="l3")
     for bad in (dict(steps=0), dict(restarts=0), dict(alpha_max=1.5), dict(beta=-0.1),
-                dict(eta=0.0), dict(n_target_classes=0), dict(eps_init=-1.0)):
+                dict(eta=0.0), dict(n_target_classes=0), dict(eps_init=-1.0), dict(refine=-1)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             fab.FAB(**bad)
     assert fab.FAB.minimum_norm and fab.FAB().targeted
@@ -286,7 +290,7 @@ def _compare_with_torchattacks(norm, torch, torchattacks, capsys):
     params = (w, b)
     y = jnp.argmax(linear_logits(params, x), -1).astype(jnp.int32)
     steps = 30
-    attack = fab.FAB(norm=norm, steps=steps)
+    attack = fab.FAB(norm=norm, steps=steps, refine=0)  # the reference has no bisection
     _, dist = jax.jit(lambda x, y: attack.minimize(linear_logits, params, x, y, jax.random.key(0)))(x, y)
     dist = np.asarray(dist)
 
