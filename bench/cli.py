@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args) -> None:
     from bench.config import load_config
-    from bench.report import write_report
+    from bench.report import summary, write_report
     from bench.runner import run_sweep
 
     cfg = load_config(args.config)
@@ -59,8 +59,15 @@ def _run(args) -> None:
     records = run_sweep(cfg, out, config_text=Path(args.config).read_text(),
                         progress=not args.no_progress)
     write_report(out, records)
-    print((out / "tables" / "robust_accuracy.md").read_text())
+    print(summary(out, width=_width()))
     print(f"run directory: {out}  (records.csv, tables/, plots/)")
+
+
+def _width() -> int:
+    """Columns of the printed summary: the terminal's, at most 100 (100 when not a terminal)."""
+    import shutil
+
+    return min(shutil.get_terminal_size((100, 24)).columns, 100)
 
 
 def _list() -> None:
@@ -82,13 +89,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             _run(args)
         elif args.command == "report":
-            from bench.report import write_report
+            from bench.report import summary, write_report
 
             if not Path(args.run_dir, "cells").is_dir():
                 raise RobustaxError(f"{args.run_dir} is not a run directory (no cells/); pass the "
                                     f"--out directory of a `robustax run`")
-            for path in write_report(args.run_dir):
-                print(path)
+            paths = write_report(args.run_dir)
+            print(summary(args.run_dir, width=_width()))
+            for folder in dict.fromkeys(p.parent for p in paths):
+                print(f"wrote {sum(p.parent == folder for p in paths)} files to {folder}/")
         elif args.command == "list":
             _list()
         elif args.command == "crosscheck":

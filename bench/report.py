@@ -1,9 +1,14 @@
 """Tables and plots from records: what goes into a paper.
 
-Tables: rows model × defense, columns clean and attack × norm × ε, robust accuracy in %,
-as CSV, Markdown (tabulate) and LaTeX (pandas/jinja2), plus the per-example worst case over
-the attacks that share a norm and ε (AutoAttack's rule, from the stored masks). Plots: accuracy vs ε per attack and
-norm, one line per model × defense with its 95% interval shaded, as PNG and PDF.
+The run directory's finished cells, in the order of its plan.json, become (see
+:mod:`bench.tables`): a summary that fits a 100-column terminal (``tables/summary.txt``, printed
+by ``robustax run`` and ``robustax report``); one Markdown table per attack × norm and per norm
+for the per-example worst case over the attacks that share a norm and ε (AutoAttack's rule, from
+the stored masks), each in its own file and all together in ``robust_accuracy.md``; one booktabs
+LaTeX table per norm (``robust_accuracy_<norm>.tex``; ``robust_accuracy.tex`` holds them all);
+and the wide ``robust_accuracy.csv``. ε = 0 is shown once, as clean, after checking per example
+that every attack's ε = 0 cell equals it. Plots: accuracy vs ε per attack and norm, one line per
+model × defense with its 95% interval shaded, as PNG and PDF.
 """
 
 from __future__ import annotations
@@ -15,7 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench import tables
 from bench.records import CLEAN, RunDir, accuracy_fields, atomic_write_bytes, atomic_write_text
+from bench.tables import WORST
+
+SUMMARY_WIDTH = 100
+"""Columns of tables/summary.txt (the terminal summary as written to the run directory)."""
 
 
 def _order(records: pd.DataFrame, run: RunDir | None) -> tuple[list, list, list]:
@@ -36,8 +46,10 @@ def _order(records: pd.DataFrame, run: RunDir | None) -> tuple[list, list, list]
     return models, defenses, pairs
 
 
-WORST = "worst-case"
-"""The attack name of derived rows: per example, the worst over all attacks at a norm and ε."""
+def table_order(records: pd.DataFrame, run: RunDir | None) -> tables.Order:
+    """The order of every table: the plan's, worst-case pairs left out (tables derive them)."""
+    models, defenses, pairs = _order(records, run)
+    return tables.Order(tuple(models), tuple(defenses), tuple(p for p in pairs if p[0] != WORST))
 
 
 def worst_case(records: pd.DataFrame, run: RunDir) -> pd.DataFrame:
@@ -60,53 +72,35 @@ def worst_case(records: pd.DataFrame, run: RunDir) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=records.columns)
 
 
-def column_name(attack: str, norm: str, eps: float) -> str:
-    return "clean" if attack == CLEAN else f"{attack} {norm} ε={eps:g}"
+_TABLE_FILES = ("robust_accuracy*.csv", "robust_accuracy*.md", "robust_accuracy*.tex",
+                "summary.txt")
 
 
-def accuracy_table(records: pd.DataFrame, run: RunDir | None = None) -> pd.DataFrame:
-    """Robust accuracy (%) with rows (model, defense) and columns clean, attack × norm × ε."""
-    if records.empty:
-        return pd.DataFrame()
-    r = records.copy()
-    r["column"] = [column_name(a, n, e) for a, n, e in zip(r["attack"], r["norm"], r["eps"])]
-    table = r.pivot_table(index=["model", "defense"], columns="column", values="robust_acc",
-                          aggfunc="first", sort=False) * 100
-    table.columns.name = None
-    cols = ["clean"] if "clean" in table.columns else []
-    models, defenses, pairs = _order(records, run)
-    for attack, norm in pairs:
-        g = r[(r["attack"] == attack) & (r["norm"] == norm)].sort_values("eps")
-        cols += list(dict.fromkeys(g["column"]))
-    index = [(m, d) for m in models for d in defenses if (m, d) in table.index]
-    return table.loc[index, cols].round(1)
-
-
-def latex_table(table: pd.DataFrame, data: str) -> str:
-    """A paper-ready LaTeX table (booktabs): attack × norm as grouped headers over ε."""
-    groups = [("", "clean") if c == "clean" else (c.rsplit(" ε=", 1)[0], "ε=" + c.rsplit(" ε=", 1)[1])
-              for c in table.columns]
-    t = table.copy()
-    t.columns = pd.MultiIndex.from_tuples(groups)
-    t.index.names = ["model", "defense"]
-    data = data.replace("\\", "").replace("_", "\\_").replace("&", "\\&").replace("%", "\\%")
-    caption = f"Robust accuracy (\\%) on {data}."
-    if any(g[0].startswith(WORST) for g in groups):
-        caption += " Worst case: an example counts as robust only if every attack at that budget failed."
-    latex = t.to_latex(float_format="%.1f", multirow=False, multicolumn=True,
-                       multicolumn_format="c", escape=True, caption=caption,
-                       label="tab:robust-accuracy")
-    return latex.replace("ε", "$\\varepsilon$")
-
-
-def write_tables(records: pd.DataFrame, run: RunDir) -> list[Path]:
-    """Writes tables/robust_accuracy.{csv,md,tex}; returns the paths."""
-    table = accuracy_table(records, run)
+def write_tables(records: pd.DataFrame, run: RunDir,
+                 intervals: str | None = "footnote") -> list[Path]:
+    """Writes tables/: summary.txt, robust_accuracy.{csv,md,tex}, one Markdown file per
+    attack × norm (and per norm's worst case), one LaTeX file per norm; removes the table files
+    of an earlier grid that this one no longer has. ``records`` includes the worst-case rows.
+    Returns the paths."""
+    order = table_order(records, run)
     run.tables.mkdir(parents=True, exist_ok=True)
-    paths = [run.tables / f"robust_accuracy.{ext}" for ext in ("csv", "md", "tex")]
-    atomic_write_text(paths[0], table.to_csv())
-    atomic_write_text(paths[1], table.reset_index().to_markdown(index=False, floatfmt=".1f") + "\n")
-    atomic_write_text(paths[2], latex_table(table, ", ".join(sorted(records["data"].unique()))))
+    files = {"summary.txt": tables.terminal_summary(records, order, SUMMARY_WIDTH),
+             "robust_accuracy.csv": tables.wide_table(records, order).to_csv()}
+    sections = tables.markdown_sections(records, order)
+    files["robust_accuracy.md"] = tables.markdown_index(records, order, sections)
+    files.update({f"{stem}.md": body for _, stem, body in sections})
+    latex = {norm: tables.latex_norm(records, order, norm, intervals) for norm in order.norms
+             if not tables.norm_table(records, order, norm).drop(columns="clean").empty}
+    files["robust_accuracy.tex"] = "\n".join(latex.values())
+    files.update({f"robust_accuracy_{norm}.tex": tex for norm, tex in latex.items()})
+    paths = []
+    for name, text in files.items():
+        atomic_write_text(run.tables / name, text)
+        paths.append(run.tables / name)
+    for pattern in _TABLE_FILES:
+        for stale in run.tables.glob(pattern):
+            if stale.name not in files:
+                stale.unlink()
     return paths
 
 
@@ -148,19 +142,36 @@ def write_plots(records: pd.DataFrame, run: RunDir) -> list[Path]:
     return paths
 
 
-def write_report(run_dir: str | Path, records: pd.DataFrame | None = None) -> list[Path]:
-    """Rebuilds records.csv, tables and plots of a run directory from its cell records."""
-    run = RunDir(Path(run_dir))
+def report_records(run: RunDir, records: pd.DataFrame | None = None,
+                   write_csv: bool = False) -> pd.DataFrame:
+    """The current grid's records (read from cells/ unless given) with the worst-case rows,
+    after the ε = 0 check."""
     if records is None:
         plan = run.read_plan()
         records = run.read_records(only=None if plan is None else set(plan["cells"]))
-        atomic_write_text(run.records_csv, records.to_csv(index=False))
+        if write_csv:
+            atomic_write_text(run.records_csv, records.to_csv(index=False))
     if records.empty:
         from bench.errors import RobustaxError
 
         raise RobustaxError(f"{run.root} has no finished cells; run `robustax run CONFIG --out "
                             f"{run.root}` first")
+    tables.check_eps_zero(records, run.read_mask)
     worst = worst_case(records, run)
-    if not worst.empty:
-        records = pd.concat([records, worst], ignore_index=True)
+    return pd.concat([records, worst], ignore_index=True) if not worst.empty else records
+
+
+def write_report(run_dir: str | Path, records: pd.DataFrame | None = None) -> list[Path]:
+    """Rebuilds records.csv, tables and plots of a run directory from its cell records."""
+    run = RunDir(Path(run_dir))
+    records = report_records(run, records, write_csv=records is None)
     return write_tables(records, run) + write_plots(records, run)
+
+
+def summary(run_dir: str | Path, width: int = SUMMARY_WIDTH) -> str:
+    """The terminal summary of a run directory (see :func:`bench.tables.terminal_summary`),
+    ``width`` columns wide."""
+    run = RunDir(Path(run_dir))
+    records = report_records(run)
+    return tables.terminal_summary(records, table_order(records, run), width,
+                                   where=str(run.tables))

@@ -62,10 +62,12 @@ def test_run_directory_contents(tiny_run):
     paths = write_report(out)
     names = {p.name for p in paths}
     assert {"robust_accuracy.csv", "robust_accuracy.md", "robust_accuracy.tex",
+            "robust_accuracy_pgd_linf.md", "robust_accuracy_worst-case_linf.md",
+            "robust_accuracy_linf.tex", "summary.txt",
             "accuracy_vs_eps_pgd_linf.png", "accuracy_vs_eps_fgsm_linf.pdf"} <= names
-    md = (out / "tables" / "robust_accuracy.md").read_text()
-    assert "| mlp" in md and "pgd linf ε=0.2" in md and "clean" in md
-    tex = (out / "tables" / "robust_accuracy.tex").read_text()
+    md = (out / "tables" / "robust_accuracy_pgd_linf.md").read_text()
+    assert "| mlp" in md and "ε=0.2" in md and "clean" in md and "ε=0 " not in md
+    tex = (out / "tables" / "robust_accuracy_linf.tex").read_text()
     assert "\\begin{tabular}" in tex and "$\\varepsilon$" in tex
     table = pd.read_csv(out / "tables" / "robust_accuracy.csv", index_col=[0, 1])
     clean = records[(records["attack"] == "clean") & (records["defense"] == "standard")]
@@ -317,13 +319,3 @@ def test_sweep_runs_every_registered_model(tmp_path):
     assert set(records["model"]) == set(tiny) and len(records) == 3 * len(tiny)
     for model, g in records.groupby("model"):
         assert g[g["eps"] == 0.0]["correct"].nunique() == 1  # clean row and PGD at ε = 0
-
-
-def test_latex_table_escapes_labels_and_groups_headers():
-    from bench.report import latex_table
-
-    table = pd.DataFrame({"clean": [90.0], "pgd linf ε=0.1": [50.0], "pgd linf ε=0.2": [20.0]},
-                         index=pd.MultiIndex.from_tuples([("my_net", "pgd-at")]))
-    tex = latex_table(table, "tfds:fashion_mnist")
-    assert "my\\_net" in tex and "fashion\\_mnist" in tex and "(\\%)" in tex
-    assert "\\multicolumn{2}{c}{pgd linf}" in tex and "$\\varepsilon$=0.2" in tex
