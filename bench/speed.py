@@ -82,8 +82,9 @@ def measure(batch: int = 256, steps: int = 20, repeats: int = 5, seed: int = 0) 
 
 
 def torchattacks_time(module, params, x: np.ndarray, y: np.ndarray, steps: int,
-                      repeats: int) -> float:
-    """torchattacks PGD-``steps`` (ε=0.3, α=2.5ε/steps) on a PyTorch copy of the ``cnn``."""
+                      repeats: int, device: str | None = None) -> float:
+    """torchattacks PGD-``steps`` (ε=0.3, α=2.5ε/steps) on a PyTorch copy of the ``cnn``, on
+    ``device`` (a torch device name; default the CPU), synchronised before each clock read."""
     import torch
     import torchattacks
 
@@ -92,12 +93,28 @@ def torchattacks_time(module, params, x: np.ndarray, y: np.ndarray, steps: int,
     net = cnn_twin(module, params, x)  # checks the copy computes the same logits
     xt = to_torch(x)
     yt = torch.tensor(y.astype(np.int64))
+    if device is not None:
+        net, xt, yt = net.to(device), xt.to(device), yt.to(device)
     atk = torchattacks.PGD(net, eps=0.3, alpha=2.5 * 0.3 / steps, steps=steps, random_start=True)
-    atk(xt, yt)
+    return torch_best_time(lambda: atk(xt, yt), repeats, device)
+
+
+def torch_best_time(fn: Callable[[], object], repeats: int, device: str | None = None) -> float:
+    """Minimum wall time of ``fn()`` over ``repeats`` runs after one warm-up; on a CUDA
+    ``device`` the clock is read only after ``torch.cuda.synchronize``."""
+    import torch
+
+    def sync():
+        if device is not None and torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+
+    fn()
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        atk(xt, yt)
+        fn()
+        sync()
         best = min(best, time.perf_counter() - t0)
     return best
 
