@@ -109,14 +109,18 @@ def evaluate(logits_fn: Callable, params: Any, data: str | tuple, attacks: Seque
             code_version=version, attack_options=attack, info=info))
         masks[cid] = mask
 
+    # A random logits_fn (``random = True``) draws with fold_in(score_key, i) for example i in
+    # the clean cell and in every attack's final score, so ε = 0 reproduces clean accuracy and
+    # the draws follow the seed.
+    score_key = key_for(seed, "score", model, defense)
     t0 = time.perf_counter()
-    add(CLEAN, None, 0.0, ev.clean_correct(logits_fn, params, x, y, batch_size),
+    add(CLEAN, None, 0.0, ev.clean_correct(logits_fn, params, x, y, batch_size, key=score_key),
         time.perf_counter() - t0, 0.0)
     for label, attack, values in specs:
         key = key_for(seed, "attack", model, defense, label, attack.norm)
         m, seconds, compile_s, info = ev.attack_correct(
             attack, logits_fn, params, x, y, values, key, batch_size,
-            attack_logits_fn=attack_logits_fn, with_info=True)
+            attack_logits_fn=attack_logits_fn, with_info=True, score_key=score_key)
         for i, (e, mask) in enumerate(zip(values, m)):
             add(label, attack, e, mask, seconds / len(values), compile_s / len(values),
                 {k: v[i] for k, v in info.items()})

@@ -3,9 +3,10 @@
 Unknown keys, wrong types, unknown names, impossible values and empty grids raise a
 :class:`~bench.errors.ConfigError` naming where (``[[attacks]] #2``), the key, the value and
 the allowed choices. Every entry becomes a typed, checked instance (attack, defense, model
-module), and wrappers hold a reference to the training defense whose weights they wrap, so
-nothing downstream compares label strings or trusts user input. :mod:`bench.plan` turns the
-config into the grid of cells.
+module), and wrappers hold a reference to the training defense whose weights they wrap (or,
+for member wrappers such as ``ensemble`` and ``fusion``, to every (model, training defense)
+member they combine), so nothing downstream compares label strings or trusts user input.
+:mod:`bench.plan` turns the config into the grid of cells.
 """
 
 from __future__ import annotations
@@ -65,22 +66,46 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MemberConfig:
+    """One member of a member wrapper (ensemble, fusion): a training defense, on a fixed
+    model (``"<model>/<defense>"`` in the config) or, when ``model`` is None, on the model of
+    each row the wrapper is evaluated on (``"<defense>"``)."""
+
+    model: ModelConfig | None
+    defense: DefenseConfig
+
+    @property
+    def label(self) -> str:
+        if self.model is None:
+            return self.defense.label
+        return f"{self.model.label}/{self.defense.label}"
+
+
+@dataclasses.dataclass(frozen=True)
 class DefenseConfig:
     """A registered defense: its checked instance and, for a wrapper, the training defense
-    whose weights it wraps."""
+    whose weights it wraps (``base``) or the trained models it combines (``members``)."""
 
     name: str
     label: str
     defense: Any
     base: DefenseConfig | None = None
+    members: tuple[MemberConfig, ...] = ()
 
     @property
     def is_wrapper(self) -> bool:
-        return self.base is not None
+        return self.base is not None or bool(self.members)
+
+    @property
+    def fixed_members(self) -> bool:
+        """True when the members name their models: the wrapper is one row of its own, not
+        one per model of the sweep."""
+        return any(m.model is not None for m in self.members)
 
     @property
     def trained(self) -> DefenseConfig:
-        """The training defense whose weights this entry evaluates (itself, or its base)."""
+        """The training defense whose weights this entry evaluates (itself, or its base);
+        member wrappers read several, see ``members``."""
         return self.base if self.base is not None else self
 
 
@@ -156,6 +181,34 @@ def _unique(labels: list[str], key: str) -> None:
         seen.add(label)
 
 
+def _members(names: tuple[str, ...], where: str, dname: str,
+             training: Mapping[str, DefenseConfig],
+             models: list[ModelConfig]) -> tuple[MemberConfig, ...]:
+    """Resolves a member wrapper's ``members``: each a training-defense label (on the row's
+    model) or ``"<model label>/<defense label>"`` (fixed); one form for all members."""
+    pairs = {f"{m.label}/{t}": (m, training[t]) for m in models for t in training}
+    out = []
+    for i, name in enumerate(names):
+        if name in training:
+            out.append(MemberConfig(None, training[name]))
+        elif name in pairs:
+            out.append(MemberConfig(*pairs[name]))
+        else:
+            choices = ", ".join([*training, *pairs]) or "(none: add a training defense)"
+            raise ConfigError(f"{where} ({dname}): members[{i}] = {name!r} is not a training "
+                              f"defense label or <model>/<defense> here; choose one of: {choices}")
+    fixed = [m.model is not None for m in out]
+    if any(fixed) and not all(fixed):
+        raise ConfigError(f"{where} ({dname}): members = {list(names)} mixes defense labels and "
+                          f"<model>/<defense> labels; use one form for all members")
+    if all(fixed):
+        row = "+".join(dict.fromkeys(m.model.label for m in out))
+        if len({m.model.label for m in out}) > 1 and row in {m.label for m in models}:
+            raise ConfigError(f"{where} ({dname}): its table row {row!r} (the members' models) "
+                              f"is also a [[models]] label; relabel that model")
+    return tuple(out)
+
+
 def parse_eps(value: Any, where: str) -> tuple[float, ...]:
     """A list of distinct budgets ≥ 0 (a single number is a list of one)."""
     eps = opts.coerce(value if isinstance(value, (list, tuple)) else [value], tuple[float, ...],
@@ -186,6 +239,7 @@ def parse_config(raw: Mapping[str, Any]) -> SweepConfig:
         module = MODELS.build(mname, entry, where)
         options = tuple(sorted((k, getattr(module, k)) for k in entry))
         models.append(ModelConfig(mname, label, module, options))
+    _unique([m.label for m in models], "models")
 
     parsed = []
     for where, entry in _tables(raw, "defenses"):
@@ -198,6 +252,9 @@ def parse_config(raw: Mapping[str, Any]) -> SweepConfig:
     for where, dname, label, d in parsed:
         if not is_wrapper(d):
             defenses.append(training[label])
+        elif hasattr(d, "members"):
+            members = _members(d.members, where, dname, training, models)
+            defenses.append(DefenseConfig(dname, label, d, members=members))
         elif d.base not in training:
             raise ConfigError(f"{where} ({dname}) wraps base = {d.base!r}, which is not the label "
                               f"of a training defense here; choose one of: "
@@ -213,7 +270,6 @@ def parse_config(raw: Mapping[str, Any]) -> SweepConfig:
         eps = parse_eps(entry.pop("eps"), where)
         attack_cfgs.append(AttackConfig(aname, label, ATTACKS.build(aname, entry, where), eps))
 
-    _unique([m.label for m in models], "models")
     _unique([f"{a.label}/{a.norm}" for a in attack_cfgs], "attacks")
     return SweepConfig(name, seed, data, tuple(models), tuple(defenses), tuple(attack_cfgs), ev,
                        source=raw)

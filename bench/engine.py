@@ -6,6 +6,14 @@ One compiled program per (attack, model function) runs the attack at every ε of
 batches are padded to one shape (one compile) and sharded over all local devices.
 The engine also checks what it is given: NaN logits and any adversarial example outside
 its ε-ball or [0, 1] are errors, not numbers.
+
+Random models (``logits_fn.random = True``, called as ``logits_fn(params, x, key)``, e.g. a
+random input transform) get every key from the engine, so results are a function of the
+seed: scoring uses one draw per example, ``fold_in(score_key, index)``, the same for the
+clean cell and every attack at every ε (so ε = 0 reproduces clean accuracy); attacks get a
+two-argument form whose ``params`` carry a per-example key and which draws afresh for every
+query point (:func:`_keyed`), while attacks that pass keys themselves (APGD, FAB via
+``attacks.base.apply_logits``) have their keys used as given.
 """
 
 from __future__ import annotations
@@ -64,10 +72,55 @@ def _padded_batch(batch_size: int, n: int) -> int:
 _CACHE_SIZE = 32
 
 
+def _is_random(logits_fn: Callable | None) -> bool:
+    return bool(getattr(logits_fn, "random", False))
+
+
+def _score_logits(logits_fn: Callable, params: Any, x: jax.Array, keys: jax.Array | None):
+    """Logits for scoring: a random model draws once per example with that example's key (so
+    the draw does not depend on batching); a deterministic one is called as is."""
+    if keys is None:
+        return logits_fn(params, x)
+    return jax.vmap(lambda xi, ki: logits_fn(params, xi[None], ki)[0])(x, keys)
+
+
+def _digest(z: jax.Array) -> jax.Array:
+    """A uint32 hash of the bits of ``z`` (no gradient): distinct query points get distinct
+    keys (up to 32-bit collisions), the same point the same key."""
+    bits = jax.lax.bitcast_convert_type(
+        jax.lax.stop_gradient(z).astype(jnp.float32), jnp.uint32).reshape(-1)
+    idx = jnp.arange(bits.size, dtype=jnp.uint32)
+    mult = (idx * jnp.uint32(0x9E3779B1) + jnp.uint32(0x7F4A7C15)) | jnp.uint32(1)
+    h = jnp.sum(bits * mult, dtype=jnp.uint32)
+    h = (h ^ (h >> 16)) * jnp.uint32(0x85EBCA6B)  # murmur3's finaliser
+    h = (h ^ (h >> 13)) * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+_QUERY_TAG = 0x51E7  # fold_in tag of the per-example key a random model's queries derive from
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _keyed(logits_fn: Callable) -> Callable:
+    """The form of a random ``logits_fn(params, x, key)`` that attacks get, with params
+    ``(params, key)``: called with two arguments (PGD, FGSM, Square) it draws with
+    ``fold_in(key, digest(x))``, a fresh draw for every new query point that depends only
+    on the seed, the example and the point; called with a key (``apply_logits``: APGD, FAB)
+    it uses that key."""
+    def keyed(params_and_key, x, key=None):
+        params, example_key = params_and_key
+        if key is None:
+            key = jax.random.fold_in(example_key, _digest(x))
+        return logits_fn(params, x, key)
+
+    keyed.random = True
+    return keyed
+
+
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _clean_fn(logits_fn: Callable) -> Callable:
-    def run(params, x, y):
-        logits = logits_fn(params, x)
+    def run(params, x, y, keys=None):
+        logits = _score_logits(logits_fn, params, x, keys)
         return jnp.argmax(logits, -1) == y, jnp.all(jnp.isfinite(logits), -1)
 
     return jax.jit(run)
@@ -83,9 +136,16 @@ def _attack_fn(attack: Any, logits_fn: Callable, attack_logits_fn: Callable | No
     ``vmap`` axis). The score always comes from ``logits_fn``, never from the attack."""
     norm = attack.norm
     attacked = attack_logits_fn or logits_fn
+    random_attack = _is_random(attacked)
+    if random_attack:
+        attacked = _keyed(attacked)
 
-    def score(params, x, y, x_adv, eps):
-        logits = logits_fn(params, x_adv)
+    def attack_params(params, key):
+        """What the attack passes to ``attacked``: a random model's params carry a key."""
+        return (params, jax.random.fold_in(key, _QUERY_TAG)) if random_attack else params
+
+    def score(params, x, y, x_adv, eps, score_keys):
+        logits = _score_logits(logits_fn, params, x_adv, score_keys)
         dist = threat.distance(x_adv, x, norm)
         inside = (dist <= eps * (1 + _BALL_RTOL) + _BALL_ATOL)
         inside &= jnp.all((x_adv >= 0) & (x_adv <= 1), axis=(1, 2, 3))
@@ -93,32 +153,35 @@ def _attack_fn(attack: Any, logits_fn: Callable, attack_logits_fn: Callable | No
 
     if getattr(attack, "minimum_norm", False):
         def one_min(params, x, y, key):
-            x_min, dist = attack.minimize(attacked, params, x[None], y[None], key)
+            x_min, dist = attack.minimize(attacked, attack_params(params, key), x[None],
+                                          y[None], key)
             return x_min[0], dist[0]
 
-        def run(params, x, y, keys, eps_vec):
+        def run(params, x, y, keys, eps_vec, score_keys=None):
             x_min, dist = jax.vmap(one_min, in_axes=(None, 0, 0, 0))(params, x, y, keys)
 
             def per_eps(eps):
                 take = (dist <= eps).reshape((-1,) + (1,) * (x.ndim - 1))
-                return (*score(params, x, y, jnp.where(take, x_min, x), eps), {"distance": dist})
+                return (*score(params, x, y, jnp.where(take, x_min, x), eps, score_keys),
+                        {"distance": dist})
 
             return jax.vmap(per_eps)(eps_vec)
 
         return jax.jit(run)
 
     def one(params, x, y, eps, key):
+        p = attack_params(params, key)
         if hasattr(attack, "run"):
-            x_adv, info = attack.run(attacked, params, x[None], y[None], eps, key)
+            x_adv, info = attack.run(attacked, p, x[None], y[None], eps, key)
             return x_adv[0], {k: v[0] for k, v in info.items()}
-        return attack(attacked, params, x[None], y[None], eps, key)[0], {}
+        return attack(attacked, p, x[None], y[None], eps, key)[0], {}
 
-    def per_eps(params, x, y, keys, eps):
+    def per_eps(params, x, y, keys, score_keys, eps):
         x_adv, info = jax.vmap(one, in_axes=(None, 0, 0, None, 0))(params, x, y, eps, keys)
-        return (*score(params, x, y, x_adv, eps), info)
+        return (*score(params, x, y, x_adv, eps, score_keys), info)
 
-    def run(params, x, y, keys, eps_vec):
-        return jax.vmap(functools.partial(per_eps, params, x, y, keys))(eps_vec)
+    def run(params, x, y, keys, eps_vec, score_keys=None):
+        return jax.vmap(functools.partial(per_eps, params, x, y, keys, score_keys))(eps_vec)
 
     return jax.jit(run)
 
@@ -175,16 +238,36 @@ def _nan_error(what: str, count: int) -> RobustaxError:
                          f"its params and that it accepts images in [0, 1]")
 
 
+_DEFAULT_SCORE_KEY = 0
+"""Seed of the scoring key of a random model when the caller gives none (the Python API)."""
+
+
+def _score_data(logits_fn: Callable, key: jax.Array | None, n: int) -> tuple:
+    """(per-example key data [N, ...], key impl) for scoring a random model, else (None,
+    None): example i draws with ``fold_in(key, i)``."""
+    if not _is_random(logits_fn):
+        return None, None
+    key = jax.random.key(_DEFAULT_SCORE_KEY) if key is None else key
+    return np.asarray(jax.random.key_data(_example_keys(key, n))), jax.random.key_impl(key)
+
+
 def clean_correct(logits_fn: Callable, params: Any, x: np.ndarray, y: np.ndarray,
-                  batch_size: int = 500) -> np.ndarray:
-    """Per-example clean correctness, shape [N]."""
+                  batch_size: int = 500, key: jax.Array | None = None) -> np.ndarray:
+    """Per-example clean correctness, shape [N]. ``key`` is the scoring key of a random
+    ``logits_fn`` (example i draws with ``fold_in(key, i)``); deterministic models ignore it."""
+    return _clean(logits_fn, params, x, y, batch_size, *_score_data(logits_fn, key, len(x)))
+
+
+def _clean(logits_fn, params, x, y, batch_size, score_data, score_impl) -> np.ndarray:
     b = _padded_batch(batch_size, len(x))
     put = _Placer()
     fn = _clean_fn(logits_fn)
     params = jax.tree.map(lambda a: put(a, replicate=True), params)
     out = []
     for s, e in _batches(len(x), b):
-        ok, finite = fn(params, put(_pad(x[s:e], b)), put(_pad(y[s:e], b)))
+        extra = () if score_data is None else (
+            jax.random.wrap_key_data(put(_pad(score_data[s:e], b)), impl=score_impl),)
+        ok, finite = fn(params, put(_pad(x[s:e], b)), put(_pad(y[s:e], b)), *extra)
         ok, finite = np.asarray(ok)[: e - s], np.asarray(finite)[: e - s]
         if not finite.all():
             raise _nan_error("clean", int((~finite).sum()))
@@ -199,9 +282,11 @@ def _example_keys(key: jax.Array, n: int) -> jax.Array:
 
 def _run_attack(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y: np.ndarray,
                 eps: Sequence[float], keys: np.ndarray, impl: Any, batch_size: int,
-                attack_logits_fn: Callable | None) -> tuple[np.ndarray, dict, float, float]:
+                attack_logits_fn: Callable | None, score_data: np.ndarray | None = None,
+                score_impl: Any = None) -> tuple[np.ndarray, dict, float, float]:
     """Runs one (non-cascade) attack over ``x`` in padded batches with the given per-example
-    key data: (correct [E, N], info {name: [E, N]}, seconds, compile seconds)."""
+    key data (and, for a random ``logits_fn``, per-example scoring key data): (correct
+    [E, N], info {name: [E, N]}, seconds, compile seconds)."""
     n = len(x)
     b = _padded_batch(batch_size, n)
     put = _Placer()
@@ -211,7 +296,9 @@ def _run_attack(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y:
 
     def args(s, e):
         k = jax.random.wrap_key_data(put(_pad(keys[s:e], b)), impl=impl)
-        return params, put(_pad(x[s:e], b)), put(_pad(y[s:e], b)), k, eps_arr
+        extra = () if score_data is None else (
+            jax.random.wrap_key_data(put(_pad(score_data[s:e], b)), impl=score_impl),)
+        return params, put(_pad(x[s:e], b)), put(_pad(y[s:e], b)), k, eps_arr, *extra
 
     compiled, compile_s = _compiled(fn, args(0, min(b, n)))
     out, infos = [], []
@@ -239,7 +326,8 @@ def _bucket(count: int, batch_size: int) -> int:
 
 def _cascade(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y: np.ndarray,
              eps: Sequence[float], key: jax.Array, batch_size: int,
-             attack_logits_fn: Callable | None) -> tuple[np.ndarray, dict, float, float]:
+             attack_logits_fn: Callable | None,
+             score_key: jax.Array | None = None) -> tuple[np.ndarray, dict, float, float]:
     """An ensemble run as AutoAttack does: each stage only on the points every earlier stage
     left robust, gathered into padded buckets. Per example, stage ``s`` gets the key
     ``fold_in(fold_in(key, index), s)``, exactly what ``attack.run`` uses on one example, so
@@ -248,7 +336,8 @@ def _cascade(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y: np
     n = len(x)
     impl = jax.random.key_impl(key)
     example_keys = _example_keys(key, n)
-    clean = clean_correct(logits_fn, params, x, y, batch_size)
+    score_data, score_impl = _score_data(logits_fn, score_key, n)
+    clean = _clean(logits_fn, params, x, y, batch_size, score_data, score_impl)
     masks, stages_out = [], []
     seconds = compile_s = 0.0
     for e in eps:
@@ -262,7 +351,7 @@ def _cascade(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y: np
             ok, _, sec, comp = _run_attack(
                 stage_attack, logits_fn, params, x[idx], y[idx], [e],
                 np.asarray(jax.random.key_data(keys)), impl, _bucket(len(idx), batch_size),
-                attack_logits_fn)
+                attack_logits_fn, None if score_data is None else score_data[idx], score_impl)
             seconds, compile_s = seconds + sec, compile_s + comp
             broken = idx[~ok[0]]
             robust[broken] = False
@@ -275,7 +364,8 @@ def _cascade(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y: np
 def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
                    y: np.ndarray, eps: Sequence[float], key: jax.Array,
                    batch_size: int = 500, attack_logits_fn: Callable | None = None,
-                   with_info: bool = False, cascade: bool = True):
+                   with_info: bool = False, cascade: bool = True,
+                   score_key: jax.Array | None = None):
     """Per-example correctness under ``attack`` at every ε: ``(mask [E, N], seconds, compile_s)``.
 
     The attack runs on ``attack_logits_fn`` when given (an adaptive stand-in such as BPDA for
@@ -284,13 +374,18 @@ def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
     ``stages()`` (AutoAttack) runs as a cascade unless ``cascade=False``. With ``with_info``
     the result has a fourth element: the attack's per-example info ``{name: [E, N]}``
     (``queries`` for Square, ``distance`` for minimum-norm attacks, ``stage`` for cascades).
+
+    Random models (``random = True``) are scored with one draw per example from
+    ``score_key`` (pass the key their clean accuracy was measured with, so ε = 0 reproduces
+    it; without one a fixed default key is used); attacks draw from ``key``.
     """
     if cascade and hasattr(attack, "stages"):
         masks, info, seconds, compile_s = _cascade(attack, logits_fn, params, x, y, eps, key,
-                                                   batch_size, attack_logits_fn)
+                                                   batch_size, attack_logits_fn, score_key)
     else:
         masks, info, seconds, compile_s = _run_attack(
             attack, logits_fn, params, x, y, eps,
             np.asarray(jax.random.key_data(_example_keys(key, len(x)))),
-            jax.random.key_impl(key), batch_size, attack_logits_fn)
+            jax.random.key_impl(key), batch_size, attack_logits_fn,
+            *_score_data(logits_fn, score_key, len(x)))
     return (masks, seconds, compile_s, info) if with_info else (masks, seconds, compile_s)

@@ -145,14 +145,27 @@ class Unit:
     """A model × defense evaluated naively or adaptively, with its cells (clean first).
 
     ``adaptive`` marks the adaptive evaluation of an inference wrapper: attacks run on its
-    differentiable stand-in (BPDA, EOT) and are scored on the wrapper itself.
+    differentiable stand-in (BPDA, EOT) and are scored on the wrapper itself. ``trainings``
+    are the checkpoints it reads: one, or one per member of a member wrapper (ensemble,
+    fusion) in ``members`` order. ``model`` is the table row: a model of the config, or for
+    members on several models a row of its own labelled ``"<model>+<model>"``.
     """
 
     model: ModelConfig
     defense: DefenseConfig
     adaptive: bool
-    training: Training
+    trainings: tuple[Training, ...]
     cells: tuple[Cell, ...]
+
+    @property
+    def training(self) -> Training:
+        """The one checkpoint of a unit that is not a member wrapper."""
+        return self.trainings[0]
+
+    @property
+    def checkpoint(self) -> str:
+        """The weights digest(s) this unit evaluates (``+``-joined for member wrappers)."""
+        return "+".join(t.digest for t in self.trainings)
 
     @property
     def defense_label(self) -> str:
@@ -160,6 +173,12 @@ class Unit:
 
     def attack_key_parts(self, attack: AttackConfig) -> tuple[str, ...]:
         return ("attack", self.model.label, self.defense.label, attack.label, attack.norm)
+
+    @property
+    def score_key_parts(self) -> tuple[str, ...]:
+        """Names of the key a random defense is scored with: one draw per example, shared by
+        the clean cell and every attack, naive and adaptive rows alike."""
+        return ("score", self.model.label, self.defense.label)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,11 +197,29 @@ class Plan:
     def order(self) -> dict:
         """Row and column order of reports, and the cells of the current grid (plan.json)."""
         return {
-            "models": [m.label for m in self.config.models],
+            "models": list(dict.fromkeys([*(m.label for m in self.config.models),
+                                          *(u.model.label for u in self.units)])),
             "defenses": list(dict.fromkeys(u.defense_label for u in self.units)),
             "attacks": [[a.label, a.norm] for a in self.config.attacks],
             "cells": [c.cell_id for c in self.cells],
         }
+
+
+def has_adaptive(defense: Any) -> bool:
+    """Whether a wrapper gets an adaptive row: it has ``adaptive`` and does not declare
+    itself differentiable (``needs_adaptive = False``, e.g. fusion's mixture)."""
+    return hasattr(defense, "adaptive") and getattr(defense, "needs_adaptive", True)
+
+
+def _row_model(d: DefenseConfig) -> ModelConfig:
+    """The table row of a wrapper whose members name their models: that model if they share
+    one, else a row of its own labelled with their model labels joined by ``+`` (in member
+    order; ``bench.config`` makes sure no [[models]] entry has that label)."""
+    distinct = list({m.model.label: m.model for m in d.members}.values())
+    if len(distinct) == 1:
+        return distinct[0]
+    return ModelConfig("+".join(m.name for m in distinct), "+".join(m.label for m in distinct),
+                       None, ())
 
 
 def make_plan(cfg: SweepConfig, data_fingerprint: str) -> Plan:
@@ -190,6 +227,8 @@ def make_plan(cfg: SweepConfig, data_fingerprint: str) -> Plan:
     trainings: dict[tuple[str, str], Training] = {}
     for m in cfg.models:
         for d in cfg.defenses:
+            if d.members:  # members are training defenses of this grid: trained for themselves
+                continue
             t = d.trained
             if (m.label, t.label) not in trainings:
                 digest = stable_hash({
@@ -199,26 +238,46 @@ def make_plan(cfg: SweepConfig, data_fingerprint: str) -> Plan:
                     "train_version": train_version(type(t.defense), type(m.module))})
                 trainings[m.label, t.label] = Training(m, t, digest)
 
-    units = []
-    for m in cfg.models:
-        for d in cfg.defenses:
-            training = trainings[m.label, d.trained.label]
-            modes = (False, True) if d.is_wrapper and hasattr(d.defense, "adaptive") else (False,)
-            for adaptive in modes:
-                row = defense_label(d.label, adaptive)
+    def units_of(m: ModelConfig, d: DefenseConfig, ts: tuple[Training, ...]) -> list[Unit]:
+        """The naive (and adaptive) unit of row ``m`` × ``d`` reading checkpoints ``ts``."""
+        out = []
+        modes = (False, True) if d.is_wrapper and has_adaptive(d.defense) else (False,)
+        for adaptive in modes:
+            row = defense_label(d.label, adaptive)
+            if d.members:
+                base = {"data": dataclasses.asdict(cfg.data), "seed": cfg.seed,
+                        "model": [[t.model.name, list(t.model.options)] for t in ts],
+                        "defense": [d.name, d.defense], "weights": [t.digest for t in ts]}
+            else:
                 base = {"data": dataclasses.asdict(cfg.data), "seed": cfg.seed,
                         "model": [m.name, list(m.options)], "defense": [d.name, d.defense],
-                        "weights": training.digest}
-                if adaptive:
-                    base["adaptive"] = True
+                        "weights": ts[0].digest}
+            if adaptive:
+                base["adaptive"] = True
 
-                def make(attack: AttackConfig | None, eps: float) -> Cell:
-                    ident = {**base, "eps": eps, "attack": None if attack is None
-                             else [attack.name, attack.attack]}
-                    label = CLEAN if attack is None else attack.label
-                    norm = "none" if attack is None else attack.norm
-                    return Cell(attack, eps, cell_id(m.label, row, label, norm, eps, ident))
+            def make(attack: AttackConfig | None, eps: float, base=base, row=row) -> Cell:
+                ident = {**base, "eps": eps, "attack": None if attack is None
+                         else [attack.name, attack.attack]}
+                label = CLEAN if attack is None else attack.label
+                norm = "none" if attack is None else attack.norm
+                return Cell(attack, eps, cell_id(m.label, row, label, norm, eps, ident))
 
-                cells = [make(None, 0.0)] + [make(a, e) for a in cfg.attacks for e in a.eps]
-                units.append(Unit(m, d, adaptive, training, tuple(cells)))
-    return Plan(cfg, data_fingerprint, tuple(trainings.values()), tuple(units))
+            cells = [make(None, 0.0)] + [make(a, e) for a in cfg.attacks for e in a.eps]
+            out.append(Unit(m, d, adaptive, ts, tuple(cells)))
+        return out
+
+    def member_trainings(d: DefenseConfig, m: ModelConfig | None) -> tuple[Training, ...]:
+        return tuple(trainings[(mem.model or m).label, mem.defense.label] for mem in d.members)
+
+    units, own_rows = [], []
+    model_labels = {m.label for m in cfg.models}
+    for m in cfg.models:
+        for d in cfg.defenses:
+            if not d.members:
+                units += units_of(m, d, (trainings[m.label, d.trained.label],))
+            elif not d.fixed_members or _row_model(d).label == m.label:
+                units += units_of(m, d, member_trainings(d, m))
+    for d in cfg.defenses:  # members on several models: one row of their own, after the models
+        if d.fixed_members and _row_model(d).label not in model_labels:
+            own_rows += units_of(_row_model(d), d, member_trainings(d, None))
+    return Plan(cfg, data_fingerprint, tuple(trainings.values()), tuple(units + own_rows))

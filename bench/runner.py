@@ -25,7 +25,7 @@ from bench import engine as ev
 from bench.config import SweepConfig
 from bench.data import Dataset, load_dataset
 from bench.errors import ConfigError, RobustaxError
-from bench.plan import CLEAN, Plan, Training, Unit, key_for, make_plan
+from bench.plan import CLEAN, Plan, Training, Unit, has_adaptive, key_for, make_plan
 from bench.records import RunDir, atomic_write_json, atomic_write_text, make_record
 from defenses import checkpoint_bytes, variables_from_bytes
 from models import init_variables, make_logits_fn
@@ -159,22 +159,40 @@ class _Weights:
         return params
 
 
+def _unit_functions(unit: Unit, weights: _Weights, wrapped: dict) -> tuple:
+    """(params, the function accuracy is measured on, the adaptive stand-in or None) of a
+    unit. Member wrappers get the tuple of their members' params and logits functions; the
+    wrapped functions are built once per row and defense, so compiled programs are reused."""
+    d = unit.defense
+    fns = tuple(weights.module(t.model)[1] for t in unit.trainings)
+    params = tuple(weights(t) for t in unit.trainings)
+    if not d.members:
+        fns, params = fns[0], params[0]
+    if not d.is_wrapper:
+        return params, fns, None
+    if (unit.model.label, d.label) not in wrapped:  # stable function objects keep compiles cached
+        wrapped[unit.model.label, d.label] = (
+            d.defense.wrap(fns), d.defense.adaptive(fns) if has_adaptive(d.defense) else None)
+    eval_fn, adaptive_fn = wrapped[unit.model.label, d.label]
+    return params, eval_fn, adaptive_fn
+
+
+def _model_options(unit: Unit) -> dict:
+    """The row model's options, or per member model when the row spans several models."""
+    models = {t.model.label: t.model for t in unit.trainings}
+    if len(models) == 1 and unit.model.label in models:
+        return dict(unit.model.options)
+    return {label: dict(m.options) for label, m in models.items()}
+
+
 def _evaluate_unit(unit: Unit, todo: set[str], weights: _Weights, plan: Plan, x, y,
                    version: str, run: RunDir, bar, wrapped: dict) -> None:
     """Computes and writes the unfinished cells of one model × defense (× adaptive)."""
     cfg = plan.config
     m, d = unit.model, unit.defense
-    _, logits_fn = weights.module(m)
-    params = weights(unit.training)
-    if d.is_wrapper:
-        if (m.label, d.label) not in wrapped:  # stable function objects keep compiles cached
-            wrapped[m.label, d.label] = (
-                d.defense.wrap(logits_fn),
-                d.defense.adaptive(logits_fn) if hasattr(d.defense, "adaptive") else None)
-        eval_fn, adaptive_fn = wrapped[m.label, d.label]
-    else:
-        eval_fn, adaptive_fn = logits_fn, None
+    params, eval_fn, adaptive_fn = _unit_functions(unit, weights, wrapped)
     attack_fn = adaptive_fn if unit.adaptive else None
+    score_key = key_for(cfg.seed, *unit.score_key_parts)
     tag = f"{m.label}/{unit.defense_label}"
 
     def write(cell, mask, seconds, compile_s, info=None):
@@ -183,16 +201,16 @@ def _evaluate_unit(unit: Unit, todo: set[str], weights: _Weights, plan: Plan, x,
             run=cfg.name, data=cfg.data.name, model=m.label, defense=unit.defense_label,
             attack=CLEAN if a is None else a.label, norm="none" if a is None else a.norm,
             eps=cell.eps, mask=mask, seconds=seconds, compile_seconds=compile_s, seed=cfg.seed,
-            cell_id=cell.cell_id, config_id=cfg.config_id(), checkpoint=unit.training.digest,
+            cell_id=cell.cell_id, config_id=cfg.config_id(), checkpoint=unit.checkpoint,
             code_version=version, attack_options=None if a is None else a.attack,
-            model_options=dict(m.options), defense_options=d.defense, info=info), mask)
+            model_options=_model_options(unit), defense_options=d.defense, info=info), mask)
         bar.update(1)
 
     for cell in unit.cells:
         if cell.attack is None and cell.cell_id in todo:
             bar.set_postfix_str(f"{tag} clean", refresh=False)
             t0 = time.perf_counter()
-            mask = ev.clean_correct(eval_fn, params, x, y, cfg.eval.batch_size)
+            mask = ev.clean_correct(eval_fn, params, x, y, cfg.eval.batch_size, key=score_key)
             write(cell, mask, time.perf_counter() - t0, 0.0)
     for a in cfg.attacks:
         missing = [c for c in unit.cells if c.attack is a and c.cell_id in todo]
@@ -202,7 +220,7 @@ def _evaluate_unit(unit: Unit, todo: set[str], weights: _Weights, plan: Plan, x,
         masks, seconds, compile_s, info = ev.attack_correct(
             a.attack, eval_fn, params, x, y, [c.eps for c in missing],
             key_for(cfg.seed, *unit.attack_key_parts(a)), cfg.eval.batch_size,
-            attack_logits_fn=attack_fn, with_info=True)
+            attack_logits_fn=attack_fn, with_info=True, score_key=score_key)
         for i, (c, mask) in enumerate(zip(missing, masks)):
             write(c, mask, seconds / len(missing), compile_s / len(missing),
                   {k: v[i] for k, v in info.items()})
@@ -232,7 +250,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
     units = [u for u in plan.units if any(c.cell_id in todo for c in u.cells)]
     bar = tqdm(total=0, desc=cfg.name, unit="cell", disable=not progress, dynamic_ncols=True)
     weights = _Weights(run, plan, data, bar)
-    n_train = len({u.training for u in units if not weights.exists(u.training)})
+    n_train = len({t for u in units for t in u.trainings if not weights.exists(t)})
     bar.total = len(todo) + n_train
     bar.refresh()
     wrapped: dict = {}

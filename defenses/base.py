@@ -7,6 +7,13 @@ so wrapping never retrains. A wrapper that is not differentiable also provides
 ``adaptive(logits_fn)``: a stand-in that attacks differentiate instead (BPDA's straight-
 through gradient, an EOT average), and the sweep then reports a second row,
 ``<label> (adaptive)``, in which attacks run on the stand-in and are scored on the wrapper.
+A wrapper that is differentiable although it has ``adaptive`` sets ``needs_adaptive = False``.
+
+A *member* wrapper (ensemble, fusion) has ``members`` instead of ``base``: the labels of
+several trained entries of the sweep; ``wrap(logits_fns)`` then takes their logits
+functions, in order, and its params are the tuple of their variables. A *random* wrapper
+returns ``f(params, x, key)`` with ``f.random = True``; the engine supplies every key from
+the seed (see DEVELOPERS.md, "Randomness").
 """
 
 from __future__ import annotations
