@@ -383,9 +383,13 @@ def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
         masks, info, seconds, compile_s = _cascade(attack, logits_fn, params, x, y, eps, key,
                                                    batch_size, attack_logits_fn, score_key)
     else:
+        score = _score_data(logits_fn, score_key, len(x))
         masks, info, seconds, compile_s = _run_attack(
             attack, logits_fn, params, x, y, eps,
             np.asarray(jax.random.key_data(_example_keys(key, len(x)))),
-            jax.random.key_impl(key), batch_size, attack_logits_fn,
-            *_score_data(logits_fn, score_key, len(x)))
+            jax.random.key_impl(key), batch_size, attack_logits_fn, *score)
+        # Robust means correct at x and at the attack's point (x is in every ball): an attack
+        # that wanders from a misclassified x onto a correct point, as a blind one on a
+        # masked or random defense can, must not count it.
+        masks = masks & _clean(logits_fn, params, x, y, batch_size, *score)[None]
     return (masks, seconds, compile_s, info) if with_info else (masks, seconds, compile_s)

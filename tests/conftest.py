@@ -4,12 +4,24 @@ from bench import xla
 
 xla.configure()  # before JAX starts: the same XLA settings as the CLI
 
+import os  # noqa: E402
+import tempfile  # noqa: E402
 import textwrap  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+# Tests train and attack many identical tiny programs (every `fit` call jits a fresh closure,
+# xdist workers compile the same fixtures): XLA's persistent compilation cache turns those
+# repeats into loads. Keyed by the program, JAX version and flags, so it never changes a
+# result; ROBUSTAX_TEST_XLA_CACHE="" turns it off.
+_cache = os.environ.get("ROBUSTAX_TEST_XLA_CACHE",
+                        os.path.join(tempfile.gettempdir(), f"robustax-xla-cache-{os.getuid()}"))
+if _cache:
+    jax.config.update("jax_compilation_cache_dir", _cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
 
 TINY_TOML = textwrap.dedent("""
     name = "tiny"

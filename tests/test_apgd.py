@@ -173,7 +173,7 @@ def minimal_distances(w, z, y):
     return out, moves
 
 
-def linear_problem(seed, gaps, n=48, num_classes=5, w_scale=0.2):
+def linear_problem(seed, gaps, n=25, num_classes=5, w_scale=0.2):
     """Images in [0.45, 0.55], labels cycling over the classes, a linear model with weights
     ``w_scale``·N(0, 1) and per-example biases giving clean logit gaps z_y − z_j = gaps(rng)."""
     rng = np.random.default_rng(seed)

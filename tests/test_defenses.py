@@ -22,14 +22,23 @@ def small_digits():
 
 
 TRAINING = sorted(n for n in DEFENSES if not is_wrapper(DEFENSES[n]))
+BATCHNORM_PATHS = ["standard", "pgd-at", "trades", "distillation"]
+"""One training defense per path through the loop's BatchNorm handling: plain, a ``perturb``
+(fgsm-at, fgsm-rs, augment and label-flip take the same one), the ``loss`` hook with two forward
+passes (TRADES) and a teacher followed by a student on soft labels (distillation)."""
 
 
-@pytest.mark.parametrize("name", TRAINING)
+def test_batchnorm_paths_cover_the_training_defenses():
+    assert set(BATCHNORM_PATHS) <= set(TRAINING)
+
+
+@pytest.mark.parametrize("name", BATCHNORM_PATHS)
 @pytest.mark.parametrize("model", ["preact-resnet18"])
 def test_every_defense_trains_every_kind_of_model(name, model, small_digits):
-    """One epoch of every training defense on a BatchNorm model (the plain MLP is covered for
-    every one by test_defense_training): variables have the init structure, change from init,
-    are finite and deterministic for the seed, and BatchNorm statistics are updated."""
+    """One epoch on a BatchNorm model for each way a training defense drives the loop (every
+    training defense on the plain MLP: test_defense_training): variables have the init
+    structure, change from init, are finite and deterministic for the seed, and BatchNorm
+    statistics are updated."""
     options = {"width": 8, "blocks": (1, 1, 1, 1)} if model == "preact-resnet18" else {"width": 16}
     module = MODELS.build(model, options, num_classes=10, mean=small_digits.mean, std=small_digits.std)
     fields = {f.name for f in dataclasses.fields(DEFENSES[name])}

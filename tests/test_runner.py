@@ -314,8 +314,8 @@ def test_sweep_runs_every_registered_model(tmp_path):
     raw = {"name": "models", "data": {"name": "digits", "eval_examples": 20, "train_examples": 64},
            "models": [{"name": n, **o} for n, o in tiny.items()],
            "defenses": [{"name": "standard", "epochs": 1, "batch_size": 32}],
-           "attacks": [{"name": "pgd", "steps": 2, "eps": [0.0, 0.1]}]}
+           "attacks": [{"name": "fgsm", "eps": [0.0, 0.1]}]}
     records = runner.run_sweep(parse_config(raw), tmp_path, progress=False)
     assert set(records["model"]) == set(tiny) and len(records) == 3 * len(tiny)
     for model, g in records.groupby("model"):
-        assert g[g["eps"] == 0.0]["correct"].nunique() == 1  # clean row and PGD at ε = 0
+        assert g[g["eps"] == 0.0]["correct"].nunique() == 1  # clean row and FGSM at ε = 0
