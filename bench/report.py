@@ -116,22 +116,34 @@ def write_plots(records: pd.DataFrame, run: RunDir) -> list[Path]:
     models, defenses, pairs = _order(records, run)
     for attack, norm in pairs:
         group = records[(records["attack"] == attack) & (records["norm"] == norm)]
-        fig, ax = plt.subplots(figsize=(5.0, 3.6), layout="constrained")
-        for m in models:
-            for d in defenses:
-                g = group[(group["model"] == m) & (group["defense"] == d)].sort_values("eps")
-                if g.empty:
-                    continue
-                line, = ax.plot(g["eps"], 100 * g["robust_acc"], marker="o", ms=3,
-                                label=f"{m} / {d}")
-                ax.fill_between(g["eps"], 100 * g["ci_low"], 100 * g["ci_high"],
-                                color=line.get_color(), alpha=0.15, lw=0)
+        lines = [(m, d) for m in models for d in defenses
+                 if not group[(group["model"] == m) & (group["defense"] == d)].empty]
+        # Many rows (a defense sweep): 20 colours, adaptive rows dashed in their naive row's
+        # colour, the legend beside the axes instead of over the lines.
+        big = len(lines) > 8
+        colors = plt.get_cmap("tab20").colors if big else [None] * len(lines)
+        fig, ax = plt.subplots(figsize=(8.2, 4.2) if big else (5.0, 3.6), layout="constrained")
+        color_of: dict = {}
+        for m, d in lines:
+            g = group[(group["model"] == m) & (group["defense"] == d)].sort_values("eps")
+            adaptive = d.endswith(" (adaptive)")
+            naive = (m, d[: -len(" (adaptive)")]) if adaptive else (m, d)
+            if naive not in color_of:
+                color_of[naive] = colors[len(color_of) % len(colors)]
+            line, = ax.plot(g["eps"], 100 * g["robust_acc"], marker="o", ms=3,
+                            label=f"{m} / {d}", color=color_of[naive],
+                            ls="--" if adaptive else "-")
+            ax.fill_between(g["eps"], 100 * g["ci_low"], 100 * g["ci_high"],
+                            color=line.get_color(), alpha=0.15, lw=0)
         data = ", ".join(sorted(group["data"].unique()))
         n = ", ".join(str(v) for v in sorted(group["examples"].unique()))
         ax.set(xlabel=f"ε ({norm})", ylabel="robust accuracy (%)", ylim=(-2, 102))
         ax.set_title(f"{attack} ({norm}) on {data}: {n} test images, 95% CI", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if big:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        else:
+            ax.legend(fontsize=8)
         for ext in ("png", "pdf"):
             buf = io.BytesIO()
             fig.savefig(buf, format=ext, dpi=150, metadata={"CreationDate": None} if ext == "pdf" else None)

@@ -376,9 +376,18 @@ def standalone_document(tex: str) -> str:
 
 # --- terminal ---------------------------------------------------------------------------------
 
+_ADAPTIVE = " (adaptive)"
+
+
 def shorten(label: str, n: int | None) -> str:
-    """``label`` cut to ``n`` characters with an ellipsis (terminal only; None: as it is)."""
-    return label if n is None or len(label) <= n else label[:n - 1] + "…"
+    """``label`` cut to ``n`` characters with an ellipsis (terminal only; None: as it is). An
+    adaptive row that must be cut reads ``↳ adaptive``: it always follows its naive row, so it
+    never reads like that row or another adaptive one."""
+    if n is None or len(label) <= n:
+        return label
+    if label.endswith(_ADAPTIVE):
+        return shorten("↳ adaptive", n)
+    return label[:n - 1] + "…"
 
 
 def _render(header: list[str], rows: list[list[str]], cols: list[int], align: str) -> str:

@@ -157,6 +157,8 @@ def test_summary_fits_narrow_terminals_and_cuts_labels_only_there(tmp_path):
         for e in eps[1:]:
             assert f"ε={e:g}" in text
     assert "…" in summary(run.root, width=60)
+    assert tables.shorten("squeeze-median (adaptive)", 12) == "↳ adaptive"
+    assert tables.shorten("squeeze-median", 12) == "squeeze-med…"
     records = report_records(run)
     write_tables(records, run)
     md = (run.tables / "robust_accuracy.md").read_text()
