@@ -288,20 +288,19 @@ class FAB:
     def _refine(self, logits_fn, params, x, x_adv, y, key):
         """The point closest to x on the segment [x, x_adv] that is still misclassified, by
         bisection on t ∈ [0, 1] (x_adv itself, t = 1, is misclassified or equal to x)."""
-        expand = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))  # noqa: E731
         step = x_adv - x
 
         def body(i, bounds):
             lo, hi = bounds
             mid = 0.5 * (lo + hi)
-            z = jnp.clip(x + expand(mid) * step, 0.0, 1.0)
+            z = jnp.clip(x + threat.per_example(mid, x) * step, 0.0, 1.0)
             logits = base.apply_logits(logits_fn, params, z, jax.random.fold_in(key, i))
             fooled = jnp.argmax(logits, axis=-1) != y
             return jnp.where(fooled, lo, mid), jnp.where(fooled, mid, hi)
 
         ones = jnp.ones(x.shape[:1], x.dtype)
         _, hi = jax.lax.fori_loop(0, self.refine, body, (jnp.zeros_like(ones), ones))
-        return jnp.clip(x + expand(hi) * step, 0.0, 1.0)
+        return jnp.clip(x + threat.per_example(hi, x) * step, 0.0, 1.0)
 
     # ---- public ------------------------------------------------------------------------
 

@@ -116,16 +116,15 @@ def write_plots(records: pd.DataFrame, run: RunDir) -> list[Path]:
     models, defenses, pairs = _order(records, run)
     for attack, norm in pairs:
         group = records[(records["attack"] == attack) & (records["norm"] == norm)]
-        lines = [(m, d) for m in models for d in defenses
-                 if not group[(group["model"] == m) & (group["defense"] == d)].empty]
+        curves = {(m, d): g.sort_values("eps") for m in models for d in defenses
+                  if not (g := group[(group["model"] == m) & (group["defense"] == d)]).empty}
         # Many rows (a defense sweep): 20 colours, adaptive rows dashed in their naive row's
         # colour, the legend beside the axes instead of over the lines.
-        big = len(lines) > 8
-        colors = plt.get_cmap("tab20").colors if big else [None] * len(lines)
+        big = len(curves) > 8
+        colors = plt.get_cmap("tab20").colors if big else [None] * len(curves)
         fig, ax = plt.subplots(figsize=(8.2, 4.2) if big else (5.0, 3.6), layout="constrained")
         color_of: dict = {}
-        for m, d in lines:
-            g = group[(group["model"] == m) & (group["defense"] == d)].sort_values("eps")
+        for (m, d), g in curves.items():
             adaptive = d.endswith(" (adaptive)")
             naive = (m, d[: -len(" (adaptive)")]) if adaptive else (m, d)
             if naive not in color_of:
