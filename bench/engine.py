@@ -476,6 +476,10 @@ def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
     ``score_key`` (pass the key their clean accuracy was measured with, so ε = 0 reproduces
     it; without one a fixed default key is used); attacks draw from ``key``.
     """
+    bad = [e for e in eps if not np.isfinite(e) or e < 0]
+    if bad:  # the config and bench.evaluate check this first; a direct caller gets it here
+        raise RobustaxError(f"eps = {bad[0]!r} is not a finite budget ≥ 0; give finite budgets "
+                            f"in [0, 1] pixel units")
     if cascade and hasattr(attack, "stages"):
         masks, info, seconds, compile_s = _cascade(attack, logits_fn, params, x, y, eps, key,
                                                    batch_size, attack_logits_fn, score_key)

@@ -157,8 +157,8 @@ def test_flipped_bit_in_a_checkpoint_stops_the_run(base, tmp_path):
 
 def test_edited_count_and_changed_mask_byte_are_recomputed(base, tmp_path, capsys):
     """A cell whose count was edited (record self-consistent: correct and robust_acc both
-    changed) and a mask with one value flipped are recomputed, each with a warning naming
-    the file; the records come back as computed."""
+    changed), a mask with one value flipped and a cell with an edited interval bound are
+    recomputed, each with a warning naming the file; the records come back as computed."""
     cfg, copy, records = _copy(base, tmp_path)
     ids = list(records["cell_id"])
     cell = copy / "cells" / f"{ids[1]}.json"
@@ -170,10 +170,14 @@ def test_edited_count_and_changed_mask_byte_are_recomputed(base, tmp_path, capsy
     mask = np.load(mask_path)
     mask[0] = not mask[0]
     np.save(mask_path, mask)
+    interval = copy / "cells" / f"{ids[3]}.json"  # a field nothing else cross-checks
+    interval.write_text(interval.read_text().replace('"ci_high": 0.', '"ci_high": 0.9'))
     capsys.readouterr()
     again = runner.run_sweep(cfg, copy, progress=False)
     err = capsys.readouterr().err
-    assert str(cell) in err and str(mask_path) in err and err.count("recomputing") == 2
+    for damaged in (cell, mask_path, interval):
+        assert str(damaged) in err, damaged
+    assert err.count("recomputing") == 3
     pd.testing.assert_frame_equal(records.drop(columns=VOLATILE), again.drop(columns=VOLATILE))
     assert not np.array_equal(np.load(mask_path), mask)
 
