@@ -233,6 +233,29 @@ def test_damaged_files_are_repaired_by_a_rerun(base, tmp_path, capsys):
     assert calls == [] and "warning" not in capsys.readouterr().err
 
 
+def test_cells_from_replaced_weights_are_recomputed(base, tmp_path, monkeypatch, capsys):
+    """The checkpoint is deleted and one cell is missing: retraining (here made to give other
+    weights, as a GPU can) must not leave the other cells, computed from the old weights, in
+    the records: they are recomputed, one warning each."""
+    import jax
+
+    from defenses import Standard
+
+    cfg, copy, records = _copy(base, tmp_path)
+    (ckpt,) = list((copy / "checkpoints").iterdir())
+    ckpt.unlink()
+    (copy / "cells" / f"{records['cell_id'][0]}.json").unlink()
+    real = Standard.train
+    monkeypatch.setattr(Standard, "train", lambda self, *a, **k: jax.tree.map(
+        lambda v: v * 1.5, real(self, *a, **k)))
+    capsys.readouterr()
+    again = runner.run_sweep(cfg, copy, progress=False)
+    err = capsys.readouterr().err
+    assert err.count("computed from other weights") == len(records) - 1
+    assert again["checkpoint_sha256"].nunique() == 1
+    assert again["checkpoint_sha256"][0] != records["checkpoint_sha256"][0]
+
+
 def test_directory_without_manifest_is_adopted(base, tmp_path, capsys):
     """A run directory written before manifests (or with manifest.json deleted) keeps its
     consistent cells: nothing is recomputed, one warning says what happened."""
