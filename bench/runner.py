@@ -127,7 +127,6 @@ class _Weights:
         self._modules: dict[str, tuple] = {}
         self._params: dict[Training, Any] = {}
         self.sha256: dict[Training, str] = {}  # digest of each checkpoint file loaded or written
-        self.trained: set[Training] = set()
 
     def module(self, model) -> tuple[Any, Any]:
         """(flax module with the data's classes and statistics, its logits_fn), built once."""
@@ -175,7 +174,6 @@ class _Weights:
         meta = {"model": m.name, "model_options": dict(m.options), "defense": d.name,
                 "data": self.data.name}
         self.sha256[t] = self.run.write_checkpoint(t.file_name, checkpoint_bytes(params, meta))
-        self.trained.add(t)
         bar.update(1)
         return params
 
