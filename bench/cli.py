@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     cc.add_argument("--attack", action="append", help="only this attack name (repeatable)")
     cc.add_argument("--eps", action="append", type=float, help="only this ε (repeatable)")
     cc.add_argument("--defense", action="append", help="only this defense label (repeatable)")
+    from bench import security_cli
+
+    security_cli.add_parsers(sub)
     return p
 
 
@@ -105,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
 
             crosscheck_main(args.run_dir, args.examples, args.seed, args.attack, args.eps,
                             args.defense)
+        elif args.command in ("keys", "sign", "verify", "encrypt", "decrypt"):
+            from bench import security_cli
+
+            security_cli.main(args)
         elif args.command == "speed":
             from bench.speed import main as speed_main
 

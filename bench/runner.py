@@ -106,8 +106,12 @@ class _Weights:
     """Trained variables per :class:`Training`: loaded from the run directory's checkpoint,
     else trained and saved (one module per model, so compiled attacks are reused)."""
 
-    def __init__(self, run: RunDir, plan: Plan, data: Dataset, bar):
+    def __init__(self, run: RunDir, plan: Plan, data: Dataset, bar, arts=None, ledger=None):
+        from bench.artifacts import Artifacts
+
         self.run, self.plan, self.data, self.bar = run, plan, data, bar
+        self.arts = Artifacts.from_config(plan.config.security) if arts is None else arts
+        self.ledger = ledger
         self._modules: dict[str, tuple] = {}
         self._params: dict[Training, Any] = {}
 
@@ -121,17 +125,17 @@ class _Weights:
         return self._modules[model.label]
 
     def exists(self, t: Training) -> bool:
-        return self.run.checkpoint_path(t.file_name).is_file()
+        return self.arts.find(self.run.checkpoints, t.file_name) is not None
 
     def __call__(self, t: Training) -> Any:
         if t in self._params:
             return self._params[t]
         module, _ = self.module(t.model)
         like = init_variables(module, jax.random.key(0), self.data.image_shape)
-        path = self.run.checkpoint_path(t.file_name)
-        if path.is_file():
-            try:
-                params, _ = variables_from_bytes(path.read_bytes(), like=like)
+        path = self.arts.find(self.run.checkpoints, t.file_name)
+        if path is not None:
+            try:  # verified and decrypted in memory when [security] asks for it
+                params, _ = variables_from_bytes(self.arts.load_checkpoint(path), like=like)
             except ValueError as e:
                 raise RobustaxError(f"checkpoint {path} is damaged: {e}; delete it to "
                                     f"retrain") from None
@@ -154,7 +158,11 @@ class _Weights:
             raise ConfigError(f"training {m.label} with {d.label}: {e}") from None
         meta = {"model": m.name, "model_options": dict(m.options), "defense": d.name,
                 "data": self.data.name, "train_seconds": time.perf_counter() - t0}
-        self.run.write_checkpoint(t.file_name, checkpoint_bytes(params, meta))
+        self.arts.save_checkpoint(
+            self.run.checkpoints, t.file_name, checkpoint_bytes(params, meta),
+            ids={"model": m.label, "defense": d.label, "data": self.data.name,
+                 "config_id": self.plan.config.config_id(), "checkpoint": t.digest},
+            code_version=code_version(), ledger=self.ledger)
         bar.update(1)
         return params
 
@@ -226,6 +234,18 @@ def _evaluate_unit(unit: Unit, todo: set[str], weights: _Weights, plan: Plan, x,
                   {k: v[i] for k, v in info.items()})
 
 
+def _ledger_existing(run: RunDir, plan: Plan, arts, ledger) -> None:
+    """Records in the ledger what a run directory already holds from runs before it (or from a
+    killed run): checkpoints and finished cells not yet in it as they are."""
+    from bench.artifacts import checkpoint_files
+
+    known = ledger.latest()
+    for p in checkpoint_files(run.root):
+        if ("checkpoint", p.name) not in known:
+            ledger.add_checkpoint(p, arts.parameters_digest(p), arts.signer)
+    ledger.add_cells(sorted(p.stem for p in run.cells.glob("*.json")), arts.signer)
+
+
 def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None = None,
               progress: bool = True) -> pd.DataFrame:
     """Runs (or resumes) a sweep into ``out_dir`` and returns the records frame.
@@ -235,8 +255,13 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
     """
     from tqdm.auto import tqdm
 
+    from bench.artifacts import Artifacts
+    from bench.ledger import Ledger
+
+    arts = Artifacts.from_config(cfg.security)  # a bad key stops the run before anything is written
     run = RunDir(Path(out_dir))
     _prepare_run_dir(run, cfg, config_text)
+    ledger = Ledger(run.root)
     data = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir,
                         train_examples=cfg.data.train_examples)
     plan = make_plan(cfg, data.fingerprint())
@@ -245,17 +270,22 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
         cfg.data.eval_examples, len(data.x_test))
     x_eval, y_eval = data.x_test[:n_eval], data.y_test[:n_eval]
     version = code_version()
+    ledger.append([{"type": "run", "config_id": cfg.config_id(), "code_version": version,
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "signed_by": arts.signer.key_id if arts.signer else ""}], arts.signer)
+    _ledger_existing(run, plan, arts, ledger)
 
     todo = {c.cell_id for c in plan.cells if not run.has_cell(c.cell_id)}
     units = [u for u in plan.units if any(c.cell_id in todo for c in u.cells)]
     bar = tqdm(total=0, desc=cfg.name, unit="cell", disable=not progress, dynamic_ncols=True)
-    weights = _Weights(run, plan, data, bar)
+    weights = _Weights(run, plan, data, bar, arts, ledger)
     n_train = len({t for u in units for t in u.trainings if not weights.exists(t)})
     bar.total = len(todo) + n_train
     bar.refresh()
     wrapped: dict = {}
     for unit in units:
         _evaluate_unit(unit, todo, weights, plan, x_eval, y_eval, version, run, bar, wrapped)
+        ledger.add_cells([c.cell_id for c in unit.cells], arts.signer)
     bar.close()
     records = run.read_records(only={c.cell_id for c in plan.cells})
     atomic_write_text(run.records_csv, records.to_csv(index=False))
