@@ -245,11 +245,19 @@ def test_every_single_byte_change_of_the_signature_file_is_detected(signed_check
     good = sig.read_bytes()
     seen = set()
     for i in range(len(good)):
-        bad = bytearray(good)
-        bad[i] ^= 0x01
-        sig.write_bytes(bytes(bad))
-        seen.add(_stage(lambda: crypto.verify_checkpoint(signed_checkpoint, [signer.public])))
+        for delta in (0x01, 0x20):  # 0x20: hex digits to upper case, the same bytes to fromhex
+            bad = bytearray(good)
+            bad[i] ^= delta
+            sig.write_bytes(bytes(bad))
+            seen.add(_stage(lambda: crypto.verify_checkpoint(signed_checkpoint,
+                                                             [signer.public])))
     assert seen <= {"signature", "key"} and "signature" in seen
+    # equal JSON in other bytes (whitespace, a trailing space) is refused too: the file is
+    # exactly the canonical envelope, so no byte of it can change unnoticed
+    for bad in (good.replace(b'":', b'": ', 1), good[:-1] + b" \n", good[:-1] + b"\r\n"):
+        sig.write_bytes(bad)
+        assert _stage(lambda: crypto.verify_checkpoint(signed_checkpoint, [signer.public])) \
+            == "signature"
     sig.write_bytes(good)
     crypto.verify_checkpoint(signed_checkpoint, [signer.public])
 
@@ -489,7 +497,9 @@ def test_cli_keys_sign_verify_encrypt_decrypt(tmp_path, capsys, monkeypatch):
     enc = tmp_path / "m.safetensors.enc"
     assert main(["decrypt", str(enc), "--key", ek, "--out", str(tmp_path / "back")]) == 0
     assert (tmp_path / "back").read_bytes() == data
+    (tmp_path / "back").write_bytes(b"mine")
     assert main(["decrypt", str(enc), "--key", ek, "--out", str(tmp_path / "back")]) == 2
+    assert (tmp_path / "back").read_bytes() == b"mine"  # an existing destination is kept
     capsys.readouterr()
     other = tmp_path / "other"
     assert main(["keys", "new", str(other)]) == 0
