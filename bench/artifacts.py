@@ -12,9 +12,8 @@ from pathlib import Path
 
 from bench.crypto import (EncryptionKey, SecurityError, SigningKey, checkpoint_statement,
                           envelope_bytes, load_public_key, plaintext_of, sha256_file,
-                          signature_path, verify_checkpoint, write_new)
-from bench.ledger import Ledger, verify_chain, verify_head
-from bench.records import atomic_write_bytes
+                          signature_path, verify_checkpoint)
+from bench.ledger import HEAD, LEDGER, Ledger, verify_chain, verify_head
 
 ENC = ".enc"
 
@@ -61,31 +60,33 @@ class Artifacts:
                 return p
         return None
 
-    def save_checkpoint(self, checkpoints: Path, file_name: str, plaintext: bytes, *,
-                        ids: dict, code_version: str, ledger: Ledger | None = None) -> Path:
-        """Writes a checkpoint (encrypted when a key is set; plaintext never touches the disk
-        then), its signature first when a signing key is set, and its ledger entry."""
-        from bench.crypto import encrypt_bytes
+    def save_checkpoint(self, run, file_name: str, plaintext: bytes, *, ids: dict,
+                        code_version: str, ledger: Ledger | None = None) -> str:
+        """Writes a checkpoint into ``run`` (a :class:`bench.records.RunDir`, so the manifest
+        lists it): encrypted when a key is set (plaintext never touches the disk then), its
+        signature first when a signing key is set, then its ledger entry. Returns the sha256 of
+        the stored bytes."""
+        from bench.crypto import encrypt_bytes, sha256_hex
         from defenses.checkpoint import checkpoint_parameter_digest
 
         params = checkpoint_parameter_digest(plaintext)
-        path = checkpoints / (file_name + ENC if self.key is not None else file_name)
+        path = run.checkpoints / (file_name + ENC if self.key is not None else file_name)
         data = encrypt_bytes(plaintext, self.key, file_name) if self.key is not None else plaintext
         if self.signer is not None:  # the signature first: a crash leaves no unsigned checkpoint
             envelope = self.signer.sign(checkpoint_statement(
                 path, data, params, encrypted=self.key is not None, ids=ids,
                 code_version=code_version))
-            write_new(signature_path(path), envelope_bytes(envelope), overwrite=True)
-        atomic_write_bytes(path, data)
+            run.write_bytes(signature_path(path), envelope_bytes(envelope))
+        run.write_bytes(path, data)
         if ledger is not None:
             ledger.add_checkpoint(path, params, self.signer)
-        return path
+        return sha256_hex(data)
 
-    def load_checkpoint(self, path: Path) -> bytes:
-        """The safetensors bytes of a stored checkpoint, in memory: verified against the trusted
-        keys when there are any (an unsigned or altered checkpoint is refused), decrypted when
-        encrypted."""
-        data = path.read_bytes()
+    def load_checkpoint(self, path: Path, data: bytes | None = None) -> bytes:
+        """The safetensors bytes of a stored checkpoint (``data``: its bytes, if read
+        already), in memory: verified against the trusted keys when there are any (an unsigned
+        or altered checkpoint is refused), decrypted when encrypted."""
+        data = path.read_bytes() if data is None else data
         if self.trusted:
             _, plain = verify_checkpoint(path, self.trusted, key=self.key, data=data)
         else:
@@ -184,8 +185,40 @@ def verify_run(root: str | Path, trusted: list | None = None,
 
 
 def _manifest(root: Path) -> list[str]:
-    """The run manifest's check (hardening issue); placeholder until it is merged."""
-    return []
+    """Every file the manifest lists must be there with its digest (``manifest`` stage);
+    files it does not list are reported, and fail under cells/, masks/ and checkpoints/.
+    The ledger files are not listed: the ledger is checked by its own chain and head."""
+    from bench.manifest import Manifest
+
+    m = Manifest(root)
+    if m.state != "ok":
+        raise SecurityError("manifest", f"{m.path} is {m.state}: the run predates manifests or "
+                                        f"it was damaged; rerun `robustax run CONFIG --out "
+                                        f"{root}` to rebuild it from the files that pass checks")
+    skip = {LEDGER, HEAD}
+    listed = {k: v for k, v in m.files.items() if k not in skip}
+    for rel in sorted(listed):
+        p = root / rel
+        if not p.is_file():
+            raise SecurityError("manifest", f"{rel} is listed in {m.path.name} but missing")
+        if sha256_file(p) != listed[rel]["sha256"]:
+            raise SecurityError("manifest", f"{rel} differs from its digest in {m.path.name} "
+                                            f"(changed after it was written)")
+    unlisted = sorted(
+        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and p.name not in (m.path.name, *skip) and not p.name.endswith(".corrupt")
+        and p.relative_to(root).as_posix() not in m.files)
+    for rel in unlisted:
+        if rel.split("/")[0] in ("cells", "masks", "checkpoints"):
+            raise SecurityError("manifest", f"{rel} is not listed in {m.path.name} (not written "
+                                            f"by robustax as it is)")
+    out = [f"manifest: {len(listed)} files match their digests"]
+    if unlisted:
+        shown = ", ".join(unlisted[:4]) + (", …" if len(unlisted) > 4 else "")
+        out.append(f"manifest: {len(unlisted)} other files are not listed (not written by "
+                   f"robustax; not checked): {shown}")
+    return out
 
 
 def describe_statement(statement: dict) -> str:

@@ -576,21 +576,23 @@ def sign_checkpoint(path: str | Path, signer: SigningKey, *, key: EncryptionKey 
 
 
 def verify_checkpoint(path: str | Path, trusted: list[Ed25519PublicKey], *,
-                      key: EncryptionKey | None = None, data: bytes | None = None
-                      ) -> tuple[dict, bytes | None]:
+                      key: EncryptionKey | None = None, data: bytes | None = None,
+                      signature: bytes | None = None) -> tuple[dict, bytes | None]:
     """Checks ``<path>.sig`` against ``trusted`` keys, then the file's SHA-256 and, when the
     plaintext is at hand (not encrypted, or ``key`` given), its parameter digest.
 
+    ``data`` and ``signature``: the file's and its ``.sig``'s bytes, if read already.
     Returns (statement, plaintext or None). Never writes anything.
     """
     from defenses.checkpoint import checkpoint_parameter_digest
 
     path = Path(path)
     sig = signature_path(path)
-    if not sig.is_file():
+    if signature is None and not sig.is_file():
         raise SecurityError("signature", f"{path} has no signature ({sig.name} is missing); "
                                          f"sign it with `robustax sign {path} --key KEY`")
-    statement = verify_envelope(parse_envelope(sig.read_bytes(), str(sig)), trusted, str(sig))
+    signature = sig.read_bytes() if signature is None else signature
+    statement = verify_envelope(parse_envelope(signature, str(sig)), trusted, str(sig))
     data = path.read_bytes() if data is None else data
     if statement.get("type") != "robustax/checkpoint/v1":
         raise SecurityError("signature", f"{sig} signs a {statement.get('type')!r}, not a "

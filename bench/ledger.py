@@ -55,6 +55,7 @@ def cell_entry(root: Path, record: dict) -> dict:
             "eps": eps_text(record["eps"]), "examples": int(record["examples"]),
             "correct": int(record["correct"]), "checkpoint": str(record.get("checkpoint", "")),
             "config_id": str(record.get("config_id", "")),
+            "checkpoint_sha256": str(record.get("checkpoint_sha256", "")),
             "code_version": str(record.get("code_version", "")),
             "mask_sha256": sha256_file(root / "masks" / f"{cid}.npy"),
             "record_sha256": sha256_file(root / "cells" / f"{cid}.json")}

@@ -197,6 +197,7 @@ class Plan:
     def order(self) -> dict:
         """Row and column order of reports, and the cells of the current grid (plan.json)."""
         return {
+            "run": self.config.name,
             "models": list(dict.fromkeys([*(m.label for m in self.config.models),
                                           *(u.model.label for u in self.units)])),
             "defenses": list(dict.fromkeys(u.defense_label for u in self.units)),

@@ -24,9 +24,9 @@ import pandas as pd
 from bench import engine as ev
 from bench.config import SweepConfig
 from bench.data import Dataset, load_dataset
-from bench.errors import ConfigError, RobustaxError
+from bench.errors import ConfigError, RobustaxError, warn
 from bench.plan import CLEAN, Plan, Training, Unit, has_adaptive, key_for, make_plan
-from bench.records import RunDir, atomic_write_json, atomic_write_text, make_record
+from bench.records import MISSING, RunDir, make_record, run_lock
 from defenses import checkpoint_bytes, variables_from_bytes
 from models import init_variables, make_logits_fn
 
@@ -77,6 +77,24 @@ def environment() -> dict:
     }
 
 
+def _read_json_state(run: RunDir, name: str, default: Any, kind: type) -> Any:
+    """A JSON file robustax keeps across invocations (config.json, environment.json), or
+    ``default`` when it is absent; a corrupt one is set aside as ``<name>.corrupt`` with a
+    warning (it holds history, not numbers), so it never wedges a run."""
+    path = run.root / name
+    if not path.is_file():
+        return default
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+        if not isinstance(value, kind):
+            raise ValueError
+        return value
+    except (ValueError, UnicodeDecodeError):
+        os.replace(path, path.with_name(name + ".corrupt"))
+        warn(f"{path} was corrupt; kept it as {path.name}.corrupt and started a new one")
+        return default
+
+
 def _prepare_run_dir(run: RunDir, cfg: SweepConfig, config_text: str | None) -> None:
     """Writes the config as run and appends this invocation's environment.
 
@@ -84,22 +102,20 @@ def _prepare_run_dir(run: RunDir, cfg: SweepConfig, config_text: str | None) -> 
     determines them, so added cells are computed, unchanged ones are reused, and the
     records and report cover the current grid only. Earlier configs stay in ``history``.
     """
-    run.root.mkdir(parents=True, exist_ok=True)
     as_run = run.root / "config.json"
     source = json.loads(json.dumps(cfg.source, default=str))
-    state = json.loads(as_run.read_text()) if as_run.is_file() else {}
+    state = _read_json_state(run, "config.json", {}, dict)
     if state.get("config") != source:
         history = state.get("history", [])
         if "config" in state:
             history.append({"config": state["config"], "config_id": state.get("config_id")})
-        atomic_write_json(as_run, {"config": source, "config_id": cfg.config_id(),
-                                   "history": history})
+        run.write_json(as_run, {"config": source, "config_id": cfg.config_id(),
+                                "history": history})
     if config_text is not None:
-        atomic_write_text(run.root / "config.toml", config_text)
-    env_path = run.root / "environment.json"
-    envs = json.loads(env_path.read_text()) if env_path.is_file() else []
+        run.write_text(run.root / "config.toml", config_text)
+    envs = _read_json_state(run, "environment.json", [], list)
     envs.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **environment()})
-    atomic_write_json(env_path, envs)
+    run.write_json(run.root / "environment.json", envs)
 
 
 class _Weights:
@@ -114,6 +130,8 @@ class _Weights:
         self.ledger = ledger
         self._modules: dict[str, tuple] = {}
         self._params: dict[Training, Any] = {}
+        self.sha256: dict[Training, str] = {}  # digest of each checkpoint file loaded or written
+        self.trained: set[Training] = set()
 
     def module(self, model) -> tuple[Any, Any]:
         """(flax module with the data's classes and statistics, its logits_fn), built once."""
@@ -127,6 +145,11 @@ class _Weights:
     def exists(self, t: Training) -> bool:
         return self.arts.find(self.run.checkpoints, t.file_name) is not None
 
+    def stored_digest(self, t: Training) -> str | None:
+        """The manifest's sha256 of the stored checkpoint (plain or ``.enc``), if there is one."""
+        path = self.arts.find(self.run.checkpoints, t.file_name)
+        return None if path is None else self.run.manifest.digest(path)
+
     def __call__(self, t: Training) -> Any:
         if t in self._params:
             return self._params[t]
@@ -134,11 +157,14 @@ class _Weights:
         like = init_variables(module, jax.random.key(0), self.data.image_shape)
         path = self.arts.find(self.run.checkpoints, t.file_name)
         if path is not None:
-            try:  # verified and decrypted in memory when [security] asks for it
-                params, _ = variables_from_bytes(self.arts.load_checkpoint(path), like=like)
+            data = path.read_bytes()
+            try:  # verified against [security] trust and decrypted in memory when asked for
+                params, _ = variables_from_bytes(self.arts.load_checkpoint(path, data),
+                                                 like=like)
             except ValueError as e:
                 raise RobustaxError(f"checkpoint {path} is damaged: {e}; delete it to "
                                     f"retrain") from None
+            self.sha256[t] = self.run.verify_checkpoint(path.name, data)
         else:
             params = self._train(t, module)
         self._params[t] = params
@@ -147,7 +173,6 @@ class _Weights:
     def _train(self, t: Training, module) -> Any:
         m, d, bar = t.model, t.defense, self.bar
         bar.set_postfix_str(f"training {m.label}/{d.label}", refresh=False)
-        t0 = time.perf_counter()
         try:
             params = d.defense.train(
                 module, self.data, key_for(self.plan.config.seed, *t.key_parts),
@@ -156,13 +181,15 @@ class _Weights:
                     f"loss {loss:.3f}", refresh=False))
         except ValueError as e:
             raise ConfigError(f"training {m.label} with {d.label}: {e}") from None
+        # No timings in the file: the same seed gives the same bytes, hence the same digest.
         meta = {"model": m.name, "model_options": dict(m.options), "defense": d.name,
-                "data": self.data.name, "train_seconds": time.perf_counter() - t0}
-        self.arts.save_checkpoint(
-            self.run.checkpoints, t.file_name, checkpoint_bytes(params, meta),
+                "data": self.data.name}
+        self.sha256[t] = self.arts.save_checkpoint(
+            self.run, t.file_name, checkpoint_bytes(params, meta),
             ids={"model": m.label, "defense": d.label, "data": self.data.name,
                  "config_id": self.plan.config.config_id(), "checkpoint": t.digest},
             code_version=code_version(), ledger=self.ledger)
+        self.trained.add(t)
         bar.update(1)
         return params
 
@@ -211,7 +238,8 @@ def _evaluate_unit(unit: Unit, todo: set[str], weights: _Weights, plan: Plan, x,
             eps=cell.eps, mask=mask, seconds=seconds, compile_seconds=compile_s, seed=cfg.seed,
             cell_id=cell.cell_id, config_id=cfg.config_id(), checkpoint=unit.checkpoint,
             code_version=version, attack_options=None if a is None else a.attack,
-            model_options=_model_options(unit), defense_options=d.defense, info=info), mask)
+            model_options=_model_options(unit), defense_options=d.defense, info=info,
+            checkpoint_sha256="+".join(weights.sha256[t] for t in unit.trainings)), mask)
         bar.update(1)
 
     for cell in unit.cells:
@@ -243,7 +271,8 @@ def _ledger_existing(run: RunDir, plan: Plan, arts, ledger) -> None:
     for p in checkpoint_files(run.root):
         if ("checkpoint", p.name) not in known:
             ledger.add_checkpoint(p, arts.parameters_digest(p), arts.signer)
-    ledger.add_cells(sorted(p.stem for p in run.cells.glob("*.json")), arts.signer)
+    ledger.add_cells(sorted(p.stem for p in run.cells.glob("*.json")
+                            if run.cell_problem(p.stem)[0] is None), arts.signer)
 
 
 def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None = None,
@@ -260,33 +289,62 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
 
     arts = Artifacts.from_config(cfg.security)  # a bad key stops the run before anything is written
     run = RunDir(Path(out_dir))
-    _prepare_run_dir(run, cfg, config_text)
-    ledger = Ledger(run.root)
-    data = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir,
-                        train_examples=cfg.data.train_examples)
-    plan = make_plan(cfg, data.fingerprint())
-    run.write_plan(plan.order())
-    n_eval = len(data.x_test) if cfg.data.eval_examples is None else min(
-        cfg.data.eval_examples, len(data.x_test))
-    x_eval, y_eval = data.x_test[:n_eval], data.y_test[:n_eval]
-    version = code_version()
-    ledger.append([{"type": "run", "config_id": cfg.config_id(), "code_version": version,
-                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "signed_by": arts.signer.key_id if arts.signer else ""}], arts.signer)
-    _ledger_existing(run, plan, arts, ledger)
+    with run_lock(run.root, "run"):
+        run.adopt()
+        _prepare_run_dir(run, cfg, config_text)
+        data = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir,
+                            train_examples=cfg.data.train_examples)
+        plan = make_plan(cfg, data.fingerprint())
+        run.write_plan(plan.order())
+        n_eval = len(data.x_test) if cfg.data.eval_examples is None else min(
+            cfg.data.eval_examples, len(data.x_test))
+        x_eval, y_eval = data.x_test[:n_eval], data.y_test[:n_eval]
+        version = code_version()
+        ledger = Ledger(run.root)
+        ledger.append([{"type": "run", "config_id": cfg.config_id(), "code_version": version,
+                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "signed_by": arts.signer.key_id if arts.signer else ""}], arts.signer)
+        _ledger_existing(run, plan, arts, ledger)
 
-    todo = {c.cell_id for c in plan.cells if not run.has_cell(c.cell_id)}
-    units = [u for u in plan.units if any(c.cell_id in todo for c in u.cells)]
-    bar = tqdm(total=0, desc=cfg.name, unit="cell", disable=not progress, dynamic_ncols=True)
-    weights = _Weights(run, plan, data, bar, arts, ledger)
-    n_train = len({t for u in units for t in u.trainings if not weights.exists(t)})
-    bar.total = len(todo) + n_train
-    bar.refresh()
-    wrapped: dict = {}
-    for unit in units:
-        _evaluate_unit(unit, todo, weights, plan, x_eval, y_eval, version, run, bar, wrapped)
-        ledger.add_cells([c.cell_id for c in unit.cells], arts.signer)
-    bar.close()
-    records = run.read_records(only={c.cell_id for c in plan.cells})
-    atomic_write_text(run.records_csv, records.to_csv(index=False))
+        bar = tqdm(total=0, desc=cfg.name, unit="cell", disable=not progress,
+                   dynamic_ncols=True)
+        weights = _Weights(run, plan, data, bar, arts, ledger)
+        # Two passes at most: the second recomputes cells whose checkpoint this run had to
+        # train anew (deleted, say) and came out with other bytes than the one they were
+        # computed from.
+        for _ in range(2):
+            todo = _cells_to_compute(run, plan, weights)
+            if not todo:
+                break
+            units = [u for u in plan.units if any(c.cell_id in todo for c in u.cells)]
+            n_train = len({t for u in units for t in u.trainings if not weights.exists(t)})
+            bar.total = bar.n + len(todo) + n_train
+            bar.refresh()
+            wrapped: dict = {}
+            for unit in units:
+                _evaluate_unit(unit, todo, weights, plan, x_eval, y_eval, version, run, bar,
+                               wrapped)
+                ledger.add_cells([c.cell_id for c in unit.cells], arts.signer)
+        bar.close()
+        records = run.read_records(only={c.cell_id for c in plan.cells})
+        if not records.empty:
+            records["run"] = cfg.name  # records.csv is this config's grid: one run name
+        run.write_text(run.records_csv, records.to_csv(index=False))
     return records
+
+
+def _cells_to_compute(run: RunDir, plan: Plan, weights: _Weights) -> set[str]:
+    """The plan's cells that are missing or fail verification (each of the latter with a
+    one-line warning naming the file): those the run (re)computes."""
+    todo = set()
+    for unit in plan.units:
+        shas = [weights.sha256.get(t) or weights.stored_digest(t) for t in unit.trainings]
+        expected = "+".join(shas) if all(shas) else None
+        for c in unit.cells:
+            problem, _ = run.cell_problem(c.cell_id, expected)
+            if problem is None:
+                continue
+            if problem != MISSING:
+                warn(f"{problem}; recomputing that cell")
+            todo.add(c.cell_id)
+    return todo

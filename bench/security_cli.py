@@ -90,6 +90,7 @@ def main(args: argparse.Namespace) -> None:
 
         env = crypto.sign_checkpoint(path, signer, key=key, ids=_run_ids(path),
                                      code_version=code_version())
+        _record_in_manifest(crypto.signature_path(path))
         print(f"signed {describe_statement(env['statement'])}")
         print(f"wrote {crypto.signature_path(path)} (key id {signer.key_id[:12]}…)")
     elif args.command == "verify":
@@ -129,6 +130,15 @@ def main(args: argparse.Namespace) -> None:
         crypto.decrypt_file(src, dst, _encryption_key(args.key, args.passphrase),
                             overwrite=args.force)
         print(f"wrote {dst} (every chunk authenticated)")
+
+
+def _record_in_manifest(path: Path) -> None:
+    """A file added to a run directory's checkpoints/ goes into its manifest."""
+    from bench.manifest import FILE_NAME, Manifest
+
+    root = path.resolve().parent.parent
+    if path.resolve().parent.name == "checkpoints" and (root / FILE_NAME).is_file():
+        Manifest(root).record({path.resolve(): path.read_bytes()})
 
 
 def _run_ids(path: Path) -> dict:

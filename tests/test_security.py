@@ -242,15 +242,14 @@ def test_signature_verifies_and_states_what_was_signed(signed_checkpoint, signer
 
 def test_every_single_byte_change_of_the_signature_file_is_detected(signed_checkpoint, signer):
     sig = crypto.signature_path(signed_checkpoint)
-    good = sig.read_bytes()
+    good, data = sig.read_bytes(), signed_checkpoint.read_bytes()
     seen = set()
     for i in range(len(good)):
         for delta in (0x01, 0x20):  # 0x20: hex digits to upper case, the same bytes to fromhex
             bad = bytearray(good)
             bad[i] ^= delta
-            sig.write_bytes(bytes(bad))
-            seen.add(_stage(lambda: crypto.verify_checkpoint(signed_checkpoint,
-                                                             [signer.public])))
+            seen.add(_stage(lambda: crypto.verify_checkpoint(
+                signed_checkpoint, [signer.public], data=data, signature=bytes(bad))))
     assert seen <= {"signature", "key"} and "signature" in seen
     # equal JSON in other bytes (whitespace, a trailing space) is refused too: the file is
     # exactly the canonical envelope, so no byte of it can change unnoticed
@@ -321,7 +320,17 @@ def _fake_run(root, n=6):
                "code_version": "v"}
         (root / "cells" / f"{cid}.json").write_text(json.dumps(rec))
         ids.append(cid)
+    _remanifest(root)
     return ids
+
+
+def _remanifest(root):
+    """What someone who edits files and then the (unsigned) manifest would do."""
+    from bench.manifest import Manifest
+
+    (root / "manifest.json").unlink(missing_ok=True)
+    Manifest(root).record({p: p.read_bytes() for d in ("cells", "masks")
+                           for p in (root / d).glob("*")})
 
 
 def _ledger(tmp_path, signer=None, n=6):
@@ -397,15 +406,22 @@ def test_ledger_tampering_is_caught_at_the_entry(tmp_path, signer, signed):
     rec = root / "cells" / f"{cell}.json"
     text = rec.read_text()
     rec.write_text(text.replace('"correct": 4', '"correct": 5'))
+    assert _chain_error(root, trusted).startswith(f"manifest: cells/{cell}.json differs")
+    _remanifest(root)  # the manifest is rewritten to match: the ledger still catches it
     assert _chain_error(root, trusted).startswith(f"digest: cells/{cell}.json differs from "
                                                   f"ledger entry 2")
     rec.write_text(text)
+    _remanifest(root)
     (root / "cells" / "new.json").write_text("{}")
+    assert _chain_error(root, trusted).startswith("manifest: cells/new.json is not listed")
+    _remanifest(root)
     assert _chain_error(root, trusted).startswith("digest: cell new is not in the ledger")
     os.remove(root / "cells" / "new.json")
     os.remove(rec)
+    _remanifest(root)
     assert "missing from cells/" in _chain_error(root, trusted)
     rec.write_text(text)
+    _remanifest(root)
     verify_run(root, trusted)
     # a changed head
     head = book.head_path.read_bytes()
@@ -459,6 +475,8 @@ def test_concurrent_appends_interleave_whole_entries(tmp_path):
         t.join()
     assert not errors
     (root / "cells").mkdir()
+    (root / "masks").mkdir()
+    _remanifest(root)
     verify_run(root)
     entries = Ledger(root).entries()
     assert len(entries) == 60
