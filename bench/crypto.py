@@ -34,7 +34,6 @@ import json
 import os
 import stat
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,34 +117,16 @@ def utc_now() -> str:
 
 
 def write_new(path: str | Path, data: bytes, *, mode: int = 0o644, overwrite: bool = False) -> None:
-    """Writes ``data`` to ``path`` in one step: a temporary file in the same directory (created
-    with ``mode``), fsync'd, then linked into place (refusing an existing ``path`` unless
-    ``overwrite``). A failure leaves no partial file and an existing destination untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Writes ``data`` to ``path`` in one step (the one atomic writer, with ``mode`` set before
+    any byte is written), refusing an existing ``path`` unless ``overwrite``. A failure leaves
+    no partial file and an existing destination untouched."""
+    from bench.records import atomic_write_bytes
+
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # atomic, and fails if path exists
-            except FileExistsError:
-                raise RobustaxError(f"{path} exists; remove it or choose another destination "
-                                    f"(it was left untouched)") from None
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        atomic_write_bytes(Path(path), data, mode=mode, overwrite=overwrite)
+    except FileExistsError:
+        raise RobustaxError(f"{path} exists; remove it or choose another destination (it was "
+                            f"left untouched)") from None
 
 
 def _read_secret_file(path: str | Path, what: str) -> bytes:

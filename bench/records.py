@@ -40,18 +40,26 @@ COLUMNS = (
 REQUIRED = ("cell_id", "model", "defense", "attack", "norm", "eps", "examples", "correct")
 """Fields without which a cell file is not a record (it is recomputed)."""
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None,
+                       overwrite: bool = True) -> None:
     """The one writer of every artifact (checkpoints, cells, masks, records, tables, plots):
     readers see the old file or the new, never half of one, and the new one survives a crash
-    (file and directory entry are fsync'd)."""
+    (file and directory entry are fsync'd). ``mode``: the new file's permissions (keys: 0600,
+    set before a byte is written); ``overwrite=False`` raises ``FileExistsError`` instead of
+    replacing an existing ``path`` (which is then left untouched)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # atomic, and fails if path exists
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
