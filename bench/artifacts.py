@@ -181,6 +181,10 @@ def verify_run(root: str | Path, trusted: list | None = None,
         lines.append(f"checkpoints: {n_signed} signatures verified against the trusted keys")
     if unsigned_sigs:
         lines.append(f"checkpoints: {unsigned_sigs} signatures NOT checked (pass --trust PUB)")
+    no_sig = sum(not signature_path(p).is_file() for p in checkpoint_files(root))
+    if no_sig:
+        lines.append(f"checkpoints: {no_sig} without a signature of their own (covered by the "
+                     f"ledger's file digests only)")
     return lines
 
 

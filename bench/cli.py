@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="TOML sweep config, e.g. bench/configs/default.toml")
     run.add_argument("--out", help="run directory (default: runs/<config name>)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from bench import security_cli
+
+    security_cli.add_run_flags(run)
     rep = sub.add_parser("report", help="rebuild records.csv, tables and plots of a run directory")
     rep.add_argument("run_dir")
     sub.add_parser("list", help="list data sets, models, defenses and attacks with options")
@@ -58,6 +61,9 @@ def _run(args) -> None:
     from bench.runner import run_sweep
 
     cfg = load_config(args.config)
+    from bench.security_cli import apply_run_flags
+
+    cfg = apply_run_flags(cfg, args)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     records = run_sweep(cfg, out, config_text=Path(args.config).read_text(),
                         progress=not args.no_progress)

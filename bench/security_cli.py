@@ -51,6 +51,30 @@ def add_parsers(sub) -> None:
                            help="plaintext bytes per AEAD chunk (default 1 MiB)")
 
 
+def add_run_flags(run) -> None:
+    """``robustax run`` flags that set (override) the config's ``[security]`` table."""
+    run.add_argument("--signing-key", metavar="KEY",
+                     help="sign checkpoints and the ledger head (signing.key or env:VAR)")
+    run.add_argument("--encryption-key", metavar="KEY",
+                     help="encrypt checkpoints (encryption.key, env:VAR or passphrase)")
+    run.add_argument("--trust", action="append", metavar="PUB",
+                     help="refuse checkpoints not signed by this key (repeatable)")
+
+
+def apply_run_flags(cfg, args):
+    """The config with ``[security]`` fields replaced by the ``run`` flags given."""
+    import dataclasses
+
+    sec = cfg.security
+    changes = {k: v for k, v in (("signing_key", args.signing_key),
+                                 ("encryption_key", args.encryption_key),
+                                 ("trust", tuple(args.trust) if args.trust else None))
+               if v is not None}
+    if not changes:
+        return cfg
+    return dataclasses.replace(cfg, security=dataclasses.replace(sec, **changes))
+
+
 def _encryption_key(spec: str | None, passphrase: bool = False):
     from bench.artifacts import load_encryption_key
     from bench.crypto import ENV_ENCRYPTION_KEY, EncryptionKey, SecurityError

@@ -537,6 +537,20 @@ def test_cli_keys_sign_verify_encrypt_decrypt(tmp_path, capsys, monkeypatch):
 
 # --------------------------------------------------------------------------- a secured sweep
 
+def test_run_flags_set_the_security_table_without_changing_the_config_id():
+    from bench.cli import _parser
+    from bench.config import load_config
+    from bench.security_cli import apply_run_flags
+
+    cfg = load_config("bench/configs/default.toml")
+    args = _parser().parse_args(["run", "x.toml", "--signing-key", "k/signing.key", "--trust",
+                                 "a.pub", "--trust", "b.pub"])
+    sec = apply_run_flags(cfg, args)
+    assert sec.security.signing_key == "k/signing.key" and sec.security.trust == ("a.pub", "b.pub")
+    assert sec.security.encryption_key is None and sec.config_id() == cfg.config_id()
+    assert apply_run_flags(cfg, _parser().parse_args(["run", "x.toml"])) is cfg
+
+
 def test_secured_sweep_signs_encrypts_and_refuses_tampered_checkpoints(tmp_path, capsys):
     kd = tmp_path / "keys"
     assert main(["keys", "new", str(kd)]) == 0
