@@ -533,6 +533,21 @@ def test_cli_keys_sign_verify_encrypt_decrypt(tmp_path, capsys, monkeypatch):
     assert main(["encrypt", str(ck), "--passphrase", "--out", str(tmp_path / "p.enc")]) == 0
     assert main(["decrypt", str(tmp_path / "p.enc"), "--passphrase"]) == 0
     assert (tmp_path / "p").read_bytes() == data
+    # a passphrase-protected signing key; signing keys from the environment; key file modes
+    pk = tmp_path / "pkeys"
+    assert main(["keys", "new", str(pk), "--passphrase"]) == 0
+    assert crypto.is_encrypted((pk / "signing.key").read_bytes())
+    assert main(["sign", str(ck), "--key", str(pk / "signing.key")]) == 0
+    assert main(["verify", str(ck), "--trust", str(pk / "signing.pub")]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("ROBUSTAX_PASSPHRASE", "not it")
+    fails(["sign", str(ck), "--key", str(pk / "signing.key")], "key")
+    monkeypatch.setenv(crypto.ENV_SIGNING_KEY, (kd / "signing.key").read_text())
+    assert main(["sign", str(ck)]) == 0
+    assert main(["verify", str(ck), "--trust", pub]) == 0
+    capsys.readouterr()
+    os.chmod(kd / "signing.key", 0o644)
+    fails(["sign", str(ck), "--key", sk], "key")
 
 
 # --------------------------------------------------------------------------- a secured sweep
