@@ -88,11 +88,11 @@ class _APGDBase:
         if self.norm == "l1":
             raise ValueError("APGD supports linf and l2; norm = 'l1' is not allowed")
         checks.check_choice("norm", self.norm, NORMS)
-        checks.check_positive("steps", self.steps)
-        checks.check_positive("restarts", self.restarts)
+        checks.check_count("steps", self.steps, checks.MAX_STEPS)
+        checks.check_count("restarts", self.restarts, checks.MAX_RESTARTS)
         checks.check_range("rho", self.rho, 0.0, 1.0)
         checks.check_range("momentum", self.momentum, 0.0, 1.0)
-        checks.check_positive("eot_iter", self.eot_iter)
+        checks.check_count("eot_iter", self.eot_iter, checks.MAX_RESTARTS)
         checks.check_positive("unroll", self.unroll, allow_zero=True)
 
     # -- pieces ---------------------------------------------------------------------------

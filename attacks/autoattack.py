@@ -52,8 +52,10 @@ class AutoAttack:
     def __post_init__(self):
         checks.check_choice("norm", self.norm, ("linf", "l2"))
         checks.check_choice("version", self.version, VERSIONS)
-        for name in ("steps", "queries", "n_target_classes", "eot_iter"):
-            checks.check_positive(name, getattr(self, name))
+        for name, high in (("steps", checks.MAX_STEPS), ("queries", checks.MAX_QUERIES),
+                           ("n_target_classes", checks.MAX_RESTARTS),
+                           ("eot_iter", checks.MAX_RESTARTS)):
+            checks.check_count(name, getattr(self, name), high)
 
     def stages(self) -> tuple[tuple[str, object], ...]:
         """(name, attack) in the order the cascade runs them."""

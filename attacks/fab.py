@@ -199,8 +199,8 @@ class FAB:
 
     def __post_init__(self):
         checks.check_choice("norm", self.norm, threat.NORMS)
-        checks.check_positive("steps", self.steps)
-        checks.check_positive("restarts", self.restarts)
+        checks.check_count("steps", self.steps, checks.MAX_STEPS)
+        checks.check_count("restarts", self.restarts, checks.MAX_RESTARTS)
         checks.check_positive("n_target_classes", self.n_target_classes)
         checks.check_range("alpha_max", self.alpha_max, 0.0, 1.0)
         checks.check_positive("eta", self.eta)

@@ -54,8 +54,8 @@ class PGD:
         checks.check_choice("norm", self.norm, threat.NORMS)
         checks.check_choice("loss", self.loss, losses.LOSSES)
         checks.check_choice("target", self.target, losses.TARGET_MODES)
-        checks.check_positive("steps", self.steps)
-        checks.check_positive("restarts", self.restarts)
+        checks.check_count("steps", self.steps, checks.MAX_STEPS)
+        checks.check_count("restarts", self.restarts, checks.MAX_RESTARTS)
         checks.check_positive("unroll", self.unroll, allow_zero=True)
         for name in ("rel_step_size", "step_size"):
             if getattr(self, name) is not None:

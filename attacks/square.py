@@ -205,8 +205,8 @@ class Square:
         checks.check_choice("norm", self.norm, SQUARE_NORMS)
         checks.check_choice("loss", self.loss, SQUARE_LOSSES)
         checks.check_choice("target", self.target, losses.TARGET_MODES)
-        checks.check_positive("queries", self.queries)
-        checks.check_positive("restarts", self.restarts)
+        checks.check_count("queries", self.queries, checks.MAX_QUERIES)
+        checks.check_count("restarts", self.restarts, checks.MAX_RESTARTS)
         checks.check_positive("p_init", self.p_init)
         checks.check_range("p_init", self.p_init, 0.0, 1.0)
 

@@ -90,10 +90,28 @@ def evaluate(logits_fn: Callable, params: Any, data: str | tuple, attacks: Seque
             raise ConfigError("data must be a data-set name or a tuple (x, y) of arrays")
         x, y = data
         data_name = "arrays"
+    from bench.config import check_eps_range
+
+    for name, value in (("batch_size", batch_size), ("eval_examples", eval_examples)):
+        if value is None and name == "eval_examples":
+            continue
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} = {value!r} is impossible; it must be an integer ≥ 1")
+    if (isinstance(attacks, (str, bytes, Mapping)) or not isinstance(attacks, Sequence)
+            or dataclasses.is_dataclass(attacks)):
+        raise ConfigError(f"attacks = {attacks!r:.60} is not a list; pass a list such as "
+                          f"[attacks.PGD()]")
+    if len(attacks) == 0:
+        raise ConfigError("attacks = [] is empty; pass at least one attack, e.g. [attacks.PGD()]")
     x, y = ev.check_arrays(x, y)
     if eval_examples is not None:
         x, y = x[:eval_examples], y[:eval_examples]
+    ev.check_model(logits_fn, params, x, y)
+    if attack_logits_fn is not None:
+        ev.check_model(attack_logits_fn, params, x, y, "attack_logits_fn")
     specs = _attack_specs(attacks, eps)
+    for label, attack, values in specs:
+        check_eps_range(values, attack.norm, f"attack {label!r}", x.shape[1:])
     version = code_version()
     data_id = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()[:12]
     rows, masks = [], {}

@@ -7,7 +7,10 @@ tampered file) is printed as one line on stderr with exit status 2.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
+import threading
 from pathlib import Path
 
 from bench import xla
@@ -56,20 +59,50 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> None:
-    from bench.config import load_config
+    from bench.config import load_config, read_config_text
     from bench.report import summary, write_report
     from bench.runner import run_sweep
 
-    cfg = load_config(args.config)
+    text = read_config_text(args.config)
+    cfg = load_config(args.config, text)
     from bench.security_cli import apply_run_flags
 
     cfg = apply_run_flags(cfg, args)
-    out = Path(args.out) if args.out else Path("runs") / cfg.name
-    records = run_sweep(cfg, out, config_text=Path(args.config).read_text(),
-                        progress=not args.no_progress)
+    from bench.plan import slug
+
+    out = Path(args.out) if args.out else Path("runs") / slug(cfg.name)
+    if out.exists() and not out.is_dir():
+        raise RobustaxError(f"--out {str(out)!r} is a file, not a directory; pass a new or "
+                            f"existing run directory")
+    records = run_sweep(cfg, out, config_text=text, progress=not args.no_progress)
     write_report(out, records)
     print(summary(out, width=_width()))
     print(f"run directory: {out}  (records.csv, tables/, plots/)")
+
+
+_FIXES = {
+    errno.ENOSPC: "the disk is full; free some space or pass --out on another disk (finished "
+                  "cells are kept)",
+    errno.EDQUOT: "the disk quota is used up; free some space or pass --out elsewhere",
+    errno.EROFS: "the file system is read-only; pass --out on a writable one",
+    errno.EACCES: "no permission; pass --out in a directory you can write, or fix its "
+                  "permissions",
+    errno.EPERM: "not permitted; pass --out in a directory you can write",
+    errno.EEXIST: "a file is in the way; remove it or pass another --out",
+    errno.ENOTDIR: "a file is in the way where a directory should be; pass another --out",
+    errno.EISDIR: "a directory is in the way where a file should be; remove it",
+    errno.ENAMETOOLONG: "the path is too long; pass a shorter --out",
+}
+
+
+def _os_error(e: OSError) -> str:
+    """One line for a file-system error: the path, what the OS said, and the fix."""
+    fix = _FIXES.get(e.errno, "check that path")
+    return f"{e.filename}: {e.strerror or e}; {fix}"
+
+
+def _device_call_running() -> bool:
+    return any(t.name == "robustax-device-call" and t.is_alive() for t in threading.enumerate())
 
 
 def _width() -> int:
@@ -129,5 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("robustax: interrupted; finished cells are saved, rerun the same command to "
               "resume", file=sys.stderr)
+        if argv is None or _device_call_running():
+            # The process's own entry point (or a compiled call still running on a worker
+            # thread): exit now rather than wait for that call or for interpreter teardown
+            # (seconds with XLA loaded). Every artifact is already written and fsync'd.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
+    except OSError as e:
+        if e.filename is None:  # not about a path: a bug, keep the traceback
+            raise
+        print(f"robustax: error: {_os_error(e)}", file=sys.stderr)
+        return 2
     return 0

@@ -249,6 +249,19 @@ def parse_eps(value: Any, where: str) -> tuple[float, ...]:
     return eps
 
 
+def check_eps_range(eps: tuple[float, ...], norm: str, where: str,
+                    image_shape: tuple[int, ...] | None = None) -> None:
+    """Every ε of an attack within its norm's meaningful range (L∞ ≤ 1; L2 ≤ √d and L1 ≤ d
+    once the image shape is known): :func:`attacks.checks.check_eps` as a ConfigError."""
+    from attacks import checks
+
+    for e in eps:
+        try:
+            checks.check_eps(f"{where}: eps", e, norm, image_shape)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+
 def parse_config(raw: Mapping[str, Any]) -> SweepConfig:
     """Checks a parsed TOML document and returns the typed sweep config."""
     raw = dict(raw)
@@ -297,21 +310,48 @@ def parse_config(raw: Mapping[str, Any]) -> SweepConfig:
         if "eps" not in entry:
             raise ConfigError(f"{where} ({aname}) has no eps; add eps = [0.0, 0.1, ...]")
         eps = parse_eps(entry.pop("eps"), where)
-        attack_cfgs.append(AttackConfig(aname, label, ATTACKS.build(aname, entry, where), eps))
+        attack = ATTACKS.build(aname, entry, where)
+        check_eps_range(eps, attack.norm, f"{where} ({aname})")
+        attack_cfgs.append(AttackConfig(aname, label, attack, eps))
 
     _unique([f"{a.label}/{a.norm}" for a in attack_cfgs], "attacks")
     return SweepConfig(name, seed, data, tuple(models), tuple(defenses), tuple(attack_cfgs), ev,
                        source=raw, security=security)
 
 
-def load_config(path: str | Path) -> SweepConfig:
-    """Reads and checks a TOML sweep config; every problem is a one-line ConfigError."""
+def read_config_text(path: str | Path) -> str:
+    """The text of a config file: a missing path, a directory, an unreadable, binary or
+    non-UTF-8 file is a one-line ConfigError naming the path and the fix."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config {str(path)!r} is a directory; pass the path of a .toml sweep "
+                          f"config (e.g. bench/configs/default.toml)")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; pass the path of a .toml "
                           f"sweep config (e.g. bench/configs/default.toml)")
     try:
-        raw = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config {str(path)!r} cannot be read ({e.strerror}); check its "
+                          f"permissions") from None
+    if b"\0" in data:
+        raise ConfigError(f"config {str(path)!r} is a binary file (it contains NUL bytes), not "
+                          f"a TOML text file; pass the .toml config")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {str(path)!r} is not UTF-8 text (byte 0x{data[e.start]:02x} "
+                          f"at offset {e.start}); save it as UTF-8") from None
+
+
+def load_config(path: str | Path, text: str | None = None) -> SweepConfig:
+    """Reads and checks a TOML sweep config (``text``: its contents, already read with
+    :func:`read_config_text`); every problem is a one-line ConfigError."""
+    path = Path(path)
+    if text is None:
+        text = read_config_text(path)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}; fix the syntax there") from None
     return parse_config(raw)

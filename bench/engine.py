@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -43,6 +44,11 @@ def check_arrays(x: Any, y: Any, where: str = "data") -> tuple[np.ndarray, np.nd
     if x.ndim != 4:
         raise DataError(f"{where}: images have shape {x.shape}; expected NHWC [N, H, W, C] "
                         f"(add a channel axis with x[..., None])")
+    if len(x) == 0:
+        raise DataError(f"{where}: there are no images (shape {x.shape}); pass at least one")
+    if x.shape[1] in (1, 3, 4) and x.shape[3] not in (1, 3, 4):
+        raise DataError(f"{where}: images have shape {x.shape}, which looks like NCHW; robustax "
+                        f"takes NHWC [N, H, W, C] (use x.transpose(0, 2, 3, 1))")
     if not np.issubdtype(x.dtype, np.floating):
         raise DataError(f"{where}: images have dtype {x.dtype}; expected floats in [0, 1] "
                         f"(divide uint8 images by 255)")
@@ -53,6 +59,31 @@ def check_arrays(x: Any, y: Any, where: str = "data") -> tuple[np.ndarray, np.nd
         raise DataError(f"{where}: labels have shape {y.shape} and dtype {y.dtype}; expected "
                         f"integer labels of shape ({len(x)},)")
     return x.astype(np.float32), y.astype(np.int32)
+
+
+def check_model(logits_fn: Callable, params: Any, x: np.ndarray, y: np.ndarray,
+                where: str = "logits_fn") -> int:
+    """Checks, by shape only (``jax.eval_shape``: nothing is computed), that
+    ``logits_fn(params, x)`` takes these images and returns ``[N, K]`` logits with K ≥ 2, and
+    that every label is in [0, K); returns K. Each problem is a one-line DataError."""
+    args = (params, x[:1]) + ((jax.random.key(0),) if _is_random(logits_fn) else ())
+    try:
+        out = jax.eval_shape(logits_fn, *args)
+    except Exception as e:  # noqa: BLE001 - the user's model: any failure is a bad input
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DataError(f"{where}(params, x) fails on images of shape {x.shape[1:]} (NHWC): "
+                        f"{type(e).__name__}: {first}; check the model's input size and "
+                        f"channels") from None
+    shape = getattr(out, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] != 1 or shape[1] < 2:
+        raise DataError(f"{where} returned {shape if shape is not None else type(out).__name__} "
+                        f"for 1 image; expected logits of shape [N, num_classes] with at least "
+                        f"2 classes")
+    k = int(shape[1])
+    if y.min() < 0 or y.max() >= k:
+        raise DataError(f"labels must be in [0, {k}) for a model with {k} outputs; found "
+                        f"[{y.min()}, {y.max()}]")
+    return k
 
 
 def _mesh() -> Mesh | None:
@@ -186,6 +217,63 @@ def _attack_fn(attack: Any, logits_fn: Callable, attack_logits_fn: Callable | No
     return jax.jit(run)
 
 
+_POLL_SECONDS = 0.05
+
+
+def interruptible(fn: Callable, *args: Any) -> Any:
+    """``fn(*args)`` run on a worker thread while the main thread waits in slices of 50 ms,
+    so Ctrl-C (SIGINT, delivered to the main thread) interrupts at once even while XLA
+    compiles or runs a long program: a blocking wait inside a compiled call would defer the
+    KeyboardInterrupt until the program ends. The worker is a daemon thread and is left to
+    finish on its own (the CLI then exits with status 130; a Python session gets its prompt
+    back while the abandoned call runs out in the background). Called from another thread,
+    it just calls ``fn``."""
+    if threading.current_thread() is not threading.main_thread():
+        return fn(*args)
+    box: dict[str, Any] = {}
+
+    def work():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - re-raised on the main thread
+            box["error"] = e
+
+    worker = threading.Thread(target=work, name="robustax-device-call", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(_POLL_SECONDS)
+    except BaseException:
+        _exit_early_if_abandoned()
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@functools.cache
+def _exit_early_if_abandoned() -> None:
+    """After an interrupt left a compiled call running: at interpreter exit, leave at once
+    (status 130) if it still runs, instead of finalizing under it (a daemon thread inside
+    XLA when Python finalizes aborts the process)."""
+    import atexit
+    import os
+    import sys
+
+    def check():
+        if any(t.name == "robustax-device-call" and t.is_alive() for t in threading.enumerate()):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+
+    atexit.register(check)
+
+
+def _fetch(compiled: Callable, args: tuple) -> Any:
+    """Runs a compiled program and brings its outputs to the host (the wait is here)."""
+    return jax.device_get(compiled(*args))
+
+
 _EXECUTABLES: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
 """Compiled evaluators by (jitted function, argument shapes/dtypes/shardings), least
 recently used first; at most ``_CACHE_SIZE`` entries."""
@@ -201,7 +289,7 @@ def _compiled(fn: Callable, args: tuple) -> tuple[Any, float]:
         _EXECUTABLES.move_to_end(key)
         return _EXECUTABLES[key], 0.0
     t0 = time.perf_counter()
-    compiled = fn.lower(*args).compile()
+    compiled = interruptible(lambda: fn.lower(*args).compile())
     _EXECUTABLES[key] = compiled
     while len(_EXECUTABLES) > _CACHE_SIZE:
         _EXECUTABLES.popitem(last=False)
@@ -267,7 +355,8 @@ def _clean(logits_fn, params, x, y, batch_size, score_data, score_impl) -> np.nd
     for s, e in _batches(len(x), b):
         extra = () if score_data is None else (
             jax.random.wrap_key_data(put(_pad(score_data[s:e], b)), impl=score_impl),)
-        ok, finite = fn(params, put(_pad(x[s:e], b)), put(_pad(y[s:e], b)), *extra)
+        ok, finite = interruptible(_fetch, fn, (params, put(_pad(x[s:e], b)),
+                                                put(_pad(y[s:e], b)), *extra))
         ok, finite = np.asarray(ok)[: e - s], np.asarray(finite)[: e - s]
         if not finite.all():
             raise _nan_error("clean", int((~finite).sum()))
@@ -304,7 +393,7 @@ def _run_attack(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y:
     out, infos = [], []
     t0 = time.perf_counter()
     for s, e in _batches(n, b):
-        ok, finite, inside, info = compiled(*args(s, e))
+        ok, finite, inside, info = interruptible(_fetch, compiled, args(s, e))
         ok, finite, inside = (np.asarray(a)[:, : e - s] for a in (ok, finite, inside))
         if not finite.all():
             raise _nan_error("adversarial", int((~finite).sum()))

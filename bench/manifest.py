@@ -87,9 +87,10 @@ class Manifest:
         try:
             return p.relative_to(self.root).as_posix()
         except ValueError:
-            if p.is_absolute() or self.root.is_absolute():
-                return p.resolve().relative_to(self.root.resolve()).as_posix()
-            return p.as_posix()
+            pass
+        if p.is_absolute():  # raises ValueError for a path outside the run directory
+            return p.resolve().relative_to(self.root.resolve()).as_posix()
+        return p.as_posix()
 
     def get(self, path: Path | str) -> dict | None:
         """The entry ``{"sha256": ..., "bytes": n}`` of ``path``, or None if it is not listed."""

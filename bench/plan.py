@@ -97,10 +97,20 @@ def train_version(*classes: type) -> str:
     return h.hexdigest()[:12]
 
 
+_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
+
+
 def slug(label: str, n: int = 40) -> str:
-    """A file-name-safe form of a label: ASCII letters, digits, ``-`` and ``_`` only."""
-    s = re.sub(r"[^A-Za-z0-9_-]+", "_", label).strip("_-")[:n]
-    return s or "x"
+    """The file-name form of a label: the label itself when it is already safe (ASCII
+    letters, digits, ``-`` and ``_``, not starting with ``-``/``_``, at most 40 characters),
+    else its safe characters (at most 24) plus ``~`` and 8 hex digits of its sha256. Never a
+    path (no ``/``, ``..``, leading dot, control or non-ASCII characters), and one-to-one:
+    two labels never share a file name (``~`` marks the hashed form, which a safe label cannot
+    contain). The label itself stays in the records."""
+    if _SAFE.fullmatch(label) and len(label) <= n:
+        return label
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", label).strip("_-")[:min(n, 24)].strip("_-")
+    return f"{safe or 'x'}~{hashlib.sha256(label.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 def cell_id(model: str, defense: str, attack: str, norm: str, eps: float, identity: Any) -> str:

@@ -13,6 +13,7 @@ import functools
 import io
 import json
 import os
+import re
 import socket
 import tempfile
 import time
@@ -44,9 +45,19 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None,
                        overwrite: bool = True) -> None:
     """The one writer of every artifact (checkpoints, cells, masks, records, tables, plots):
     readers see the old file or the new, never half of one, and the new one survives a crash
-    (file and directory entry are fsync'd). ``mode``: the new file's permissions (keys: 0600,
-    set before a byte is written); ``overwrite=False`` raises ``FileExistsError`` instead of
-    replacing an existing ``path`` (which is then left untouched)."""
+    (file and directory entry are fsync'd). An OSError names ``path`` (a full disk says
+    so on ``write``, with no file name of its own). ``mode``: the new file's permissions (keys:
+    0600, set before a byte is written); ``overwrite=False`` raises ``FileExistsError`` instead
+    of replacing an existing ``path`` (which is then left untouched)."""
+    try:
+        _atomic_write(path, data, mode, overwrite)
+    except OSError as e:
+        if e.filename is None or str(e.filename).endswith(".tmp"):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise
+
+
+def _atomic_write(path: Path, data: bytes, mode: int | None, overwrite: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -204,6 +215,9 @@ def run_lock(root: Path, command: str):
         lock.release()
 
 
+CELL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.~+-]*")
+"""What a cell id looks like (:func:`bench.plan.cell_id`): a file name, never a path."""
+
 MISSING = "missing"
 """:meth:`RunDir.cell_problem` of a cell that was never written (computed without a warning)."""
 
@@ -279,7 +293,8 @@ class RunDir:
             raise RobustaxError(f"{problem}; {fix}")
         try:
             plan = json.loads(data.decode("utf-8"))
-            if not isinstance(plan, dict) or not isinstance(plan.get("cells"), list):
+            if not isinstance(plan, dict) or not isinstance(plan.get("cells"), list) or not all(
+                    isinstance(c, str) and CELL_ID.fullmatch(c) for c in plan["cells"]):
                 raise ValueError
             return plan
         except (ValueError, UnicodeDecodeError):

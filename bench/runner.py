@@ -294,6 +294,10 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
         _prepare_run_dir(run, cfg, config_text)
         data = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir,
                             train_examples=cfg.data.train_examples)
+        from bench.config import check_eps_range
+
+        for a in cfg.attacks:  # L2/L1 budgets need the image size
+            check_eps_range(a.eps, a.norm, f"attack {a.label!r}", tuple(data.image_shape))
         plan = make_plan(cfg, data.fingerprint())
         run.write_plan(plan.order())
         n_eval = len(data.x_test) if cfg.data.eval_examples is None else min(
