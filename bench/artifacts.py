@@ -76,8 +76,8 @@ class Artifacts:
             envelope = self.signer.sign(checkpoint_statement(
                 path, data, params, encrypted=self.key is not None, ids=ids,
                 code_version=code_version))
-            run.write_bytes(signature_path(path), envelope_bytes(envelope))
-        run.write_bytes(path, data)
+            run.store(signature_path(path), envelope_bytes(envelope))
+        run.store(path, data)
         if ledger is not None:
             ledger.add_checkpoint(path, params, self.signer)
         return sha256_hex(data)

@@ -231,18 +231,26 @@ def interruptible(fn: Callable, *args: Any) -> Any:
     if threading.current_thread() is not threading.main_thread():
         return fn(*args)
     box: dict[str, Any] = {}
+    done = threading.Event()
 
     def work():
         try:
             box["value"] = fn(*args)
         except BaseException as e:  # noqa: BLE001 - re-raised on the main thread
             box["error"] = e
+        finally:
+            done.set()
 
     worker = threading.Thread(target=work, name="robustax-device-call", daemon=True)
     worker.start()
+    # Poll with time.sleep, not join/Event.wait: an interrupt inside Thread.join can mark a
+    # thread that still runs as stopped (CPython's bpo-45274 handling). Short calls finish
+    # within the first millisecond-sized sleeps; long ones are checked every 50 ms.
+    pause = 0.0005
     try:
-        while worker.is_alive():
-            worker.join(_POLL_SECONDS)
+        while not done.is_set():
+            time.sleep(pause)
+            pause = min(2 * pause, _POLL_SECONDS)
     except BaseException:
         _exit_early_if_abandoned()
         raise
@@ -468,6 +476,10 @@ def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
     ``score_key`` (pass the key their clean accuracy was measured with, so ε = 0 reproduces
     it; without one a fixed default key is used); attacks draw from ``key``.
     """
+    bad = [e for e in eps if not np.isfinite(e) or e < 0]
+    if bad:  # the config and bench.evaluate check this first; a direct caller gets it here
+        raise RobustaxError(f"eps = {bad[0]!r} is not a finite budget ≥ 0; give finite budgets "
+                            f"in [0, 1] pixel units")
     if cascade and hasattr(attack, "stages"):
         masks, info, seconds, compile_s = _cascade(attack, logits_fn, params, x, y, eps, key,
                                                    batch_size, attack_logits_fn, score_key)

@@ -13,7 +13,6 @@ import functools
 import io
 import json
 import os
-import re
 import socket
 import tempfile
 import time
@@ -215,8 +214,11 @@ def run_lock(root: Path, command: str):
         lock.release()
 
 
-CELL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.~+-]*")
-"""What a cell id looks like (:func:`bench.plan.cell_id`): a file name, never a path."""
+def is_file_name(name: Any) -> bool:
+    """Whether ``name`` (a cell id read from plan.json) is a plain file name: never a path
+    (no separator, no leading dot, no control characters), at most 200 characters."""
+    return (isinstance(name, str) and 0 < len(name) <= 200 and name.isprintable()
+            and "/" not in name and "\\" not in name and not name.startswith("."))
 
 MISSING = "missing"
 """:meth:`RunDir.cell_problem` of a cell that was never written (computed without a warning)."""
@@ -265,23 +267,31 @@ class RunDir:
         return self.root / "plan.json"
 
     # -- writing ----------------------------------------------------------------------------
-    def write_bytes(self, path: Path, data: bytes) -> None:
+    def store(self, path: Path, data: bytes) -> None:
         """Writes one artifact atomically, its digest recorded in the manifest first."""
         self.manifest.write({Path(path): data})
 
-    def write_text(self, path: Path, text: str) -> None:
-        self.write_bytes(path, text.encode())
+    def store_text(self, path: Path, text: str) -> None:
+        self.store(path, text.encode())
 
-    def write_json(self, path: Path, obj: Any) -> None:
-        self.write_bytes(path, json_bytes(obj))
+    def store_json(self, path: Path, obj: Any) -> None:
+        self.store(path, json_bytes(obj))
 
     def remove(self, path: Path) -> None:
         """Deletes an artifact and its manifest entry."""
         self.manifest.remove(Path(path))
 
+    def set_aside(self, path: Path) -> Path:
+        """Renames a corrupt file to ``<name>.corrupt`` (kept for a look, never read again)
+        and drops its manifest entry; returns the new path."""
+        aside = Path(path).with_name(Path(path).name + ".corrupt")
+        self.manifest.record({Path(path): None})
+        os.replace(path, aside)
+        return aside
+
     def write_plan(self, order: dict) -> None:
         """The current grid's order and cell ids, for reports (see :meth:`bench.plan.Plan.order`)."""
-        self.write_json(self.plan_json, order)
+        self.store_json(self.plan_json, order)
 
     def read_plan(self) -> dict | None:
         """The plan.json of the last run into this directory (None if there is none)."""
@@ -294,7 +304,7 @@ class RunDir:
         try:
             plan = json.loads(data.decode("utf-8"))
             if not isinstance(plan, dict) or not isinstance(plan.get("cells"), list) or not all(
-                    isinstance(c, str) and CELL_ID.fullmatch(c) for c in plan["cells"]):
+                    is_file_name(c) for c in plan["cells"]):
                 raise ValueError
             return plan
         except (ValueError, UnicodeDecodeError):
@@ -305,7 +315,7 @@ class RunDir:
 
     def write_checkpoint(self, file_name: str, data: bytes) -> str:
         """Writes a checkpoint; returns its sha256."""
-        self.write_bytes(self.checkpoint_path(file_name), data)
+        self.store(self.checkpoint_path(file_name), data)
         return sha256_bytes(data)
 
     def verify_checkpoint(self, file_name: str, data: bytes) -> str:

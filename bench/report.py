@@ -96,7 +96,7 @@ def write_tables(records: pd.DataFrame, run: RunDir,
     files.update({f"robust_accuracy_{norm}.tex": tex for norm, tex in latex.items()})
     paths = []
     for name, text in files.items():
-        run.write_text(run.tables / name, text)
+        run.store_text(run.tables / name, text)
         paths.append(run.tables / name)
     for pattern in _TABLE_FILES:
         for stale in run.tables.glob(pattern):
@@ -148,7 +148,7 @@ def write_plots(records: pd.DataFrame, run: RunDir) -> list[Path]:
             buf = io.BytesIO()
             fig.savefig(buf, format=ext, dpi=150, metadata={"CreationDate": None} if ext == "pdf" else None)
             path = run.plots / f"accuracy_vs_eps_{slug(attack)}_{norm}.{ext}"
-            run.write_bytes(path, buf.getvalue())
+            run.store(path, buf.getvalue())
             paths.append(path)
         plt.close(fig)
     return paths
@@ -164,7 +164,7 @@ def report_records(run: RunDir, records: pd.DataFrame | None = None,
         if plan is not None and "run" in plan and not records.empty:
             records["run"] = plan["run"]  # the grid of the config last run here: one run name
         if write_csv:
-            run.write_text(run.records_csv, records.to_csv(index=False))
+            run.store_text(run.records_csv, records.to_csv(index=False))
     if records.empty:
         from bench.errors import RobustaxError
 

@@ -90,7 +90,7 @@ def _read_json_state(run: RunDir, name: str, default: Any, kind: type) -> Any:
             raise ValueError
         return value
     except (ValueError, UnicodeDecodeError):
-        os.replace(path, path.with_name(name + ".corrupt"))
+        run.set_aside(path)
         warn(f"{path} was corrupt; kept it as {path.name}.corrupt and started a new one")
         return default
 
@@ -109,13 +109,13 @@ def _prepare_run_dir(run: RunDir, cfg: SweepConfig, config_text: str | None) -> 
         history = state.get("history", [])
         if "config" in state:
             history.append({"config": state["config"], "config_id": state.get("config_id")})
-        run.write_json(as_run, {"config": source, "config_id": cfg.config_id(),
+        run.store_json(as_run, {"config": source, "config_id": cfg.config_id(),
                                 "history": history})
     if config_text is not None:
-        run.write_text(run.root / "config.toml", config_text)
+        run.store_text(run.root / "config.toml", config_text)
     envs = _read_json_state(run, "environment.json", [], list)
     envs.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **environment()})
-    run.write_json(run.root / "environment.json", envs)
+    run.store_json(run.root / "environment.json", envs)
 
 
 class _Weights:
@@ -333,7 +333,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
         records = run.read_records(only={c.cell_id for c in plan.cells})
         if not records.empty:
             records["run"] = cfg.name  # records.csv is this config's grid: one run name
-        run.write_text(run.records_csv, records.to_csv(index=False))
+        run.store_text(run.records_csv, records.to_csv(index=False))
     return records
 
 
