@@ -142,8 +142,12 @@ class Ledger:
             raise RobustaxError(f"{self.path} ends with an empty line; run `robustax verify "
                                 f"{self.root}`")
         if lines:
-            last = json.loads(lines[-1])
-            seq, prev = last["seq"] + 1, line_hash(lines[-1])
+            try:
+                last = json.loads(lines[-1])
+                seq, prev = last["seq"] + 1, line_hash(lines[-1])
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                raise RobustaxError(f"the last line of {self.path} is damaged (a write cut "
+                                    f"short?); run `robustax verify {self.root}`") from None
         else:
             seq, prev = 0, GENESIS
         new = []
