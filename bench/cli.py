@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="TOML sweep config, e.g. bench/configs/default.toml")
     run.add_argument("--out", help="run directory (default: runs/<config name>)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from bench import security_cli
+
+    security_cli.add_run_flags(run)
     rep = sub.add_parser("report", help="rebuild records.csv, tables and plots of a run directory")
     rep.add_argument("run_dir")
     sub.add_parser("list", help="list data sets, models, defenses and attacks with options")
@@ -49,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     cc.add_argument("--attack", action="append", help="only this attack name (repeatable)")
     cc.add_argument("--eps", action="append", type=float, help="only this ε (repeatable)")
     cc.add_argument("--defense", action="append", help="only this defense label (repeatable)")
+    from bench import security_cli
+
+    security_cli.add_parsers(sub)
     return p
 
 
@@ -59,6 +65,9 @@ def _run(args) -> None:
 
     text = read_config_text(args.config)
     cfg = load_config(args.config, text)
+    from bench.security_cli import apply_run_flags
+
+    cfg = apply_run_flags(cfg, args)
     from bench.plan import slug
 
     out = Path(args.out) if args.out else Path("runs") / slug(cfg.name)
@@ -138,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
 
             crosscheck_main(args.run_dir, args.examples, args.seed, args.attack, args.eps,
                             args.defense)
+        elif args.command in ("keys", "sign", "verify", "encrypt", "decrypt"):
+            from bench import security_cli
+
+            security_cli.main(args)
         elif args.command == "speed":
             from bench.speed import main as speed_main
 

@@ -56,6 +56,30 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SecurityConfig:
+    """Artifact security of a sweep (``[security]``; see ``bench.artifacts``).
+
+    Attributes:
+      signing_key: an Ed25519 ``signing.key`` file (mode 0600) or ``env:VAR``: every checkpoint
+        written is signed and the results ledger's head is signed.
+      encryption_key: an ``encryption.key`` file (0600), ``env:VAR`` or ``passphrase`` (read from
+        ROBUSTAX_PASSPHRASE): checkpoints are written encrypted (``*.enc``, AES-256-GCM) and
+        decrypted in memory only.
+      trust: public keys (``signing.pub``) a checkpoint read from disk must be signed by; a
+        checkpoint that does not verify is refused. Default: the signing key's own, when set.
+    Paths are relative to the working directory; ``~`` is expanded.
+    """
+
+    signing_key: str | None = None
+    encryption_key: str | None = None
+    trust: tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.signing_key or self.encryption_key or self.trust)
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """A registered model: its checked module (data statistics filled in by the plan)."""
 
@@ -135,14 +159,17 @@ class SweepConfig:
     attacks: tuple[AttackConfig, ...]
     eval: EvalConfig = EvalConfig()
     source: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+    security: SecurityConfig = SecurityConfig()
 
     def config_id(self) -> str:
-        """A short hash of the config as parsed (what determines the numbers)."""
-        blob = json.dumps(self.source, sort_keys=True, default=str).encode()
+        """A short hash of the config as parsed (what determines the numbers: not
+        ``[security]``, which only says how artifacts are protected)."""
+        source = {k: v for k, v in self.source.items() if k != "security"}
+        blob = json.dumps(source, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
-_TOP_KEYS = ("name", "seed", "data", "models", "defenses", "attacks", "eval")
+_TOP_KEYS = ("name", "seed", "data", "models", "defenses", "attacks", "eval", "security")
 
 
 def _table(value: Any, where: str) -> dict:
@@ -245,6 +272,8 @@ def parse_config(raw: Mapping[str, Any]) -> SweepConfig:
     seed = opts.coerce(raw.get("seed", 0), int, "seed")
     data = opts.build(DataConfig, _table(raw.get("data", {}), "[data]"), "[data]", "")
     ev = opts.build(EvalConfig, _table(raw.get("eval", {}), "[eval]"), "[eval]", "")
+    security = opts.build(SecurityConfig, _table(raw.get("security", {}), "[security]"),
+                          "[security]", "")
 
     models = []
     for where, entry in _tables(raw, "models"):
@@ -287,7 +316,7 @@ def parse_config(raw: Mapping[str, Any]) -> SweepConfig:
 
     _unique([f"{a.label}/{a.norm}" for a in attack_cfgs], "attacks")
     return SweepConfig(name, seed, data, tuple(models), tuple(defenses), tuple(attack_cfgs), ev,
-                       source=raw)
+                       source=raw, security=security)
 
 
 def read_config_text(path: str | Path) -> str:

@@ -40,28 +40,36 @@ COLUMNS = (
 REQUIRED = ("cell_id", "model", "defense", "attack", "norm", "eps", "examples", "correct")
 """Fields without which a cell file is not a record (it is recomputed)."""
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None,
+                       overwrite: bool = True) -> None:
     """The one writer of every artifact (checkpoints, cells, masks, records, tables, plots):
     readers see the old file or the new, never half of one, and the new one survives a crash
     (file and directory entry are fsync'd). An OSError names ``path`` (a full disk says
-    so on ``write``, with no file name of its own)."""
+    so on ``write``, with no file name of its own). ``mode``: the new file's permissions (keys:
+    0600, set before a byte is written); ``overwrite=False`` raises ``FileExistsError`` instead
+    of replacing an existing ``path`` (which is then left untouched)."""
     try:
-        _atomic_write(path, data)
+        _atomic_write(path, data, mode, overwrite)
     except OSError as e:
         if e.filename is None or str(e.filename).endswith(".tmp"):
             raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes, mode: int | None, overwrite: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # atomic, and fails if path exists
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)

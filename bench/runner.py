@@ -122,8 +122,12 @@ class _Weights:
     """Trained variables per :class:`Training`: loaded from the run directory's checkpoint,
     else trained and saved (one module per model, so compiled attacks are reused)."""
 
-    def __init__(self, run: RunDir, plan: Plan, data: Dataset, bar):
+    def __init__(self, run: RunDir, plan: Plan, data: Dataset, bar, arts=None, ledger=None):
+        from bench.artifacts import Artifacts
+
         self.run, self.plan, self.data, self.bar = run, plan, data, bar
+        self.arts = Artifacts.from_config(plan.config.security) if arts is None else arts
+        self.ledger = ledger
         self._modules: dict[str, tuple] = {}
         self._params: dict[Training, Any] = {}
         self.sha256: dict[Training, str] = {}  # digest of each checkpoint file loaded or written
@@ -138,22 +142,28 @@ class _Weights:
         return self._modules[model.label]
 
     def exists(self, t: Training) -> bool:
-        return self.run.checkpoint_path(t.file_name).is_file()
+        return self.arts.find(self.run.checkpoints, t.file_name) is not None
+
+    def stored_digest(self, t: Training) -> str | None:
+        """The manifest's sha256 of the stored checkpoint (plain or ``.enc``), if there is one."""
+        path = self.arts.find(self.run.checkpoints, t.file_name)
+        return None if path is None else self.run.manifest.digest(path)
 
     def __call__(self, t: Training) -> Any:
         if t in self._params:
             return self._params[t]
         module, _ = self.module(t.model)
         like = init_variables(module, jax.random.key(0), self.data.image_shape)
-        path = self.run.checkpoint_path(t.file_name)
-        if path.is_file():
+        path = self.arts.find(self.run.checkpoints, t.file_name)
+        if path is not None:
             data = path.read_bytes()
-            try:
-                params, _ = variables_from_bytes(data, like=like)
+            try:  # verified against [security] trust and decrypted in memory when asked for
+                params, _ = variables_from_bytes(self.arts.load_checkpoint(path, data),
+                                                 like=like)
             except ValueError as e:
                 raise RobustaxError(f"checkpoint {path} is damaged: {e}; delete it to "
                                     f"retrain") from None
-            self.sha256[t] = self.run.verify_checkpoint(t.file_name, data)
+            self.sha256[t] = self.run.verify_checkpoint(path.name, data)
         else:
             params = self._train(t, module)
         self._params[t] = params
@@ -173,7 +183,11 @@ class _Weights:
         # No timings in the file: the same seed gives the same bytes, hence the same digest.
         meta = {"model": m.name, "model_options": dict(m.options), "defense": d.name,
                 "data": self.data.name}
-        self.sha256[t] = self.run.write_checkpoint(t.file_name, checkpoint_bytes(params, meta))
+        self.sha256[t] = self.arts.save_checkpoint(
+            self.run, t.file_name, checkpoint_bytes(params, meta),
+            ids={"model": m.label, "defense": d.label, "data": self.data.name,
+                 "config_id": self.plan.config.config_id(), "checkpoint": t.digest},
+            code_version=code_version(), ledger=self.ledger)
         bar.update(1)
         return params
 
@@ -246,6 +260,19 @@ def _evaluate_unit(unit: Unit, todo: set[str], weights: _Weights, plan: Plan, x,
                   {k: v[i] for k, v in info.items()})
 
 
+def _ledger_existing(run: RunDir, plan: Plan, arts, ledger) -> None:
+    """Records in the ledger what a run directory already holds from runs before it (or from a
+    killed run): checkpoints and finished cells not yet in it as they are."""
+    from bench.artifacts import checkpoint_files
+
+    known = ledger.latest()
+    for p in checkpoint_files(run.root):
+        if ("checkpoint", p.name) not in known:
+            ledger.add_checkpoint(p, arts.parameters_digest(p), arts.signer)
+    ledger.add_cells(sorted(p.stem for p in run.cells.glob("*.json")
+                            if run.cell_problem(p.stem)[0] is None), arts.signer)
+
+
 def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None = None,
               progress: bool = True) -> pd.DataFrame:
     """Runs (or resumes) a sweep into ``out_dir`` and returns the records frame.
@@ -255,6 +282,10 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
     """
     from tqdm.auto import tqdm
 
+    from bench.artifacts import Artifacts
+    from bench.ledger import Ledger
+
+    arts = Artifacts.from_config(cfg.security)  # a bad key stops the run before anything is written
     run = RunDir(Path(out_dir))
     with run_lock(run.root, "run"):
         run.adopt()
@@ -271,10 +302,15 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
             cfg.data.eval_examples, len(data.x_test))
         x_eval, y_eval = data.x_test[:n_eval], data.y_test[:n_eval]
         version = code_version()
+        ledger = Ledger(run.root)
+        ledger.append([{"type": "run", "config_id": cfg.config_id(), "code_version": version,
+                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "signed_by": arts.signer.key_id if arts.signer else ""}], arts.signer)
+        _ledger_existing(run, plan, arts, ledger)
 
         bar = tqdm(total=0, desc=cfg.name, unit="cell", disable=not progress,
                    dynamic_ncols=True)
-        weights = _Weights(run, plan, data, bar)
+        weights = _Weights(run, plan, data, bar, arts, ledger)
         # Two passes at most: the second recomputes cells whose checkpoint this run had to
         # train anew (deleted, say) and came out with other bytes than the one they were
         # computed from.
@@ -290,6 +326,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
             for unit in units:
                 _evaluate_unit(unit, todo, weights, plan, x_eval, y_eval, version, run, bar,
                                wrapped)
+                ledger.add_cells([c.cell_id for c in unit.cells], arts.signer)
         bar.close()
         records = run.read_records(only={c.cell_id for c in plan.cells})
         if not records.empty:
@@ -303,8 +340,7 @@ def _cells_to_compute(run: RunDir, plan: Plan, weights: _Weights) -> set[str]:
     one-line warning naming the file): those the run (re)computes."""
     todo = set()
     for unit in plan.units:
-        shas = [weights.sha256.get(t) or run.checkpoint_digest(t.file_name)
-                for t in unit.trainings]
+        shas = [weights.sha256.get(t) or weights.stored_digest(t) for t in unit.trainings]
         expected = "+".join(shas) if all(shas) else None
         for c in unit.cells:
             problem, _ = run.cell_problem(c.cell_id, expected)
