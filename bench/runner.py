@@ -8,6 +8,7 @@ same directory skips finished cells, so a killed run resumes where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -27,6 +28,8 @@ from bench.data import Dataset, load_dataset
 from bench.errors import ConfigError, RobustaxError
 from bench.plan import CLEAN, Plan, Training, Unit, has_adaptive, key_for, make_plan
 from bench.records import RunDir, atomic_write_json, atomic_write_text, make_record
+from bench.weights import load as load_weights
+from bench.weights import shapes as weight_shapes
 from defenses import checkpoint_bytes, variables_from_bytes
 from models import init_variables, make_logits_fn
 
@@ -114,21 +117,31 @@ class _Weights:
     def module(self, model) -> tuple[Any, Any]:
         """(flax module with the data's classes and statistics, its logits_fn), built once."""
         if model.label not in self._modules:
-            d = self.data
-            module = model.module.clone(num_classes=d.num_classes, mean=tuple(d.mean),
-                                        std=tuple(d.std))
+            d, w = self.data, model.weights
+            stats = {"num_classes": d.num_classes, "mean": tuple(d.mean), "std": tuple(d.std)}
+            if w is not None:  # weights bring their own normalisation
+                stats.update(mean=w.mean, std=w.std)
+            fields = {f.name for f in dataclasses.fields(model.module)}  # a user's module may
+            module = model.module.clone(**{k: v for k, v in stats.items()  # lack some of them
+                                           if k in fields})
             self._modules[model.label] = (module, make_logits_fn(module))
         return self._modules[model.label]
 
     def exists(self, t: Training) -> bool:
-        return self.run.checkpoint_path(t.file_name).is_file()
+        return t.model.weights is not None or self.run.checkpoint_path(t.file_name).is_file()
 
     def __call__(self, t: Training) -> Any:
         if t in self._params:
             return self._params[t]
         module, _ = self.module(t.model)
-        like = init_variables(module, jax.random.key(0), self.data.image_shape)
         path = self.run.checkpoint_path(t.file_name)
+        if t.model.weights is not None:
+            w = t.model.weights
+            params = load_weights(w.resolved, weight_shapes(module, self.data.image_shape),
+                                  repr(t.model.label), expected_digest=w.sha256)
+            self._params[t] = params
+            return params
+        like = init_variables(module, jax.random.key(0), self.data.image_shape)
         if path.is_file():
             try:
                 params, _ = variables_from_bytes(path.read_bytes(), like=like)
@@ -142,6 +155,10 @@ class _Weights:
 
     def _train(self, t: Training, module) -> Any:
         m, d, bar = t.model, t.defense, self.bar
+        if len(self.data.x_train) == 0:
+            raise ConfigError(f"data set {self.data.name!r} has no training split, so "
+                              f"{m.label}/{d.label} cannot be trained; add x_train and y_train "
+                              f"to the .npz or give the model weights = \"...\"")
         bar.set_postfix_str(f"training {m.label}/{d.label}", refresh=False)
         t0 = time.perf_counter()
         try:
@@ -238,7 +255,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
     run = RunDir(Path(out_dir))
     _prepare_run_dir(run, cfg, config_text)
     data = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir,
-                        train_examples=cfg.data.train_examples)
+                        train_examples=cfg.data.train_examples, base_dir=cfg.base_dir)
     plan = make_plan(cfg, data.fingerprint())
     run.write_plan(plan.order())
     n_eval = len(data.x_test) if cfg.data.eval_examples is None else min(
