@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench import options as opts
 from bench.errors import ConfigError
 from bench.registry import ATTACKS, DEFENSES, MODELS
@@ -333,14 +335,15 @@ def _model(entry: dict, where: str, base_dir: Path | None) -> ModelConfig:
         if not value or (k == "std" and min(value) <= 0):
             raise ConfigError(f"{where}: {k} = {list(value)} is impossible; give one value per "
                               f"channel{', all > 0' if k == 'std' else ''}")
-        if k in norm and k in meta and tuple(meta[k]) != value:
+        if k in norm and k in meta and (len(meta[k]) != len(value) or
+                                        not np.allclose(meta[k], value, rtol=0, atol=1e-6)):
             raise ConfigError(f"{where}: {k} = {list(value)} differs from the {meta[k]} stored "
                               f"with the weights; remove {k} to use the stored one")
         stated[k] = value
     digest = wts.digest(path)
     w = WeightsConfig(path_text, path.resolve(), digest, stated.get("mean"), stated.get("std"))
     options += (("weights", path_text), ("weights_sha256", digest),
-                *((k, list(v)) for k, v in stated.items()))
+                *((k, tuple(v)) for k, v in stated.items()))
     return ModelConfig(mname, label, module, options, w)
 
 

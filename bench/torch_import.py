@@ -127,6 +127,8 @@ def _normalisation(sd: dict, mean, std, source: str) -> tuple[dict, tuple, tuple
                             f"{list(found[1])}, but --mean/--std say {list(given[0])}, "
                             f"{list(given[1])}; drop --mean/--std to use the stored ones")
     mean, std = found or given or ((0.0,), (1.0,))
+    # float32 buffers: the shortest decimal that is the same float32 (0.4914, not 0.49140000343)
+    mean, std = (tuple(float(str(np.float32(v))) for v in vs) for vs in (mean, std))
     return sd, mean, std
 
 
