@@ -9,6 +9,11 @@ is loaded strictly into the PyTorch definition, converted, and the converted Fla
 compute the same logits as the PyTorch one on random 32×32 inputs (max difference ≤ 1e-4 ×
 max(1, max |logit|), both in full float32) before anything is written; otherwise the importer
 refuses. Every problem is a one-line :class:`~bench.errors.RobustaxError` (exit 2).
+
+Normalisation: RobustBench's subclasses store ``mu``/``sigma`` buffers, which are used; its
+``DMWideResNet`` keeps ``mean``/``std`` out of the state dict (``persistent=False``), so for that
+layout ``--mean``/``--std`` must be given (older files that still hold them are read); other
+models without buffers take raw [0, 1] pixels unless ``--mean``/``--std`` say otherwise.
 """
 
 from __future__ import annotations
@@ -126,6 +131,12 @@ def _normalisation(sd: dict, mean, std, source: str) -> tuple[dict, tuple, tuple
         raise RobustaxError(f"{source} normalises with mean {list(found[0])}, std "
                             f"{list(found[1])}, but --mean/--std say {list(given[0])}, "
                             f"{list(given[1])}; drop --mean/--std to use the stored ones")
+    if not found and not given and "init_conv.weight" in sd:
+        raise RobustaxError(f"{source} is a DeepMind WideResNet, which normalises inside with the "
+                            f"data set's mean and std, not stored in its state dict; pass them, for "
+                            f"CIFAR-10: --mean 0.4914 0.4822 0.4465 --std 0.2471 0.2435 0.2616 (its "
+                            f"default), CIFAR-100: --mean 0.5071 0.4865 0.4409 --std 0.2673 0.2564 "
+                            f"0.2762")
     mean, std = found or given or ((0.0,), (1.0,))
     # float32 buffers: the shortest decimal that is the same float32 (0.4914, not 0.49140000343)
     mean, std = (tuple(float(str(np.float32(v))) for v in vs) for vs in (mean, std))

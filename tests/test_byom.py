@@ -181,19 +181,7 @@ def test_mean_std_only_with_weights(tmp_path):
 
 # --- user modules by import path -----------------------------------------------------------------
 
-MY_NETS = '''
-import flax.linen as nn
-
-
-class TinyNet(nn.Module):
-    num_classes: int = 10
-    hidden: int = 32
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        x = nn.relu(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
-        return nn.Dense(self.num_classes)(x)
-
+NO_TRAIN = '''
 
 class NoTrain(nn.Module):
     @nn.compact
@@ -202,25 +190,33 @@ class NoTrain(nn.Module):
 '''
 
 
-def test_user_module_by_import_path(tmp_path):
-    (tmp_path / "byom_nets.py").write_text(MY_NETS)
-    records = sweep([{"module": "byom_nets:TinyNet", "label": "tiny", "hidden": 8}], tmp_path,
-                    defenses=[{"name": "standard", "epochs": 1}],
+def test_user_module_by_import_path(tmp_path, monkeypatch):
+    """The README's my_nets.py and its [[models]] table (module = "my_nets:TinyNet"): trained
+    by the grid's defense, then evaluated; import errors are one line."""
+    import tomllib
+
+    blocks = readme_blocks()
+    (tmp_path / "my_nets.py").write_text(blocks[3][1] + NO_TRAIN)
+    entry = tomllib.loads(blocks[4][1])["models"][0]
+    assert entry["module"] == "my_nets:TinyNet"
+    monkeypatch.delitem(__import__("sys").modules, "my_nets", raising=False)
+    records = sweep([entry], tmp_path, defenses=[{"name": "standard", "epochs": 1}],
                     data={"name": "digits", "eval_examples": 40, "train_examples": 200})
     clean = records[records["attack"] == "clean"].iloc[0]
-    assert clean["model"] == "tiny" and clean["defense"] == "standard"
-    assert json.loads(clean["model_options"]) == {"module": "byom_nets:TinyNet", "hidden": 8}
+    assert clean["model"] == entry["label"] and clean["defense"] == "standard"
+    assert json.loads(clean["model_options"]) == {"module": "my_nets:TinyNet",
+                                                  "hidden": entry["hidden"]}
     (ckpt,) = (tmp_path / "run" / "checkpoints").iterdir()  # trained here, then evaluated
     assert clean["checkpoint"] in ckpt.name
-    for entry, match in [
-        ({"module": "byom_nets:NoTrain"}, "its __call__ has no train argument"),
-        ({"module": "byom_nets:Missing"}, "is not a flax.linen Module class"),
+    for bad, match in [
+        ({"module": "my_nets:NoTrain"}, "its __call__ has no train argument"),
+        ({"module": "my_nets:Missing"}, "is not a flax.linen Module class"),
         ({"module": "no_such_pkg.x:Net"}, "cannot be imported"),
-        ({"module": "byom_nets.TinyNet"}, "is not an import path"),
-        ({"module": "byom_nets:TinyNet", "hiden": 3}, "has no option 'hiden'"),
+        ({"module": "my_nets.TinyNet"}, "is not an import path"),
+        ({"module": "my_nets:TinyNet", "hiden": 3}, "has no option 'hiden'"),
     ]:
         with pytest.raises(ConfigError, match=match):
-            parse_config({"models": [entry], "defenses": [{"name": "standard"}],
+            parse_config({"models": [bad], "defenses": [{"name": "standard"}],
                           "attacks": [{"name": "fgsm", "eps": [0.1]}]}, base_dir=tmp_path)
 
 
@@ -400,23 +396,6 @@ def wrn_file(tmp_path_factory):
     return tmp / "wrn.pt", net
 
 
-def test_import_torch_cli_writes_verified_file(tmp_path, wrn_file, capsys):
-    from defenses import variables_from_bytes
-
-    pt, _ = wrn_file
-    out = tmp_path / "w.safetensors"
-    assert main(["import-torch", "wrn-10-1", str(pt), str(out), "--mean", "0.5", "--std",
-                 "0.25", "--check-inputs", "2"]) == 0
-    printed = capsys.readouterr().out
-    assert 'name = "wide-resnet"' in printed and "logits agree on 2 random inputs" in printed
-    variables, meta = variables_from_bytes(out.read_bytes())
-    assert meta["model"] == "wide-resnet" and meta["mean"] == [0.5] and meta["std"] == [0.25]
-    assert meta["model_options"] == {"depth": 10, "widen": 1, "activation": "relu",
-                                     "padding": "torch"}
-    assert meta["converted_from"]["sha256"] == sha(pt)
-    assert meta["converted_from"]["max_logit_diff"] <= 1e-4
-
-
 def test_import_torch_refuses_other_logits(monkeypatch):
     """The verification gate: a conversion that computes other logits (here one BatchNorm's
     running mean and variance swapped, as a mapping bug would) is refused."""
@@ -465,6 +444,10 @@ def test_import_torch_shape_mismatch_names_key():
     assert str(e.value) == ("the state dict: 'block1.layer.0.conv1.weight' has shape (32, 16, 3, "
                             "3), wrn-10-3 needs (48, 16, 3, 3); check the architecture name "
                             "(depth/width)")
+    # RobustBench's DMWideResNet keeps mean/std out of its state dict: they must be given.
+    with pytest.raises(RobustaxError, match=r"is a DeepMind WideResNet, which normalises inside .*"
+                                            r"CIFAR-10: --mean 0.4914 0.4822 0.4465"):
+        convert(parse_arch("wrn-10-1"), state(tm.DMWideResNet(depth=10, widen=1)))
 
 
 def test_import_torch_unsafe_pickle_and_conflicting_normalisation(tmp_path, wrn_file, capsys):
@@ -517,35 +500,44 @@ def run_shell(block, subs=()):
         assert main(argv[1:] + (["--no-progress"] if argv[1] == "run" else [])) == 0, line
 
 
-def test_readme_examples(tmp_path, monkeypatch, capsys):
-    blocks = readme_blocks()
-    langs = [lang for lang, _ in blocks]
-    assert langs == ["python", "toml", "sh", "python", "toml", "python", "sh", "toml"], langs
-    code = [body for _, body in blocks]
+def test_readme_route_1_config_weights(tmp_path, monkeypatch):
+    code = [body for _, body in readme_blocks()]
     monkeypatch.chdir(tmp_path)
-    # Route 1: save weights, the config, robustax run.
     exec(compile(code[0], "readme-1", "exec"), {})
     Path("my_cnn.toml").write_text(code[1])
     run_shell(code[2])
     records = __import__("pandas").read_csv("runs/my-cnn/records.csv")
     assert set(records["defense"]) == {"pretrained"} and len(records) == 3
     assert records["checkpoint"].iloc[0] == sha("my_cnn.safetensors")[:12]
-    # ... a user module in the grid: the config above with its [[models]] table replaced.
-    Path("my_nets.py").write_text(code[3])
-    cfg = code[1].split("[[models]]")[0] + code[4] + '[[defenses]]\nname = "standard"\nepochs = 1\n'
-    cfg += "[[attacks]]" + code[1].split("[[attacks]]")[1]
-    Path("module.toml").write_text(cfg.replace('name = "my-cnn"', 'name = "module"'))
-    assert main(["run", "module.toml", "--no-progress"]) == 0
-    assert "tiny" in capsys.readouterr().out
-    # Route 2: NNX.
+    assert json.loads(records["model_options"].iloc[0])["mean"] == [0.5]
+
+
+def test_readme_route_2_nnx(capsys):
+    code = [body for _, body in readme_blocks()]
     exec(compile(code[5], "readme-2", "exec"), {})
-    assert "robust_acc" in capsys.readouterr().out
-    # Route 3: PyTorch, shrunk to a WRN-10-1 twin with random weights; data: a random .npz.
+    out = capsys.readouterr().out
+    assert "robust_acc" in out and "pgd" in out
+
+
+def test_readme_route_3_torch(tmp_path, monkeypatch, capsys):
+    """The README's import-torch command and config, shrunk to a WRN-10-1 twin with random
+    weights (wrn-28-10 -> wrn-10-1, depth/widen in the config likewise) and a random .npz."""
     torch = pytest.importorskip("torch")
     from bench import torch_models as tm
+    from defenses import variables_from_bytes
 
+    code = [body for _, body in readme_blocks()]
+    monkeypatch.chdir(tmp_path)
     torch.save(randomised(tm.WideResNet(depth=10, widen=1)).state_dict(), "Carmon2019Unlabeled.pt")
     run_shell(code[6], subs=[("wrn-28-10", "wrn-10-1")])
+    printed = capsys.readouterr().out
+    assert 'name = "wide-resnet"' in printed and "logits agree on 8 random inputs" in printed
+    _, meta = variables_from_bytes(Path("carmon2019.safetensors").read_bytes())
+    assert meta["model"] == "wide-resnet" and meta["mean"] == [0.0] and meta["std"] == [1.0]
+    assert meta["model_options"] == {"depth": 10, "widen": 1, "activation": "relu",
+                                     "padding": "torch"}
+    assert meta["converted_from"]["sha256"] == sha("Carmon2019Unlabeled.pt")
+    assert meta["converted_from"]["max_logit_diff"] <= 1e-4
     rng = np.random.default_rng(0)
     np.savez("cifar10_test.npz", x_test=rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
              y_test=rng.integers(0, 10, 8))
@@ -555,3 +547,8 @@ def test_readme_examples(tmp_path, monkeypatch, capsys):
     assert main(["run", "carmon.toml", "--no-progress"]) == 0
     out = __import__("pandas").read_csv("runs/carmon/records.csv")
     assert list(out["model"].unique()) == ["Carmon2019"] and len(out) == 3
+
+
+def test_readme_section_blocks():
+    assert [lang for lang, _ in readme_blocks()] == \
+        ["python", "toml", "sh", "python", "toml", "python", "sh", "toml"]
