@@ -552,3 +552,27 @@ def test_readme_route_3_torch(tmp_path, monkeypatch, capsys):
 def test_readme_section_blocks():
     assert [lang for lang, _ in readme_blocks()] == \
         ["python", "toml", "sh", "python", "toml", "python", "sh", "toml"]
+
+
+def test_plan_mixes_trained_and_pretrained_models(tmp_path, cnn_variables):
+    """A grid with a model trained here and one with weights: training defenses and wrappers
+    apply to the first only; the second has one 'pretrained' row keyed by the file's digest."""
+    from bench.plan import make_plan
+
+    _, variables = cnn_variables
+    (tmp_path / "w.safetensors").write_bytes(checkpoint_bytes(variables))
+    raw = {"models": [{"name": "mlp", "width": 4},
+                      {"name": "cnn", **CNN_OPTS, "label": "theirs", "weights": "w.safetensors",
+                       "mean": [0.3], "std": [0.4]}],
+           "defenses": [{"name": "standard"}, {"name": "pgd-at"},
+                        {"name": "squeeze", "base": "standard"}],
+           "attacks": [{"name": "fgsm", "eps": [0.1]}]}
+    plan = make_plan(parse_config(raw, base_dir=tmp_path), "data")
+    rows = [(u.model.label, u.defense_label) for u in plan.units]
+    assert rows == [("mlp", "standard"), ("mlp", "pgd-at"), ("mlp", "squeeze"),
+                    ("mlp", "squeeze (adaptive)"), ("theirs", "pretrained")]
+    assert [t.digest for t in plan.trainings if t.model.label == "theirs"] == \
+        [sha(tmp_path / "w.safetensors")[:12]]
+    raw["defenses"].append({"name": "standard", "label": "pretrained"})
+    with pytest.raises(ConfigError, match="is labelled 'pretrained', the row of models"):
+        parse_config(raw, base_dir=tmp_path)
