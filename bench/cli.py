@@ -76,7 +76,7 @@ def _import_torch(args) -> None:
           f"std {list(m.std)}): logits agree on {args.check_inputs} random inputs (max "
           f"difference {conv.max_diff:.2g}, max |logit| {conv.max_logit:.3g})")
     print(f"wrote {args.out}; use it in a config as:")
-    print(f'[[models]]\nname = "{conv.arch.model}"\n' +
+    print(f'[[models]]\nname = "{conv.arch.model(conv.layout)}"\n' +
           "".join(f"{k} = {_toml(v)}\n" for k, v in options.items()) +
           f'weights = "{args.out}"')
 

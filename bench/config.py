@@ -286,14 +286,13 @@ def _model(entry: dict, where: str, base_dir: Path | None) -> ModelConfig:
         spec = opts.coerce(spec, str, f"{where}: module")
         entry.setdefault("name", spec)
     mname, label = _name_and_label(entry, where)
-    options = tuple(sorted(entry.items()))
     if spec is None:
         module = MODELS.build(mname, entry, where)
     else:
         cls = import_module_class(spec, where, base_dir)
         module = opts.build(cls, entry, where, f"module {spec!r}",
                             exclude=MODEL_FIXED + ("parent", "name"), int_min=1)
-    options = tuple(sorted((k, getattr(module, k)) for k, _ in options))
+    options = tuple(sorted((k, getattr(module, k)) for k in entry))
     if spec is not None:
         options = (("module", spec),) + options
     if weights is None:

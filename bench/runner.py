@@ -121,6 +121,13 @@ class _Weights:
             stats = {"num_classes": d.num_classes, "mean": tuple(d.mean), "std": tuple(d.std)}
             if w is not None:  # weights bring their own normalisation
                 stats.update(mean=w.mean, std=w.std)
+                channels = d.image_shape[-1]
+                for k in ("mean", "std"):
+                    if stats[k] is not None and len(stats[k]) not in (1, channels):
+                        raise ConfigError(f"model {model.label}: {k} = {list(stats[k])} has "
+                                          f"{len(stats[k])} values, the images of "
+                                          f"{d.name!r} have {channels} channel(s); give one "
+                                          f"value per channel")
             fields = {f.name for f in dataclasses.fields(model.module)}  # a user's module may
             module = model.module.clone(**{k: v for k, v in stats.items()  # lack some of them
                                            if k in fields})

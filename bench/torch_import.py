@@ -3,7 +3,8 @@
 Architectures are those RobustBench's leaderboards use most, with the state-dict layout of its
 model zoo (see :mod:`bench.torch_models`): ``preact-resnet18``, ``resnet18`` and
 ``wrn-<depth>-<widen>`` (``wrn-28-10``, ``wrn-34-10``, ``wrn-70-16``; the TRADES layout of
-``wide_resnet.py`` or DeepMind's ``dm_wide_resnet.py``, told apart by the keys). Loading uses
+``wide_resnet.py``, converted to ``wide-resnet``, or DeepMind's ``dm_wide_resnet.py``, converted
+to ``dm-wide-resnet``, told apart by the keys). Loading uses
 ``torch.load(weights_only=True)`` or safetensors, never unrestricted unpickling. The state dict
 is loaded strictly into the PyTorch definition, converted, and the converted Flax model must
 compute the same logits as the PyTorch one on random 32×32 inputs (max difference ≤ 1e-4 ×
@@ -43,9 +44,10 @@ class Arch:
     family: str  # "preact", "resnet" or "wrn"
     options: dict
 
-    @property
-    def model(self) -> str:
+    def model(self, layout: str) -> str:
         """robustax's registered model name."""
+        if self.family == "wrn" and layout == "dm":
+            return "dm-wide-resnet"
         return {"preact": "preact-resnet18", "resnet": "resnet18", "wrn": "wide-resnet"}[self.family]
 
 
@@ -146,7 +148,9 @@ def _normalisation(sd: dict, mean, std, source: str) -> tuple[dict, tuple, tuple
 def _models(arch: Arch, sd: dict, mean, std, activation: str):
     """(PyTorch module, Flax module, layout) for ``arch``, sized by ``sd``'s head and stem."""
     from bench import torch_models as tm
-    from models import PreActResNet18, ResNet18, WideResNet
+    from models import PreActResNet18, WideResNet
+    from models.dm_wide_resnet import DMWideResNet
+    from models.resnet import ResNet18
 
     o = arch.options
     layout = "dm" if "init_conv.weight" in sd else "trades"
@@ -170,8 +174,7 @@ def _models(arch: Arch, sd: dict, mean, std, activation: str):
     elif layout == "dm":
         net = tm.DMWideResNet(**common, depth=o["depth"], widen=o["widen"],
                               activation=activation, channels=c)
-        flax = WideResNet(**common, depth=o["depth"], widen=o["widen"], activation=activation,
-                          padding="same")
+        flax = DMWideResNet(**common, depth=o["depth"], widen=o["widen"], activation=activation)
     else:
         net = tm.WideResNet(**common, depth=o["depth"], widen=o["widen"],
                             bias_last="fc.bias" in sd, channels=c)
@@ -248,7 +251,7 @@ def _flax_variables(arch: Arch, layout: str, sd: dict) -> dict:
         for s in range(3):
             for i in range(n):
                 src, dst = (f"layer.{s}.block.{i}" if dm else f"block{s + 1}.layer.{i}",
-                            f"PreActBlock_{k}")
+                            f"DMBlock_{k}" if dm else f"PreActBlock_{k}")
                 bn(f"{dst}/BatchNorm_0", f"{src}.batchnorm_0" if dm else f"{src}.bn1")
                 conv(f"{dst}/Conv_0", f"{src}.conv_0" if dm else f"{src}.conv1")
                 bn(f"{dst}/BatchNorm_1", f"{src}.batchnorm_1" if dm else f"{src}.bn2")
@@ -276,9 +279,9 @@ class Converted:
 
     def metadata(self, source: str = "", sha256: str = "") -> dict:
         m = self.module
-        options = {k: getattr(m, k) for k in ("width", "blocks", "depth", "widen", "activation",
-                                              "padding") if hasattr(m, k)}
-        return {"model": self.arch.model, "model_options": options, "mean": list(m.mean),
+        options = {k: getattr(m, k) for k in ("width", "blocks", "depth", "widen", "activation")
+                   if hasattr(m, k)}
+        return {"model": self.arch.model(self.layout), "model_options": options, "mean": list(m.mean),
                 "std": list(m.std), "num_classes": m.num_classes,
                 "converted_from": {"arch": self.arch.name, "layout": self.layout,
                                    "file": source, "sha256": sha256,

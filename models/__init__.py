@@ -9,7 +9,6 @@ from models.cnn import CNN
 from models.layers import Conv, conv_general_dilated, max_pool_2x2, normalize
 from models.mlp import MLP
 from models.preact_resnet import PreActBlock, PreActResNet18
-from models.resnet import ResNet18
 from models.wide_resnet import WideResNet
 
 __all__ = [
@@ -18,7 +17,6 @@ __all__ = [
     "Conv",
     "PreActBlock",
     "PreActResNet18",
-    "ResNet18",
     "WideResNet",
     "conv_general_dilated",
     "init_variables",

@@ -20,51 +20,24 @@ def bn(train: bool) -> nn.BatchNorm:
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
 
 
-ACTIVATIONS = {"relu": nn.relu, "swish": nn.swish}
-PADDINGS = ("torch", "same")
-
-
-def activation_fn(name: str):
-    """The activation called ``name`` (``relu``, or ``swish`` = x·sigmoid(x) as in DeepMind's
-    WideResNets); ValueError naming the choices otherwise."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"activation = {name!r} is unknown; choose one of: {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
-
-
-def strided_padding(mode: str, stride: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Padding of a 3x3 convolution: ``torch`` pads 1 on every side (PyTorch's ``padding=1``);
-    ``same`` pads TensorFlow's SAME for strided convolutions (0 before, 1 after), as DeepMind's
-    WideResNets do, and 1 on every side at stride 1."""
-    if mode not in PADDINGS:
-        raise ValueError(f"padding = {mode!r} is unknown; choose one of: {', '.join(PADDINGS)}")
-    if mode == "same" and stride == 2:
-        return ((0, 1), (0, 1))
-    return ((1, 1), (1, 1))
-
-
 class PreActBlock(nn.Module):
     """BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus shortcut (1x1 conv of the pre-activated input if the shape changes)."""
 
     channels: int
     stride: int = 1
     kernel_init: nn.initializers.Initializer = torch_default_init
-    activation: str = "relu"
-    padding: str = "torch"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        act = activation_fn(self.activation)
-        out = act(bn(train)(x))
+        out = nn.relu(bn(train)(x))
         if self.stride != 1 or x.shape[-1] != self.channels:
             shortcut = Conv(self.channels, (1, 1), (self.stride, self.stride), padding="VALID",
                                use_bias=False, kernel_init=self.kernel_init, name="shortcut")(out)
         else:
             shortcut = x
-        out = Conv(self.channels, (3, 3), (self.stride, self.stride),
-                   padding=strided_padding(self.padding, self.stride),
-                   use_bias=False, kernel_init=self.kernel_init)(out)
-        out = act(bn(train)(out))
+        out = Conv(self.channels, (3, 3), (self.stride, self.stride), padding=((1, 1), (1, 1)),
+                      use_bias=False, kernel_init=self.kernel_init)(out)
+        out = nn.relu(bn(train)(out))
         out = Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                       kernel_init=self.kernel_init)(out)
         return out + shortcut

@@ -1,5 +1,7 @@
 """ResNet-18 (He et al. 2016) with post-activation basic blocks, CIFAR-style stem.
 
+Not re-exported by ``models/__init__.py`` on purpose (see ``models/dm_wide_resnet.py``).
+
 The layout of RobustBench's ``ResNet18`` (used e.g. by Sehwag et al. 2021): 3x3 stride-1 stem
 with BatchNorm and ReLU, four stages of basic blocks (conv-BN-ReLU-conv-BN plus shortcut, then
 ReLU) with `width`*(1, 2, 4, 8) channels and strides 1, 2, 2, 2, a 1x1 convolution + BatchNorm

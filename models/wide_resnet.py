@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from models.layers import Conv, normalize
-from models.preact_resnet import PreActBlock, activation_fn, bn, strided_padding
+from models.preact_resnet import PreActBlock, bn
 
 he_fan_out_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -32,14 +32,9 @@ class WideResNet(nn.Module):
     std: tuple[float, ...] = (1.0,)
     depth: int = 28
     widen: int = 10
-    # DeepMind's WideResNets (RobustBench's DMWideResNet): swish, TF-style SAME padding.
-    activation: str = "relu"
-    padding: str = "torch"
 
     def __post_init__(self):
         blocks_per_stage(self.depth)  # fail at construction, not at first call
-        activation_fn(self.activation)
-        strided_padding(self.padding, 1)
         super().__post_init__()
 
     @nn.compact
@@ -51,8 +46,7 @@ class WideResNet(nn.Module):
         for stage, stride in enumerate((1, 2, 2)):
             for i in range(n):
                 x = PreActBlock(16 * self.widen * 2**stage, stride if i == 0 else 1,
-                                kernel_init=he_fan_out_init, activation=self.activation,
-                                padding=self.padding)(x, train)
-        x = activation_fn(self.activation)(bn(train)(x))
+                                kernel_init=he_fan_out_init)(x, train)
+        x = nn.relu(bn(train)(x))
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes)(x).astype(jnp.float32)

@@ -540,8 +540,7 @@ def test_readme_route_3_torch(tmp_path, monkeypatch, capsys):
     assert 'name = "wide-resnet"' in printed and "logits agree on 8 random inputs" in printed
     _, meta = variables_from_bytes(Path("carmon2019.safetensors").read_bytes())
     assert meta["model"] == "wide-resnet" and meta["mean"] == [0.0] and meta["std"] == [1.0]
-    assert meta["model_options"] == {"depth": 10, "widen": 1, "activation": "relu",
-                                     "padding": "torch"}
+    assert meta["model_options"] == {"depth": 10, "widen": 1}
     assert meta["converted_from"]["sha256"] == sha("Carmon2019Unlabeled.pt")
     assert meta["converted_from"]["max_logit_diff"] <= 1e-4
     rng = np.random.default_rng(0)
