@@ -40,7 +40,7 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """ResNet: stages of `blocks` basic blocks with `width`*(1,2,4,8) channels, strides 1,2,2,2."""
+    """Post-activation ResNet: stages of `blocks` basic blocks with `width`*(1,2,4,8) channels, strides 1,2,2,2."""
 
     num_classes: int = 10
     mean: tuple[float, ...] = (0.0,)
