@@ -397,6 +397,10 @@ def parse_config(raw: Mapping[str, Any], base_dir: str | Path | None = None) -> 
         elif hasattr(d, "members"):
             members = _members(d.members, where, dname, training, trained_models)
             defenses.append(DefenseConfig(dname, label, d, members=members))
+        elif d.base == PRETRAINED and any(m.weights is not None for m in models):
+            # a wrapper of the weights models load (their 'pretrained' row)
+            defenses.append(DefenseConfig(dname, label, d, DefenseConfig(PRETRAINED, PRETRAINED,
+                                                                         None)))
         elif d.base not in training:
             raise ConfigError(f"{where} ({dname}) wraps base = {d.base!r}, which is not the label "
                               f"of a training defense here; choose one of: "

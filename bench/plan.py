@@ -232,8 +232,8 @@ def make_plan(cfg: SweepConfig, data_fingerprint: str) -> Plan:
             trainings[m.label, PRETRAINED] = Training(m, pretrained, m.weights.sha256[:12])
             continue
         for d in cfg.defenses:
-            if d.members:  # members are training defenses of this grid: trained for themselves
-                continue
+            if d.members or d.trained.name == PRETRAINED:  # members are training defenses of
+                continue  # this grid, trained for themselves; 'pretrained' wraps loaded weights
             t = d.trained
             if (m.label, t.label) not in trainings:
                 digest = stable_hash({
@@ -279,8 +279,13 @@ def make_plan(cfg: SweepConfig, data_fingerprint: str) -> Plan:
     for m in cfg.models:
         if m.weights is not None:  # no training defense applies to weights loaded as they are
             units += units_of(m, pretrained, (trainings[m.label, PRETRAINED],))
+            for d in cfg.defenses:  # wrappers with base = "pretrained" wrap them
+                if d.base is not None and d.base.name == PRETRAINED:
+                    units += units_of(m, d, (trainings[m.label, PRETRAINED],))
             continue
         for d in cfg.defenses:
+            if d.trained.name == PRETRAINED:
+                continue
             if not d.members:
                 units += units_of(m, d, (trainings[m.label, d.trained.label],))
             elif not d.fixed_members or _row_model(d).label == m.label:

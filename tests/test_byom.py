@@ -98,11 +98,17 @@ def test_config_weights_evaluated_as_they_are(tmp_path, cnn_variables, digits):
     ck.save((tmp_path / "orbax").resolve(), variables)
     ck.wait_until_finished()
     entry = {"name": "cnn", **CNN_OPTS, "mean": list(MEAN), "std": list(STD), "label": "mine"}
-    records = sweep([{**entry, "weights": "orbax"}], tmp_path)
-    assert set(records["defense"]) == {"pretrained"} and len(records) == 3
-    logits = np.asarray(make_logits_fn(module)(variables, digits.x_test[:40]))
-    mask = np.load(tmp_path / "run" / "masks" / f"{records['cell_id'].iloc[0]}.npy")
-    np.testing.assert_array_equal(mask, logits.argmax(1) == digits.y_test[:40])
+    records = sweep([{**entry, "weights": "orbax"}], tmp_path,
+                    defenses=[{"name": "squeeze", "base": "pretrained", "bits": 1}])
+    assert list(records["defense"].unique()) == ["pretrained", "squeeze", "squeeze (adaptive)"]
+    x, y = digits.x_test[:40], digits.y_test[:40]
+    for defense, z in (("pretrained", x), ("squeeze", np.round(x))):  # 1 bit: round to 0/1
+        cid = records[(records["defense"] == defense) & (records["attack"] == "clean")]["cell_id"]
+        mask = np.load(tmp_path / "run" / "masks" / f"{cid.iloc[0]}.npy")
+        logits = np.asarray(make_logits_fn(module)(variables, z))
+        np.testing.assert_array_equal(mask, logits.argmax(1) == y, err_msg=defense)
+    assert set(records["checkpoint"]) == {digest(tmp_path / "orbax")[:12]}
+    records = records[records["defense"] == "pretrained"]
     row = records.iloc[0]
     opts = json.loads(row["model_options"])
     assert opts["weights_sha256"] == digest(tmp_path / "orbax") and opts["weights"] == "orbax"
@@ -570,14 +576,18 @@ def test_plan_mixes_trained_and_pretrained_models(tmp_path, cnn_variables):
                       {"name": "cnn", **CNN_OPTS, "label": "theirs", "weights": "w.safetensors",
                        "mean": [0.3], "std": [0.4]}],
            "defenses": [{"name": "standard"}, {"name": "pgd-at"},
-                        {"name": "squeeze", "base": "standard"}],
+                        {"name": "squeeze", "base": "standard"},
+                        {"name": "squeeze", "label": "sq-theirs", "base": "pretrained"}],
            "attacks": [{"name": "fgsm", "eps": [0.1]}]}
     plan = make_plan(parse_config(raw, base_dir=tmp_path), "data")
     rows = [(u.model.label, u.defense_label) for u in plan.units]
     assert rows == [("mlp", "standard"), ("mlp", "pgd-at"), ("mlp", "squeeze"),
-                    ("mlp", "squeeze (adaptive)"), ("theirs", "pretrained")]
-    assert [t.digest for t in plan.trainings if t.model.label == "theirs"] == \
-        [sha(tmp_path / "w.safetensors")[:12]]
+                    ("mlp", "squeeze (adaptive)"), ("theirs", "pretrained"),
+                    ("theirs", "sq-theirs"), ("theirs", "sq-theirs (adaptive)")]
+    digest = sha(tmp_path / "w.safetensors")[:12]
+    assert [t.digest for t in plan.trainings if t.model.label == "theirs"] == [digest]
+    assert {u.checkpoint for u in plan.units if u.model.label == "theirs"} == {digest}
+    assert len(plan.trainings) == 3  # mlp × (standard, pgd-at), theirs: nothing else trains
     raw["defenses"].append({"name": "standard", "label": "pretrained"})
     with pytest.raises(ConfigError, match="is labelled 'pretrained', the row of models"):
         parse_config(raw, base_dir=tmp_path)
