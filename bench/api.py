@@ -48,7 +48,60 @@ def _attack_specs(attacks: Sequence[Any], eps: Sequence[float] | None) -> list[t
     return specs
 
 
-def evaluate(logits_fn: Callable, params: Any, data: str | tuple, attacks: Sequence[Any], *,
+_UNSET = object()
+
+
+def _module_logits(model: Any, params: Any, data: Any, attacks: Any) -> tuple:
+    """(logits_fn, params, data, attacks) from what was passed: a Flax NNX module (which
+    carries its parameters: ``evaluate(model, data, attacks)``), a flax.linen module with its
+    variables (``evaluate(module, variables, data, attacks)``) or ``logits_fn, params``."""
+    import flax.linen as nn
+
+    try:
+        from flax import nnx
+    except ImportError:  # pragma: no cover - flax without NNX
+        nnx = None
+    if nnx is not None and isinstance(model, nnx.Module):
+        if attacks is _UNSET:  # evaluate(model, data, attacks): shift the positional arguments
+            params, data, attacks = _UNSET, params, data
+        if params is not _UNSET:
+            raise ConfigError("an NNX module carries its own parameters; call "
+                              "bench.evaluate(model, data, attacks, eps=...)")
+        # A copy in evaluation mode (BatchNorm running averages, no dropout); the caller's
+        # module is left as it is. Its state is the params pytree attacks differentiate.
+        graphdef, state = nnx.split(model)
+        copy = nnx.merge(graphdef, state)
+        copy.eval()
+        graphdef, state = nnx.split(copy)
+
+        def nnx_logits(state, x):
+            return nnx.merge(graphdef, state)(x)
+
+        return nnx_logits, state, data, attacks
+    if isinstance(model, nn.Module):
+        import inspect
+
+        if params is _UNSET:
+            raise ConfigError("a flax.linen module needs its variables: call "
+                              "bench.evaluate(module, variables, data, attacks, eps=...)")
+        takes_train = "train" in inspect.signature(type(model).__call__).parameters
+
+        def linen_logits(variables, x):
+            return model.apply(variables, x, train=False) if takes_train else \
+                model.apply(variables, x)
+
+        return linen_logits, params, data, attacks
+    if not callable(model):
+        raise ConfigError(f"the model {type(model).__name__} is not a logits_fn, an NNX module or "
+                          f"a flax.linen module; pass logits_fn(params, x) and its params")
+    if params is _UNSET:
+        raise ConfigError("a logits_fn needs its params: call bench.evaluate(logits_fn, params, "
+                          "data, attacks, eps=...)")
+    return model, params, data, attacks
+
+
+def evaluate(logits_fn: Callable, params: Any = _UNSET, data: str | tuple = _UNSET,
+             attacks: Sequence[Any] = _UNSET, *,
              eps: Sequence[float] | None = None, eval_examples: int | None = None,
              batch_size: int = 500, seed: int = 0, model: str = "model", defense: str = "none",
              data_dir: str | None = None, return_masks: bool = False,
@@ -56,10 +109,17 @@ def evaluate(logits_fn: Callable, params: Any, data: str | tuple, attacks: Seque
              ) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Robust accuracy of ``logits_fn(params, x)`` under each attack at each ε.
 
+    Three ways to pass the model: ``evaluate(logits_fn, params, data, attacks)``,
+    ``evaluate(nnx_module, data, attacks)`` (a ``flax.nnx.Module``, evaluated in eval mode on
+    a copy; its state is what attacks differentiate through) and
+    ``evaluate(linen_module, variables, data, attacks)`` (called with ``train=False`` when its
+    ``__call__`` takes ``train``).
+
     Args:
       logits_fn: pure ``(params, x) -> logits``; x is float32 NHWC in [0, 1] (normalise
-        inside).
-      params: the pytree ``logits_fn`` takes (for Flax: the variables dict).
+        inside). Or a Flax NNX module, or a flax.linen module.
+      params: the pytree ``logits_fn`` takes (for Flax: the variables dict); left out for an
+        NNX module.
       data: a data-set name (``digits``, ``mnist5k``, ``tfds:cifar10``, ...: its test split
         is used) or a tuple ``(x, y)`` of arrays.
       attacks: attack instances (``attacks.PGD(steps=20)``) or dicts in config form
@@ -80,10 +140,16 @@ def evaluate(logits_fn: Callable, params: Any, data: str | tuple, attacks: Seque
     from bench.plan import cell_id, key_for
     from bench.runner import code_version
 
+    logits_fn, params, data, attacks = _module_logits(logits_fn, params, data, attacks)
+    if data is _UNSET or attacks is _UNSET:
+        raise ConfigError("bench.evaluate needs data and attacks: evaluate(model, data, attacks, "
+                          "eps=...) for an NNX module, evaluate(logits_fn, params, data, attacks, "
+                          "eps=...) otherwise")
+
     if isinstance(data, str):
         from bench.data import load_dataset
 
-        ds = load_dataset(data, data_dir=data_dir)
+        ds = load_dataset(data, data_dir=data_dir)  # also "npz:path.npz"
         x, y, data_name = ds.x_test, ds.y_test, data
     else:
         if not isinstance(data, (tuple, list)) or len(data) != 2:

@@ -52,10 +52,48 @@ def _parser() -> argparse.ArgumentParser:
     cc.add_argument("--attack", action="append", help="only this attack name (repeatable)")
     cc.add_argument("--eps", action="append", type=float, help="only this ε (repeatable)")
     cc.add_argument("--defense", action="append", help="only this defense label (repeatable)")
+    imp = sub.add_parser("import-torch", help="convert a PyTorch state_dict of a RobustBench "
+                                              "architecture to robustax weights (needs torch)")
+    imp.add_argument("arch", help="preact-resnet18, resnet18, wrn-28-10, wrn-34-10, wrn-70-16 "
+                                  "(or wrn-<depth>-<widen>)")
+    imp.add_argument("state_dict", help="torch.save(model.state_dict()) file or .safetensors")
+    imp.add_argument("out", help="output .safetensors file (robustax weights)")
+    imp.add_argument("--mean", type=float, nargs="+",
+                     help="per-channel mean the model subtracts (if the state dict has no "
+                          "mu/mean buffer); default: none")
+    imp.add_argument("--std", type=float, nargs="+", help="per-channel std, as --mean")
+    imp.add_argument("--activation", default="relu", choices=("relu", "swish"),
+                     help="activation of DeepMind WideResNets (DMWideResNet); default relu")
+    imp.add_argument("--check-inputs", type=int, default=8,
+                     help="random 32x32 inputs on which the logits must agree (default 8)")
     from bench import security_cli
 
     security_cli.add_parsers(sub)
     return p
+
+
+def _import_torch(args) -> None:
+    from bench.torch_import import import_torch
+
+    if args.check_inputs < 1:
+        raise RobustaxError(f"--check-inputs {args.check_inputs} is impossible; give at least 1")
+    conv = import_torch(args.arch, args.state_dict, args.out, mean=args.mean, std=args.std,
+                        activation=args.activation, check_inputs=args.check_inputs)
+    m = conv.module
+    options = conv.metadata()["model_options"]
+    print(f"{args.arch} ({conv.layout} layout, {m.num_classes} classes, mean {list(m.mean)}, "
+          f"std {list(m.std)}): logits agree on {args.check_inputs} random inputs (max "
+          f"difference {conv.max_diff:.2g}, max |logit| {conv.max_logit:.3g})")
+    print(f"wrote {args.out}; use it in a config as:")
+    print(f'[[models]]\nname = "{conv.arch.model(conv.layout)}"\n' +
+          "".join(f"{k} = {_toml(v)}\n" for k, v in options.items()) +
+          f'weights = "{args.out}"')
+
+
+def _toml(v) -> str:
+    import json
+
+    return json.dumps(list(v) if isinstance(v, tuple) else v)
 
 
 def _run(args) -> None:
@@ -140,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             print(summary(args.run_dir, width=_width()))
             for folder in dict.fromkeys(p.parent for p in paths):
                 print(f"wrote {sum(p.parent == folder for p in paths)} files to {folder}/")
+        elif args.command == "import-torch":
+            _import_torch(args)
         elif args.command == "list":
             _list()
         elif args.command == "crosscheck":

@@ -21,6 +21,8 @@ import functools
 import hashlib
 from typing import Any
 
+from pathlib import Path
+
 import numpy as np
 
 from bench.errors import DataError
@@ -53,6 +55,7 @@ _TFDS: dict[str, tuple[int, tuple[int, int, int], str]] = {
 }
 
 _TFDS_PREFIX = "tfds:"
+_NPZ_PREFIX = "npz:"
 _READ_CHUNK = 4096  # records fetched per batched read from an array_record data source
 
 
@@ -114,14 +117,19 @@ def describe_datasets() -> list[tuple[str, str]]:
 
 
 def load_dataset(
-    name: str, *, data_dir: str | None = None, train_examples: int | None = None
+    name: str, *, data_dir: str | None = None, train_examples: int | None = None,
+    base_dir: str | Path | None = None,
 ) -> Dataset:
-    """Load data set ``name`` (one of :data:`DATASETS`) as a validated :class:`Dataset`.
+    """Load data set ``name`` (one of :data:`DATASETS`, or ``npz:<path>``) as a validated
+    :class:`Dataset`.
 
     ``data_dir`` is the TFDS data directory (ignored by the embedded sets; None means the TFDS
     default). ``train_examples`` keeps only the first n training examples (all of them if the
-    set has fewer), for quick runs; the test set is never cut.
+    set has fewer), for quick runs; the test set is never cut. A relative ``npz:`` path starts
+    at ``base_dir`` (the current directory when None).
     """
+    if isinstance(name, str) and name.startswith(_NPZ_PREFIX):
+        return _load_npz(name, base_dir, train_examples)
     if name not in DATASETS:
         hint = ""
         if _TFDS_PREFIX + str(name) in DATASETS:
@@ -166,6 +174,88 @@ def load_dataset(
         num_classes=num_classes,
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
+    )
+
+
+def _npz_images(name: str, key: str, x: np.ndarray) -> np.ndarray:
+    """float32 NHWC in [0, 1] from a user's float32 or uint8 array (uint8 is divided by 255)."""
+    where = f"data set {name!r}: {key}"
+    if x.ndim != 4:
+        raise DataError(f"{where} has shape {x.shape}; store images as NHWC [N, H, W, C] (add a "
+                        f"channel axis with x[..., None])")
+    if x.shape[1] in (1, 3) and x.shape[3] not in (1, 3):
+        raise DataError(f"{where} has shape {x.shape}, which looks like NCHW; store NHWC "
+                        f"(x.transpose(0, 2, 3, 1))")
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / np.float32(255.0)
+    if x.dtype != np.float32:
+        raise DataError(f"{where} has dtype {x.dtype}; store float32 images in [0, 1] (or uint8 "
+                        f"0..255)")
+    return np.ascontiguousarray(x)
+
+
+def _npz_labels(name: str, key: str, y: np.ndarray) -> np.ndarray:
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+        raise DataError(f"data set {name!r}: {key} has dtype {y.dtype} and shape {y.shape}; store "
+                        f"integer class labels of shape [N] (not one-hot)")
+    return y.astype(np.int32)
+
+
+def _load_npz(name: str, base_dir: str | Path | None, train_examples: int | None) -> Dataset:
+    """A user's ``.npz`` (``x_test``, ``y_test``; optionally ``x_train``, ``y_train`` and
+    ``num_classes``), checked like every data set; never unpickles."""
+    path = Path(name[len(_NPZ_PREFIX):]).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    if not path.is_file():
+        raise DataError(f"data set {name!r}: {str(path)!r} does not exist; give the path of a "
+                        f".npz file with x_test and y_test arrays")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise DataError(f"data set {name!r}: {str(path)!r} is not a readable .npz without "
+                        f"pickled objects ({str(e).splitlines()[0]}); save it with np.savez") from None
+    known = ("x_test", "y_test", "x_train", "y_train", "num_classes")
+    for k in arrays:
+        if k not in known:
+            raise DataError(f"data set {name!r} has an array {k!r}; allowed: {', '.join(known)}")
+    for k in ("x_test", "y_test"):
+        if k not in arrays:
+            raise DataError(f"data set {name!r} has no {k!r} array; save x_test (NHWC images) and "
+                            f"y_test (int labels)")
+    if ("x_train" in arrays) != ("y_train" in arrays):
+        raise DataError(f"data set {name!r} has only one of x_train, y_train; save both or neither")
+    x_test = _npz_images(name, "x_test", arrays["x_test"])
+    y_test = _npz_labels(name, "y_test", arrays["y_test"])
+    if "x_train" in arrays:
+        x_train = _npz_images(name, "x_train", arrays["x_train"])
+        y_train = _npz_labels(name, "y_train", arrays["y_train"])
+        if train_examples is not None:
+            x_train, y_train = x_train[:train_examples], y_train[:train_examples]
+    else:  # an evaluation-only set: no training split (models must bring their weights)
+        x_train = np.zeros((0, *x_test.shape[1:]), np.float32)
+        y_train = np.zeros((0,), np.int32)
+    labels = np.concatenate([y_train, y_test])
+    if "num_classes" in arrays:
+        k = arrays["num_classes"]
+        if k.shape != () or not np.issubdtype(k.dtype, np.integer) or int(k) < 2:
+            raise DataError(f"data set {name!r}: num_classes must be one integer ≥ 2, got {k!r}")
+        num_classes = int(k)
+    else:
+        num_classes = max(int(labels.max()) + 1, 2)
+    _validate(name, x_test, y_test, num_classes, "test", None)
+    if len(x_train):
+        _validate(name, x_train, y_train, num_classes, "train", tuple(x_test.shape[1:]))
+    stats_from = x_train if len(x_train) else x_test
+    arrays_out = [x_train, y_train, x_test, y_test]
+    for arr in arrays_out:
+        arr.flags.writeable = False
+    return Dataset(
+        name=name, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+        num_classes=num_classes,
+        mean=tuple(float(m) for m in stats_from.mean(axis=(0, 1, 2), dtype=np.float64)),
+        std=tuple(float(s) for s in stats_from.std(axis=(0, 1, 2), dtype=np.float64)),
     )
 
 

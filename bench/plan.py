@@ -21,7 +21,7 @@ from typing import Any
 
 import jax
 
-from bench.config import AttackConfig, DefenseConfig, ModelConfig, SweepConfig
+from bench.config import PRETRAINED, AttackConfig, DefenseConfig, ModelConfig, SweepConfig
 from bench.records import CLEAN
 
 
@@ -92,7 +92,8 @@ def train_version(*classes: type) -> str:
     constant; adding an unrelated attack changes nothing."""
     h = hashlib.sha256()
     for path in training_sources(*classes):
-        h.update(str(path.relative_to(_ROOT)).encode())
+        # A user's module (``module = "pkg.mod:Net"``) lives outside the repository.
+        h.update(str(path.relative_to(_ROOT) if path.is_relative_to(_ROOT) else path.name).encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:12]
 
@@ -236,10 +237,14 @@ def _row_model(d: DefenseConfig) -> ModelConfig:
 def make_plan(cfg: SweepConfig, data_fingerprint: str) -> Plan:
     """Every training, unit and cell of ``cfg`` on the data set with ``data_fingerprint``."""
     trainings: dict[tuple[str, str], Training] = {}
+    pretrained = DefenseConfig(PRETRAINED, PRETRAINED, None)
     for m in cfg.models:
+        if m.weights is not None:  # loads its weights: the file's digest keys its cells
+            trainings[m.label, PRETRAINED] = Training(m, pretrained, m.weights.sha256[:12])
+            continue
         for d in cfg.defenses:
-            if d.members:  # members are training defenses of this grid: trained for themselves
-                continue
+            if d.members or d.trained.name == PRETRAINED:  # members are training defenses of
+                continue  # this grid, trained for themselves; 'pretrained' wraps loaded weights
             t = d.trained
             if (m.label, t.label) not in trainings:
                 digest = stable_hash({
@@ -283,7 +288,15 @@ def make_plan(cfg: SweepConfig, data_fingerprint: str) -> Plan:
     units, own_rows = [], []
     model_labels = {m.label for m in cfg.models}
     for m in cfg.models:
+        if m.weights is not None:  # no training defense applies to weights loaded as they are
+            units += units_of(m, pretrained, (trainings[m.label, PRETRAINED],))
+            for d in cfg.defenses:  # wrappers with base = "pretrained" wrap them
+                if d.base is not None and d.base.name == PRETRAINED:
+                    units += units_of(m, d, (trainings[m.label, PRETRAINED],))
+            continue
         for d in cfg.defenses:
+            if d.trained.name == PRETRAINED:
+                continue
             if not d.members:
                 units += units_of(m, d, (trainings[m.label, d.trained.label],))
             elif not d.fixed_members or _row_model(d).label == m.label:

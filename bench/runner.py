@@ -8,6 +8,7 @@ same directory skips finished cells, so a killed run resumes where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -27,6 +28,8 @@ from bench.data import Dataset, load_dataset
 from bench.errors import ConfigError, RobustaxError, warn
 from bench.plan import CLEAN, Plan, Training, Unit, has_adaptive, key_for, make_plan
 from bench.records import MISSING, RunDir, make_record, run_lock
+from bench.weights import load as load_weights
+from bench.weights import shapes as weight_shapes
 from defenses import checkpoint_bytes, variables_from_bytes
 from models import init_variables, make_logits_fn
 
@@ -135,17 +138,32 @@ class _Weights:
     def module(self, model) -> tuple[Any, Any]:
         """(flax module with the data's classes and statistics, its logits_fn), built once."""
         if model.label not in self._modules:
-            d = self.data
-            module = model.module.clone(num_classes=d.num_classes, mean=tuple(d.mean),
-                                        std=tuple(d.std))
+            d, w = self.data, model.weights
+            stats = {"num_classes": d.num_classes, "mean": tuple(d.mean), "std": tuple(d.std)}
+            if w is not None:  # weights bring their own normalisation
+                stats.update(mean=w.mean, std=w.std)
+                channels = d.image_shape[-1]
+                for k in ("mean", "std"):
+                    if stats[k] is not None and len(stats[k]) not in (1, channels):
+                        raise ConfigError(f"model {model.label}: {k} = {list(stats[k])} has "
+                                          f"{len(stats[k])} values, the images of "
+                                          f"{d.name!r} have {channels} channel(s); give one "
+                                          f"value per channel")
+            fields = {f.name for f in dataclasses.fields(model.module)}  # a user's module may
+            module = model.module.clone(**{k: v for k, v in stats.items()  # lack some of them
+                                           if k in fields})
             self._modules[model.label] = (module, make_logits_fn(module))
         return self._modules[model.label]
 
     def exists(self, t: Training) -> bool:
-        return self.arts.find(self.run.checkpoints, t.file_name) is not None
+        return t.model.weights is not None or \
+            self.arts.find(self.run.checkpoints, t.file_name) is not None
 
     def stored_digest(self, t: Training) -> str | None:
-        """The manifest's sha256 of the stored checkpoint (plain or ``.enc``), if there is one."""
+        """The sha256 of the stored checkpoint (plain or ``.enc``) in the manifest, or of the
+        weights file a model entry loads; None when there is none yet."""
+        if t.model.weights is not None:
+            return t.model.weights.sha256
         path = self.arts.find(self.run.checkpoints, t.file_name)
         return None if path is None else self.run.manifest.digest(path)
 
@@ -153,6 +171,13 @@ class _Weights:
         if t in self._params:
             return self._params[t]
         module, _ = self.module(t.model)
+        if t.model.weights is not None:
+            w = t.model.weights
+            params = load_weights(w.resolved, weight_shapes(module, self.data.image_shape),
+                                  repr(t.model.label), expected_digest=w.sha256)
+            self.sha256[t] = w.sha256
+            self._params[t] = params
+            return params
         like = init_variables(module, jax.random.key(0), self.data.image_shape)
         path = self.arts.find(self.run.checkpoints, t.file_name)
         if path is not None:
@@ -171,6 +196,10 @@ class _Weights:
 
     def _train(self, t: Training, module) -> Any:
         m, d, bar = t.model, t.defense, self.bar
+        if len(self.data.x_train) == 0:
+            raise ConfigError(f"data set {self.data.name!r} has no training split, so "
+                              f"{m.label}/{d.label} cannot be trained; add x_train and y_train "
+                              f"to the .npz or give the model weights = \"...\"")
         bar.set_postfix_str(f"training {m.label}/{d.label}", refresh=False)
         try:
             params = d.defense.train(
@@ -291,7 +320,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
         run.adopt()
         _prepare_run_dir(run, cfg, config_text)
         data = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir,
-                            train_examples=cfg.data.train_examples)
+                            train_examples=cfg.data.train_examples, base_dir=cfg.base_dir)
         from bench.config import check_eps_range
 
         for a in cfg.attacks:  # L2/L1 budgets need the image size
