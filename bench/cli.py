@@ -31,6 +31,23 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     rep = sub.add_parser("report", help="rebuild records.csv, tables and plots of a run directory")
     rep.add_argument("run_dir")
+    rep.add_argument("--baseline", help="a baseline run directory: adds the regression "
+                                        "verdict (`robustax compare`) to report.md")
+    cmp_ = sub.add_parser("compare", help="regression gate: per-cell exact McNemar tests of a "
+                                          "new run against a baseline run (exit 1 on a change)")
+    cmp_.add_argument("baseline", help="baseline run directory, e.g. results/default")
+    cmp_.add_argument("new", help="new run directory")
+    cmp_.add_argument("--tolerance", type=float, default=1.0,
+                      help="percentage points a cell may move before it can fail (default 1)")
+    cmp_.add_argument("--alpha", type=float, default=0.05,
+                      help="family-wise error level of the Holm-corrected tests (default 0.05)")
+    cmp_.add_argument("--fail-on", choices=("drop", "rise", "any"), default="any",
+                      help="which direction fails the gate (default any: a rise can mean a "
+                           "weakened attack)")
+    cmp_.add_argument("--by", choices=("id", "label"), default="id",
+                      help="match cells by identity (labels, seed and every option; default) "
+                           "or by (model, defense, attack, norm, ε) labels only")
+    cmp_.add_argument("--out", help="where compare.{csv,md,json} go (default NEW/compare/)")
     sub.add_parser("list", help="list data sets, models, defenses and attacks with options")
     speed = sub.add_parser("speed", help="time PGD-20 against 20 × (forward + input gradient)")
     speed.add_argument("--batch", type=int, default=256)
@@ -100,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"wrote {sum(p.parent == folder for p in paths)} files to {folder}/")
         elif args.command == "list":
             _list()
+        elif args.command == "compare":
+            from bench.compare import main as compare_main
+
+            return compare_main(args.baseline, args.new, tolerance=args.tolerance,
+                                alpha=args.alpha, fail_on=args.fail_on, by=args.by,
+                                out=args.out)
         elif args.command == "crosscheck":
             from bench.crosscheck import main as crosscheck_main
 
