@@ -207,6 +207,27 @@ class RunDir:
     def read_mask(self, cell_id: str) -> np.ndarray:
         return np.load(self.mask_path(cell_id), allow_pickle=False)
 
+    def info_path(self, cell_id: str) -> Path:
+        return self.root / "info" / f"{cell_id}.npz"
+
+    def write_info(self, cell_id: str, info: dict) -> None:
+        """The attack's per-example info of a cell (``queries``, ``first_fooled_step``, ...),
+        for curves over the attack's budget from one run; written before the cell's record."""
+        buf = io.BytesIO()
+        np.savez(buf, **{k: np.asarray(v) for k, v in info.items()})
+        atomic_write_bytes(self.info_path(cell_id), buf.getvalue())
+
+    def read_info(self, cell_id: str) -> dict[str, np.ndarray]:
+        """A cell's per-example attack info ({} when none was stored)."""
+        path = self.info_path(cell_id)
+        if not path.is_file():
+            return {}
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+
+    def gradient_path(self, cell_id: str) -> Path:
+        return self.root / "gradients" / f"{cell_id}.json"
+
     def read_records(self, only: set[str] | None = None) -> pd.DataFrame:
         """Finished cells (all, or those whose id is in ``only``) as a tidy frame."""
         rows = []

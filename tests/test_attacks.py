@@ -367,7 +367,7 @@ def test_pgd_restarts_keep_every_success_per_example():
     x_adv = pgd(f, params, x, y, 0.03, key)
     keys = jax.random.split(jax.random.split(key)[1], 4)
     runs = [pgd._one_run(f, params, x, y, 0.03, k) for k in keys]
-    scores = np.stack([np.asarray(s) for _, s in runs])
+    scores = np.stack([np.asarray(r[1]) for r in runs])
     assert np.any(np.isinf(scores).any(0) & ~np.isinf(scores).all(0))  # restarts differ somewhere
     fooled_any = np.isinf(scores).any(0)
     fooled = np.asarray(jnp.argmax(f(params, x_adv), -1) != y)
