@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args) -> None:
     from bench.config import load_config
-    from bench.report import summary, write_report
+    from bench.report import checklist_text, summary, write_report
     from bench.runner import run_sweep
 
     cfg = load_config(args.config)
@@ -77,6 +77,7 @@ def _run(args) -> None:
                         progress=not args.no_progress)
     write_report(out, records)
     print(summary(out, width=_width()))
+    print(checklist_text(out))
     print(f"run directory: {out}  (records.csv, tables/, plots/)")
 
 
@@ -106,13 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             _run(args)
         elif args.command == "report":
-            from bench.report import summary, write_report
+            from bench.report import checklist_text, summary, write_report
 
             if not Path(args.run_dir, "cells").is_dir():
                 raise RobustaxError(f"{args.run_dir} is not a run directory (no cells/); pass the "
                                     f"--out directory of a `robustax run`")
-            paths = write_report(args.run_dir)
+            paths = write_report(args.run_dir, baseline=args.baseline)
             print(summary(args.run_dir, width=_width()))
+            print(checklist_text(args.run_dir))
             for folder in dict.fromkeys(p.parent for p in paths):
                 print(f"wrote {sum(p.parent == folder for p in paths)} files to {folder}/")
         elif args.command == "list":
