@@ -12,9 +12,11 @@ the ``b`` examples robust in the baseline only and the ``c`` robust in the new r
 tolerance (percentage points) and the move is in the gated direction (``drop``, ``rise`` or
 ``any``: a rise can mean an attack that got weaker).
 
-The difference's 95% interval is exact and conditional on the number of discordant examples
-(Clopper–Pearson on ``c / (b + c)``, mapped to ``(c − b) / n``), so it is the interval that goes
-with the test; it is ``[0, 0]`` when the two masks are identical.
+The difference's 95% interval is Newcombe's hybrid score interval for paired proportions
+(1998, method 10): the exact conditional interval that goes with the exact test is one-sided
+whenever all discordant examples go one way (Newcombe's own criticism of it), the regression
+case. Identical masks give a short interval around 0, not [0, 0]: n examples bound what an
+unseen change could be.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ SHOWN = ("model", "defense", "attack", "norm", "eps")
 class McNemar:
     """An exact McNemar test on two paired masks: ``b`` correct only in the first, ``c`` only
     in the second; ``statistic = min(b, c)``; ``p`` two-sided; ``low``/``high``: the 95%
-    interval of the difference (second − first) in accuracy, conditional on ``b + c``."""
+    interval of the difference (second − first) in accuracy (:func:`paired_difference_ci`)."""
 
     n: int
     b: int
@@ -66,16 +68,37 @@ def mcnemar(first: np.ndarray, second: np.ndarray, level: float = 0.95) -> McNem
         raise RobustaxError(f"masks of {first.size} and {second.size} examples cannot be "
                             f"paired; compare runs on the same test examples")
     n = int(first.size)
+    if n == 0:
+        raise RobustaxError("masks with no examples cannot be compared")
     b = int(np.sum(first & ~second))
     c = int(np.sum(~first & second))
-    diff = (c - b) / n if n else float("nan")
-    if b + c == 0:
-        return McNemar(n, b, c, 0, 1.0, diff, 0.0, 0.0)
-    test = stats.binomtest(c, b + c, 0.5)
-    ci = test.proportion_ci(confidence_level=level, method="exact")
-    scale = (b + c) / n
-    return McNemar(n, b, c, min(b, c), float(test.pvalue), diff,
-                   scale * (2 * ci.low - 1), scale * (2 * ci.high - 1))
+    p = 1.0 if b + c == 0 else float(stats.binomtest(c, b + c, 0.5).pvalue)
+    low, high = paired_difference_ci(int(np.sum(first & second)), b, c,
+                                     int(np.sum(~first & ~second)), level)
+    return McNemar(n, b, c, min(b, c), p, (c - b) / n, low, high)
+
+
+def paired_difference_ci(a: int, b: int, c: int, d: int,
+                         level: float = 0.95) -> tuple[float, float]:
+    """Newcombe's (1998) hybrid score interval, his method 10, for the difference of two
+    paired proportions, second − first: ``a`` pairs correct in both, ``b`` in the first only,
+    ``c`` in the second only, ``d`` in neither. Each marginal proportion gets its Wilson
+    interval (scipy), combined with the correlation φ of the 2 × 2 table (0 when a margin is
+    empty). Unlike the conditional exact interval it is not one-sided when b or c is 0."""
+    n = a + b + c + d
+    p1, p2 = (a + b) / n, (a + c) / n
+
+    def wilson(k):
+        ci = stats.binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+        return ci.low, ci.high
+
+    (l1, u1), (l2, u2) = wilson(a + b), wilson(a + c)
+    margins = (a + b) * (c + d) * (a + c) * (b + d)
+    phi = (a * d - b * c) / np.sqrt(float(margins)) if margins else 0.0
+    theta = p2 - p1
+    down = np.sqrt(max((p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2, 0.0))
+    up = np.sqrt(max((u2 - p2) ** 2 - 2 * phi * (u2 - p2) * (p1 - l1) + (p1 - l1) ** 2, 0.0))
+    return max(theta - down, -1.0), min(theta + up, 1.0)
 
 
 def holm(p: np.ndarray) -> np.ndarray:
@@ -240,7 +263,7 @@ def markdown(table: pd.DataFrame) -> str:
     parts = [f"# Regression check\n\nbaseline `{a['baseline']}`, new `{a['new']}`\n",
              verdict(table) + "\n",
              "Per cell: robust accuracy (%) in both runs, the difference (new − baseline) with "
-             "its exact 95% interval (conditional on the discordant examples), examples robust "
+             "its 95% interval (Newcombe's paired score interval), examples robust "
              "only in the baseline / only in the new run, and the exact McNemar p-value, "
              "Holm-corrected over the matched cells.\n", body + "\n"]
     weights = table[(table["status"] == "matched") & ~table["same_weights"].astype(bool)]

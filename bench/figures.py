@@ -110,9 +110,14 @@ def write_budget_plots(records: pd.DataFrame, run: RunDir, order) -> list[Path]:
             ax.set_ylabel("robust accuracy (%)", fontsize=8)
         handles, labels = axes.flat[0].get_legend_handles_labels()
         if big or len(eps) % ncols == 0:
-            fig.legend(handles, labels, fontsize=7, loc="outside right upper", frameon=False)
+            fig.legend(handles, labels, fontsize=7, loc="outside right center", frameon=False)
         else:
             axes.flat[len(eps)].legend(handles, labels, fontsize=8, loc="center", frameon=False)
+        if kind == "steps":
+            from matplotlib.ticker import MaxNLocator
+
+            for ax in axes.flat[:len(eps)]:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         budget = int(max(t[-1] for e in eps for t, _ in curves[e].values()))
         data = ", ".join(sorted(cells["data"].unique()))
         what = (f"after k of its {budget} steps" if kind == "steps"
