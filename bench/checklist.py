@@ -150,7 +150,6 @@ def check_monotone(r: _Run, tolerance: float) -> Item:
         rise = float(np.max(np.array(accs) - running_min))
         lost = np.logical_or.accumulate([~x for x in masks])
         back = int(np.sum(np.any(np.stack(masks[1:]) & lost[:-1], axis=0)))
-        n = masks[0].size
         row = {"model": m, "defense": d, "attack": a, "norm": norm, "largest rise (pp)": rise,
                "examples robust again at a larger ε": back,
                "largest ε": eps[-1], "accuracy there (%)": accs[-1]}
@@ -164,24 +163,26 @@ def check_monotone(r: _Run, tolerance: float) -> Item:
             bad = True
             warns += 1
         else:
-            zero_open.append(f"{m}/{d}/{a} {norm}: {accs[-1]:.1f}% at ε = {eps[-1]:g}")
+            zero_open.append((accs[-1], f"{m}/{d}/{a} {norm}: {accs[-1]:.1f}% at ε = {eps[-1]:g}"))
         row["status"] = WARN if bad else PASS
         rows.append(row)
-        del n
     if not checked:
         return Item("monotone", "accuracy falls with ε, to ~0 at an unbounded ε", SKIP,
                     "no attack ran at two or more budgets above 0")
     worst = max(rows, key=lambda x: x["largest rise (pp)"])
-    text = (f"{checked} curves; largest rise {worst['largest rise (pp)']:.1f} pp "
-            f"({worst['model']}/{worst['defense']}/{worst['attack']} {worst['norm']}), "
-            f"{sum(x['examples robust again at a larger ε'] for x in rows)} example-curves "
-            f"robust again at a larger ε in all; the largest ε reaches ≤ {tolerance:g}% in "
-            f"{zero_ok} of {checked} curves")
+    back = sum(x["examples robust again at a larger ε"] for x in rows)
+    if worst["largest rise (pp)"] > 0:
+        text = (f"{checked} curves; largest rise {worst['largest rise (pp)']:.1f} pp "
+                f"({worst['model']}/{worst['defense']}/{worst['attack']} {worst['norm']})")
+    else:
+        text = f"{checked} curves, none rising with ε"
+    text += (f"; {back} examples robust again at a larger ε, over all curves; the largest ε "
+             f"reaches ≤ {tolerance:g}% in {zero_ok} of {checked} curves")
     if zero_warn:
         text += f", {zero_warn} stay above it at an unbounded ε"
     if zero_open:
         text += (f"; {len(zero_open)} not checked (largest ε bounded; add e.g. L∞ ε = 1 to "
-                 f"test), e.g. {zero_open[0]}")
+                 f"test), e.g. {max(zero_open)[1]}")
     return Item("monotone", "accuracy falls with ε, to ~0 at an unbounded ε",
                 _status(warns, checked), text, rows)
 
@@ -460,6 +461,9 @@ def markdown(items: list[Item], max_rows: int = 12) -> str:
         frame["_w"] = frame["status"] == WARN
         frame = frame.sort_values(["_w"] + num[:1], ascending=False, kind="stable")
         frame = frame.drop(columns="_w")
+        for col in ("eps", "largest ε"):  # budgets as written, not rounded to .1f
+            if col in frame.columns:
+                frame[col] = [f"{v:g}" for v in frame[col]]
         shown = frame.head(max_rows)
         more = len(frame) - len(shown)
         parts.append(f"## {i.title}: {i.status}\n\n{i.summary}.\n\n"

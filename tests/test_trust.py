@@ -7,6 +7,7 @@ checklist and the curves read.
 """
 
 import json
+import tomllib
 import textwrap
 
 import jax
@@ -16,7 +17,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bench import checklist, cli, compare, document, engine
+from bench import checklist, cli, compare, engine
 from bench.records import RunDir, atomic_write_json, clopper_pearson, make_record
 from bench.report import report_records, table_order
 
@@ -323,6 +324,29 @@ def test_zero_gradients_are_measured_and_flagged(tmp_path, linear_model, images)
 
 # --- curves, LaTeX, report.md ------------------------------------------------------------------
 
+@pytest.mark.parametrize("restarts", [1, 2])
+def test_first_fooled_step_is_what_shorter_attacks_find(linear_model, images, restarts):
+    """With an absolute step size, PGD-k's iterates are the first k of PGD-K's (same key), so
+    PGD-k fools an example exactly when PGD-K recorded its first success at a step ≤ k: the
+    steps curve from one run equals re-attacking at every k."""
+    import attacks
+
+    f, params = linear_model
+    x, y = images
+    y = np.asarray(jnp.argmax(f(params, jnp.asarray(x)), -1))  # all correct at x
+    key, eps, k_max = jax.random.key(5), 0.12, 5
+
+    def pgd(k):
+        return attacks.PGD(steps=k, step_size=0.02, restarts=restarts)
+
+    _, info = pgd(k_max).run(f, params, x, y, eps, key)
+    first = np.asarray(info["first_fooled_step"])
+    assert first.min() == -1 and first.max() >= 2  # some never, some late
+    for k in range(1, k_max + 1):
+        fooled = np.asarray(jnp.argmax(f(params, pgd(k)(f, params, x, y, eps, key)), -1) != y)
+        np.testing.assert_array_equal(fooled, (first >= 0) & (first <= k), err_msg=f"k={k}")
+
+
 def test_budget_curve_by_hand():
     """5 examples: misclassified clean (0), fooled at the start (1), after 2 steps (2), after
     3 (3), robust (4); K = 3 steps."""
@@ -335,7 +359,7 @@ def test_budget_curve_by_hand():
 
 
 def test_report_writes_checklist_plots_latex_and_report_md(tmp_path):
-    from bench.report import write_report
+    from bench.report import checklist_text, write_report
     from tests.test_tables import check_latex_structure
 
     first = np.where(prefix(20), -1, np.arange(N) % 5)
@@ -352,6 +376,8 @@ def test_report_writes_checklist_plots_latex_and_report_md(tmp_path):
                   "plots/heatmap_linf.png"):
         assert f"]({image})" in md and (run.root / image).is_file()
     assert "## Sanity checklist" in md and "**Regression check against" in md and "FAIL" in md
+    text = checklist_text(run.root)  # what `robustax run` and `report` print
+    assert text.startswith("Sanity checklist") and len(text.splitlines()) >= 6
     # worst case of m/d at 0.1 is PGD's 20/40: 50.0 [33.8, 66.2]
     lo, hi = clopper_pearson(20, 40)
     assert f"50.0 [{100 * lo:.1f}, {100 * hi:.1f}]" in md
@@ -398,14 +424,13 @@ SWEEP = textwrap.dedent("""
 """)
 
 
-def test_run_records_steps_and_gradients(tmp_path, capsys):
-    """`robustax run`: per-example first fooling steps (the steps curve ends at the cell's
-    accuracy), a gradient record per row, the checklist printed, report.md written."""
-    cfg = tmp_path / "trust.toml"
-    cfg.write_text(SWEEP)
-    assert cli.main(["run", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    assert "Sanity checklist" in out and "gradients do not vanish" in out
+def test_run_records_steps_and_gradients(tmp_path):
+    """The runner: per-example first fooling steps (the steps curve ends at the cell's
+    accuracy and agrees with the mask), a gradient record per row."""
+    from bench.config import parse_config
+    from bench.runner import run_sweep
+
+    run_sweep(parse_config(tomllib.loads(SWEEP)), tmp_path / "run", progress=False)
     run = RunDir(tmp_path / "run")
     records = report_records(run)
     (grad,) = list((run.root / "gradients").glob("*.json"))
@@ -423,6 +448,4 @@ def test_run_records_steps_and_gradients(tmp_path, capsys):
         # a deterministic model: the attack's own success check agrees with the scoring
         mask, clean = run.read_mask(row["cell_id"]), r.clean("mlp", "standard")
         np.testing.assert_array_equal(mask, clean & (first < 0))
-    assert (run.root / "report.md").is_file()
     assert table_order(records, run).pairs == (("pgd", "linf"),)
-    assert document  # the module that wrote report.md
