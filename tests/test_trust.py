@@ -19,7 +19,7 @@ from scipy import stats
 
 from bench import checklist, cli, compare, engine
 from bench.records import RunDir, atomic_write_json, clopper_pearson, make_record
-from bench.report import report_records, table_order
+from bench.report import report_records
 
 N = 40
 PGD = {"norm": "linf", "steps": 20, "restarts": 1}
@@ -122,8 +122,13 @@ def test_paired_difference_interval_by_hand():
     lo, hi = compare.paired_difference_ci(a, b, c, d)
     assert lo == pytest.approx(p2 - p1 - np.hypot(p2 - l2, u1 - p1), rel=1e-9)
     assert hi == pytest.approx(p2 - p1 + np.hypot(u2 - p2, p1 - l1), rel=1e-9)
-    lo_c, hi_c = compare.paired_difference_ci(20, 2, 6, 12)  # same margins' shape, φ > 0
-    assert lo_c < 4 / 40 < hi_c and hi_c - lo_c < hi - lo
+    a, b, c, d = 20, 2, 6, 12  # φ > 0: concordant pairs narrow the interval
+    n = a + b + c + d
+    p1, p2 = (a + b) / n, (a + c) / n
+    (l1, u1), (l2, u2) = _wilson(a + b, n), _wilson(a + c, n)
+    lo_c, hi_c = compare.paired_difference_ci(a, b, c, d)
+    assert p2 - p1 - np.hypot(p2 - l2, u1 - p1) + 0.05 < lo_c < p2 - p1 < hi_c
+    assert hi_c < p2 - p1 + np.hypot(u2 - p2, p1 - l1) - 0.05  # [-0.034, 0.227] vs [-0.111, 0.299]
 
 
 def test_holm_adjustment_by_hand():
@@ -171,6 +176,11 @@ def test_compare_flags_a_constructed_drop(tmp_path, capsys):
     assert _compare(capsys, base.root, new.root, "--tolerance", "31")[0] == 0
     one = write_run(tmp_path / "one", healthy_cells(drop=1))
     assert _compare(capsys, base.root, one.root, "--tolerance", "0")[0] == 0
+    # 6 lost: p = 2/2^6 ≈ 0.031 < 0.05 alone, but 5 × that after Holm over 5 cells: passes
+    six = write_run(tmp_path / "six", healthy_cells(drop=6))
+    assert _compare(capsys, base.root, six.root, "--tolerance", "0", "--out", tmp_path / "s")[0] == 0
+    table = pd.read_csv(tmp_path / "s" / "compare.csv")
+    assert table["p"].min() == pytest.approx(2 / 2 ** 6) and not table["fails"].any()
 
 
 def test_compare_exits_2_on_unmatchable_runs(tmp_path, capsys):
@@ -349,13 +359,15 @@ def test_first_fooled_step_is_what_shorter_attacks_find(linear_model, images, re
 
 def test_budget_curve_by_hand():
     """5 examples: misclassified clean (0), fooled at the start (1), after 2 steps (2), after
-    3 (3), robust (4); K = 3 steps."""
-    mask = np.array([0, 0, 0, 0, 1], bool)
-    clean = np.array([0, 1, 1, 1, 1], bool)
-    t, acc = checklist.budget_curve(mask, clean, np.array([-1, 0, 2, 3, -1]), 3, "steps")
-    np.testing.assert_allclose(acc, [60, 60, 40, 20])
-    _, acc = checklist.budget_curve(mask, clean, np.array([0, 1, 3, 3, 3]), 3, "queries")
-    np.testing.assert_allclose(acc, [80, 60, 60, 20])
+    3 (3), robust (4), and (5) one the scoring model gets wrong though the attack never saw it
+    succeed (a random or BPDA row): robust until the last point, which is the cell's mask."""
+    mask = np.array([0, 0, 0, 0, 1, 0], bool)
+    clean = np.array([0, 1, 1, 1, 1, 1], bool)
+    t, acc = checklist.budget_curve(mask, clean, np.array([-1, 0, 2, 3, -1, -1]), 3, "steps")
+    np.testing.assert_allclose(acc, np.array([4, 4, 3, 1]) / 6 * 100)
+    assert list(t) == [0, 1, 2, 3]
+    _, acc = checklist.budget_curve(mask, clean, np.array([0, 1, 3, 3, 3, 3]), 3, "queries")
+    np.testing.assert_allclose(acc, np.array([5, 4, 4, 1]) / 6 * 100)
 
 
 def test_report_writes_checklist_plots_latex_and_report_md(tmp_path):
@@ -417,6 +429,12 @@ SWEEP = textwrap.dedent("""
     [[defenses]]
     name = "standard"
     epochs = 2
+    [[defenses]]
+    name = "squeeze"
+    label = "1bit"
+    base = "standard"
+    method = "bit-depth"
+    bits = 1
     [[attacks]]
     name = "pgd"
     steps = 4
@@ -426,18 +444,26 @@ SWEEP = textwrap.dedent("""
 
 def test_run_records_steps_and_gradients(tmp_path):
     """The runner: per-example first fooling steps (the steps curve ends at the cell's
-    accuracy and agrees with the mask), a gradient record per row."""
+    accuracy and agrees with the mask), a gradient record per row: a 1-bit squeezer's is
+    zero everywhere (flagged), its BPDA row's is not."""
     from bench.config import parse_config
     from bench.runner import run_sweep
 
     run_sweep(parse_config(tomllib.loads(SWEEP)), tmp_path / "run", progress=False)
     run = RunDir(tmp_path / "run")
     records = report_records(run)
-    (grad,) = list((run.root / "gradients").glob("*.json"))
-    g = json.loads(grad.read_text())
-    assert g["examples"] == 24 and g["entries"] == 24 * 64 and g["function"] == "model"
     r = checklist._Run(run, records)
-    for _, row in r.attacked[r.attacked["eps"] > 0].iterrows():
+    grads = {d: checklist.gradient_record(run, r.clean_cell["mlp", d])
+             for d in ("standard", "1bit", "1bit (adaptive)")}
+    assert {d: (g["zero_examples"], g["function"]) for d, g in grads.items()} == {
+        "standard": (0, "model"), "1bit": (24, "model"), "1bit (adaptive)": (0,
+                                                                             "adaptive stand-in")}
+    assert grads["standard"]["entries"] == 24 * 64
+    item = checklist.check_gradients(r, 1.0)
+    assert item.status == "WARN" and "(mlp/1bit)" in item.summary
+    assert [x["defense"] for x in item.rows if x["status"] == "WARN"] == ["1bit"]
+    std = r.attacked[(r.attacked["defense"] == "standard") & (r.attacked["eps"] > 0)]
+    for _, row in std.iterrows():
         info = run.read_info(row["cell_id"])
         first = info["first_fooled_step"]
         assert first.shape == (24,) and first.min() >= -1 and first.max() <= 4
@@ -448,4 +474,3 @@ def test_run_records_steps_and_gradients(tmp_path):
         # a deterministic model: the attack's own success check agrees with the scoring
         mask, clean = run.read_mask(row["cell_id"]), r.clean("mlp", "standard")
         np.testing.assert_array_equal(mask, clean & (first < 0))
-    assert table_order(records, run).pairs == (("pgd", "linf"),)
