@@ -357,6 +357,26 @@ def test_first_fooled_step_is_what_shorter_attacks_find(linear_model, images, re
         np.testing.assert_array_equal(fooled, (first >= 0) & (first <= k), err_msg=f"k={k}")
 
 
+def test_noise_keeps_any_fooling_draw(linear_model, images):
+    """Noise with S draws: per example, fooled exactly when one of the S uniform draws
+    (threat.random_init with the split keys, redrawn here) fools the model."""
+    import attacks
+    from attacks import threat
+
+    f, params = linear_model
+    x, y = images
+    y = np.asarray(jnp.argmax(f(params, jnp.asarray(x)), -1))
+    key, eps = jax.random.key(3), 1.0  # draws fool 1, 2, 3, 1 examples, 4 together
+    x_adv = attacks.Noise(norm="l2", samples=4)(f, params, x, y, eps, key)
+    draws = [threat.random_init(k, jnp.asarray(x), eps, "l2") for k in jax.random.split(key, 4)]
+    fooled_any = np.any([np.asarray(jnp.argmax(f(params, z), -1) != y) for z in draws], axis=0)
+    first = np.asarray(jnp.argmax(f(params, draws[0]), -1) != y)
+    assert first.sum() < fooled_any.sum() < len(y)
+    np.testing.assert_array_equal(np.asarray(jnp.argmax(f(params, x_adv), -1) != y), fooled_any)
+    dist = np.asarray(threat.distance(x_adv, jnp.asarray(x), "l2"))
+    assert np.all(dist <= eps * (1 + 1e-6))
+
+
 def test_budget_curve_by_hand():
     """5 examples: misclassified clean (0), fooled at the start (1), after 2 steps (2), after
     3 (3), robust (4), and (5) one the scoring model gets wrong though the attack never saw it
