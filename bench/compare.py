@@ -129,6 +129,14 @@ def _load(path: str | Path, which: str) -> tuple[RunDir, pd.DataFrame]:
     return run, records.reset_index(drop=True)
 
 
+def _mask(run: RunDir, cell_id: str) -> np.ndarray:
+    try:
+        return run.read_mask(cell_id)
+    except (OSError, ValueError):
+        raise RobustaxError(f"{run.mask_path(cell_id)} is missing or corrupt; rerun the sweep "
+                            f"into {run.root} to recompute that cell") from None
+
+
 def _keyed(records: pd.DataFrame, by: str, which: str) -> pd.DataFrame:
     keys = list(KEYS[by])
     frame = records.copy()
@@ -175,7 +183,7 @@ def compare_runs(baseline: str | Path, new: str | Path, *, tolerance: float = 1.
     rows = []
     for key in both:
         b, n = bk.loc[key], nk.loc[key]
-        t = mcnemar(base_run.read_mask(b["cell_id"]), new_run.read_mask(n["cell_id"]))
+        t = mcnemar(_mask(base_run, b["cell_id"]), _mask(new_run, n["cell_id"]))
         rows.append({**{k: dict(zip(KEYS[by], key))[k] for k in SHOWN},
                      "status": "matched", "examples": t.n,
                      "base_acc": 100 * b["robust_acc"], "new_acc": 100 * n["robust_acc"],

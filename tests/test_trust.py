@@ -194,6 +194,9 @@ def test_compare_exits_2_on_unmatchable_runs(tmp_path, capsys):
     assert code == 2 and "different data sets (digits vs mnist5k)" in err
     code, _, err = _compare(capsys, base.root, tmp_path / "nothing")
     assert code == 2 and "not a run directory" in err
+    (other.root / "masks" / "x.d.clean-none.eps0.npy").write_bytes(b"junk")
+    code, _, err = _compare(capsys, other.root, other.root)
+    assert code == 2 and "missing or corrupt" in err and len(err.strip().splitlines()) == 1
 
 
 def test_compare_lists_cells_only_in_one_run(tmp_path, capsys):
