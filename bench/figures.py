@@ -92,8 +92,8 @@ def write_budget_plots(records: pd.DataFrame, run: RunDir, order) -> list[Path]:
                     continue
                 t, acc = curves[e][m, d]
                 color, ls = style[m, d]
-                if kind == "queries":
-                    ax.plot(np.maximum(t, 1), acc, color=color, ls=ls, lw=1.4, label=f"{m} / {d}")
+                if kind == "queries":  # log axis: from the first query (q = 0 is clean)
+                    ax.plot(t[1:], acc[1:], color=color, ls=ls, lw=1.4, label=f"{m} / {d}")
                 else:
                     ax.plot(t, acc, color=color, ls=ls, lw=1.4, marker="o", ms=2.5,
                             label=f"{m} / {d}")
