@@ -347,7 +347,7 @@ def test_first_fooled_step_is_what_shorter_attacks_find(linear_model, images, re
     f, params = linear_model
     x, y = images
     y = np.asarray(jnp.argmax(f(params, jnp.asarray(x)), -1))  # all correct at x
-    key, eps, k_max = jax.random.key(5), 0.12, 5
+    key, eps, k_max = jax.random.key(5), 0.12, 4
 
     def pgd(k):
         return attacks.PGD(steps=k, step_size=0.02, restarts=restarts)
