@@ -17,6 +17,10 @@ from bench import checklist, compare, figures, tables
 from bench.records import RunDir, atomic_write_text
 
 
+INTERVAL_EPS = 4
+"""ε columns per interval LaTeX table (more are split into parts)."""
+
+
 def _environment(run: RunDir) -> str:
     path = run.root / "environment.json"
     try:
@@ -59,7 +63,8 @@ def write_interval_latex(records: pd.DataFrame, run: RunDir, order: tables.Order
     for norm in order.norms:
         if tables.norm_table(records, order, norm).drop(columns="clean").empty:
             continue
-        tex = tables.latex_norm(records, order, norm, intervals="ci")
+        # An interval triples a cell's width: at most 4 ε columns per table (a page's width)
+        tex = tables.latex_norm(records, order, norm, intervals="ci", max_eps=INTERVAL_EPS)
         tex = tex.replace(f"tab:robust-accuracy-{norm}", f"tab:robust-accuracy-ci-{norm}")
         path = run.tables / f"intervals_{norm}.tex"
         atomic_write_text(path, tex)
