@@ -360,6 +360,28 @@ def test_first_fooled_step_is_what_shorter_attacks_find(linear_model, images, re
         np.testing.assert_array_equal(fooled, (first >= 0) & (first <= k), err_msg=f"k={k}")
 
 
+def test_apgd_records_its_first_fooling_step():
+    """APGD's record (the earliest over its restarts): in 0..steps, −1 exactly for the
+    examples it leaves robust."""
+    import attacks
+
+    k1, k2 = jax.random.split(jax.random.key(21))  # a small tanh net: not solved in one step
+    params = (jax.random.normal(k1, (36, 16)) * 0.8, jax.random.normal(k2, (16, 5)) * 1.5)
+
+    def f(p, z):
+        return jnp.tanh(z.reshape(z.shape[0], -1) @ p[0]) @ p[1]
+
+    x = jax.random.uniform(jax.random.key(1), (48, 6, 6, 1))
+    y = jnp.argmax(f(params, x), -1)
+    attack = attacks.APGD(steps=6, restarts=2)
+    x_adv, info = attack.run(f, params, x, y, 0.05, jax.random.key(2))
+    first = np.asarray(info["first_fooled_step"])
+    fooled = np.asarray(jnp.argmax(f(params, x_adv), -1) != y)
+    np.testing.assert_array_equal(first >= 0, fooled)
+    assert first.max() <= 6 and len(set(first[first >= 0])) >= 4  # 0, 1, 2, 3, 5 here
+
+
+
 def test_noise_keeps_any_fooling_draw(linear_model, images):
     """Noise with S draws: per example, fooled exactly when one of the S uniform draws
     (threat.random_init with the split keys, redrawn here) fools the model."""
