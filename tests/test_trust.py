@@ -374,7 +374,7 @@ def test_apgd_records_its_first_fooling_step():
     x = jax.random.uniform(jax.random.key(1), (48, 6, 6, 1))
     y = jnp.argmax(f(params, x), -1)
     attack = attacks.APGD(steps=6, restarts=2)
-    x_adv, info = attack.run(f, params, x, y, 0.05, jax.random.key(2))
+    x_adv, info = jax.jit(lambda z: attack.run(f, params, z, y, 0.05, jax.random.key(2)))(x)
     first = np.asarray(info["first_fooled_step"])
     fooled = np.asarray(jnp.argmax(f(params, x_adv), -1) != y)
     np.testing.assert_array_equal(first >= 0, fooled)
