@@ -8,9 +8,10 @@ from attacks.autoattack import AutoAttack
 from attacks.base import Attack, LogitsFn
 from attacks.fab import FAB
 from attacks.fgsm import FGSM
+from attacks.noise import Noise
 from attacks.pgd import PGD
 from attacks.square import Square
 from attacks.threat import NORMS, distance, project, random_init
 
 __all__ = ["APGD", "APGDDLR", "APGDT", "Attack", "AutoAttack", "FAB", "FGSM", "LogitsFn", "NORMS",
-           "PGD", "Square", "distance", "project", "random_init"]
+           "Noise", "PGD", "Square", "distance", "project", "random_init"]

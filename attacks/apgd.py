@@ -167,6 +167,7 @@ class _APGDBase:
             x_cur=x0, x_prev=x0, grad=g0, step=2.0 * e,
             x_best=x0, loss_best=loss0, grad_best=g0,
             x_adv=x0, success=succ0,
+            first=jnp.where(succ0, 0, -1).astype(jnp.int32),  # first fooling iterate
             # The reference's first window compares the first loss with an unwritten (zero)
             # row of its loss history; we keep that to reproduce its decisions exactly.
             loss_prev=jnp.zeros_like(loss0),
@@ -190,6 +191,7 @@ class _APGDBase:
             step-size check when iteration i ends a window. ``g`` is None after the last step."""
             s = dict(s)
             s["x_adv"] = jnp.where(mask(succ), x_new, s["x_adv"])
+            s["first"] = jnp.where((s["first"] < 0) & succ, i + 1, s["first"])
             s["success"] = s["success"] | succ
             n_incr = s["n_incr"] + (loss > s["loss_prev"]).astype(jnp.int32)
             s["loss_prev"] = loss
@@ -226,7 +228,8 @@ class _APGDBase:
         s = record(n - 1, s, x_last, loss, succ, None)
 
         x_out = jnp.where(mask(s["success"]), s["x_adv"], s["x_best"])
-        info = {"success": s["success"], "loss": s["loss_best"], "halvings": s["halvings"]}
+        info = {"success": s["success"], "loss": s["loss_best"], "halvings": s["halvings"],
+                "first_fooled_step": s["first"]}
         return x_out, base.score(s["success"], s["loss_best"]), info
 
     def _runs(self, logits_fn, params, x, y, targets, hit_target, eps, key):
@@ -248,6 +251,11 @@ class _APGDBase:
             infos = dict(infos, target=jnp.broadcast_to(targets[t_idx], scores.shape))
         idx = jnp.argmax(scores, axis=0)
         info = {k: jnp.take_along_axis(v, idx[None], axis=0)[0] for k, v in infos.items()}
+        # the earliest step at which any run fooled the example, not the winning run's
+        big = jnp.iinfo(jnp.int32).max
+        first = jnp.min(jnp.where(infos["first_fooled_step"] < 0, big,
+                                  infos["first_fooled_step"]), axis=0)
+        info["first_fooled_step"] = jnp.where(first == big, -1, first)
         return base.best_over_restarts(xs, scores), info
 
     def __call__(self, logits_fn, params, x, y, eps, key, target=None):

@@ -37,6 +37,23 @@ def _parser() -> argparse.ArgumentParser:
     security_cli.add_run_flags(run)
     rep = sub.add_parser("report", help="rebuild records.csv, tables and plots of a run directory")
     rep.add_argument("run_dir")
+    rep.add_argument("--baseline", help="a baseline run directory: adds the regression "
+                                        "verdict (`robustax compare`) to report.md")
+    cmp_ = sub.add_parser("compare", help="regression gate: per-cell exact McNemar tests of a "
+                                          "new run against a baseline run (exit 1 on a change)")
+    cmp_.add_argument("baseline", help="baseline run directory, e.g. results/default")
+    cmp_.add_argument("new", help="new run directory")
+    cmp_.add_argument("--tolerance", type=float, default=1.0,
+                      help="percentage points a cell may move before it can fail (default 1)")
+    cmp_.add_argument("--alpha", type=float, default=0.05,
+                      help="family-wise error level of the Holm-corrected tests (default 0.05)")
+    cmp_.add_argument("--fail-on", choices=("drop", "rise", "any"), default="any",
+                      help="which direction fails the gate (default any: a rise can mean a "
+                           "weakened attack)")
+    cmp_.add_argument("--by", choices=("id", "label"), default="id",
+                      help="match cells by identity (labels, seed and every option; default) "
+                           "or by (model, defense, attack, norm, ε) labels only")
+    cmp_.add_argument("--out", help="where compare.{csv,md,json} go (default NEW/compare/)")
     sub.add_parser("list", help="list data sets, models, defenses and attacks with options")
     speed = sub.add_parser("speed", help="time PGD-20 against 20 × (forward + input gradient)")
     speed.add_argument("--batch", type=int, default=256)
@@ -98,7 +115,7 @@ def _toml(v) -> str:
 
 def _run(args) -> None:
     from bench.config import load_config, read_config_text
-    from bench.report import summary, write_report
+    from bench.report import checklist_text, summary, write_report
     from bench.runner import run_sweep
 
     text = read_config_text(args.config)
@@ -115,6 +132,7 @@ def _run(args) -> None:
     records = run_sweep(cfg, out, config_text=text, progress=not args.no_progress)
     write_report(out, records)
     print(summary(out, width=_width()))
+    print(checklist_text(out))
     print(f"run directory: {out}  (records.csv, tables/, plots/)")
 
 
@@ -169,19 +187,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             _run(args)
         elif args.command == "report":
-            from bench.report import summary, write_report
+            from bench.report import checklist_text, summary, write_report
 
             if not Path(args.run_dir, "cells").is_dir():
                 raise RobustaxError(f"{args.run_dir} is not a run directory (no cells/); pass the "
                                     f"--out directory of a `robustax run`")
-            paths = write_report(args.run_dir)
+            paths = write_report(args.run_dir, baseline=args.baseline)
             print(summary(args.run_dir, width=_width()))
+            print(checklist_text(args.run_dir))
             for folder in dict.fromkeys(p.parent for p in paths):
                 print(f"wrote {sum(p.parent == folder for p in paths)} files to {folder}/")
         elif args.command == "import-torch":
             _import_torch(args)
         elif args.command == "list":
             _list()
+        elif args.command == "compare":
+            from bench.compare import main as compare_main
+
+            return compare_main(args.baseline, args.new, tolerance=args.tolerance,
+                                alpha=args.alpha, fail_on=args.fail_on, by=args.by,
+                                out=args.out)
         elif args.command == "crosscheck":
             from bench.crosscheck import main as crosscheck_main
 

@@ -494,3 +494,46 @@ def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
         # masked or random defense can, must not count it.
         masks = masks & _clean(logits_fn, params, x, y, batch_size, *score)[None]
     return (masks, seconds, compile_s, info) if with_info else (masks, seconds, compile_s)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _gradient_fn(logits_fn: Callable) -> Callable:
+    from attacks import losses
+
+    def run(params, x, y, keys=None):
+        def loss(z):
+            return jnp.sum(losses.cross_entropy(_score_logits(logits_fn, params, z, keys), y))
+
+        g = jax.grad(loss)(x)
+        return jnp.sum(g != 0, axis=tuple(range(1, x.ndim))), jnp.all(jnp.isfinite(g), (1, 2, 3))
+
+    return jax.jit(run)
+
+
+def zero_gradients(logits_fn: Callable, params: Any, x: np.ndarray, y: np.ndarray,
+                   batch_size: int = 500, key: jax.Array | None = None) -> dict:
+    """How often the cross-entropy input gradient at the clean inputs is exactly zero (a
+    vanishing or masked gradient gives a gradient attack nothing to follow).
+
+    Returns ``{"examples", "zero_examples"`` (examples whose whole gradient is 0),
+    ``"entries", "zero_entries", "nonfinite_examples"}``. A random ``logits_fn`` is
+    differentiated on the scoring draw of each example (``key`` as for
+    :func:`clean_correct`)."""
+    score_data, score_impl = _score_data(logits_fn, key, len(x))
+    b = _padded_batch(batch_size, len(x))
+    put = _Placer()
+    fn = _gradient_fn(logits_fn)
+    params = jax.tree.map(lambda a: put(a, replicate=True), params)
+    nonzero, finite = [], []
+    for s, e in _batches(len(x), b):
+        extra = () if score_data is None else (
+            jax.random.wrap_key_data(put(_pad(score_data[s:e], b)), impl=score_impl),)
+        nz, fin = fn(params, put(_pad(x[s:e], b)), put(_pad(y[s:e], b)), *extra)
+        nonzero.append(np.asarray(nz)[: e - s])
+        finite.append(np.asarray(fin)[: e - s])
+    nonzero, finite = np.concatenate(nonzero), np.concatenate(finite)
+    per_example = int(np.prod(x.shape[1:]))
+    return {"examples": int(len(x)), "zero_examples": int(np.sum(nonzero == 0)),
+            "entries": int(len(x) * per_example),
+            "zero_entries": int(len(x) * per_example - np.sum(nonzero)),
+            "nonfinite_examples": int(np.sum(~finite))}

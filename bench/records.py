@@ -406,6 +406,46 @@ class RunDir:
                                 f"recompute that cell")
         return np.load(io.BytesIO(data), allow_pickle=False)
 
+    def info_path(self, cell_id: str) -> Path:
+        return self.root / "info" / f"{cell_id}.npz"
+
+    def write_info(self, cell_id: str, info: dict) -> None:
+        """The attack's per-example info of a cell (``queries``, ``first_fooled_step``, ...),
+        for curves over the attack's budget from one run; written before the cell's record."""
+        buf = io.BytesIO()
+        np.savez(buf, **{k: np.asarray(v) for k, v in info.items()})
+        self.store(self.info_path(cell_id), buf.getvalue())
+
+    def read_info(self, cell_id: str) -> dict[str, np.ndarray]:
+        """A cell's per-example attack info ({} when none was stored)."""
+        path = self.info_path(cell_id)
+        if not path.is_file():
+            return {}
+        data = path.read_bytes()
+        if problem := self.manifest.problem(path, data):
+            raise RobustaxError(f"{problem}; rerun `robustax run CONFIG --out {self.root}` to "
+                                f"recompute that cell")
+        with np.load(io.BytesIO(data), allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+
+    def gradient_path(self, cell_id: str) -> Path:
+        return self.root / "gradients" / f"{cell_id}.json"
+
+    def read_gradient(self, cell_id: str) -> dict | None:
+        """A row's zero-gradient counts (``gradients/<clean cell>.json``); None when missing,
+        or damaged (digest differs from the manifest's, not JSON): ``run`` recomputes it."""
+        path = self.gradient_path(cell_id)
+        if not path.is_file():
+            return None
+        data = path.read_bytes()
+        if self.manifest.problem(path, data):
+            return None
+        try:
+            doc = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
     def read_records(self, only: set[str] | None = None) -> pd.DataFrame:
         """Finished cells (all, or those whose id is in ``only``) as a tidy frame; cells not
         written are left out, a damaged one is a one-line error naming the file."""

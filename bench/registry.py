@@ -84,6 +84,7 @@ ATTACKS.register("apgd-t", attacks.APGDT)
 ATTACKS.register("fab", attacks.FAB)
 ATTACKS.register("square", attacks.Square)
 ATTACKS.register("autoattack", attacks.AutoAttack)
+ATTACKS.register("noise", attacks.Noise)
 
 DEFENSES = Registry("defense")
 DEFENSES.register("standard", defenses.Standard)

@@ -175,13 +175,28 @@ def report_records(run: RunDir, records: pd.DataFrame | None = None,
     return pd.concat([records, worst], ignore_index=True) if not worst.empty else records
 
 
-def write_report(run_dir: str | Path, records: pd.DataFrame | None = None) -> list[Path]:
-    """Rebuilds records.csv, tables and plots of a run directory from its cell records."""
+def write_report(run_dir: str | Path, records: pd.DataFrame | None = None,
+                 baseline: str | Path | None = None) -> list[Path]:
+    """Rebuilds records.csv, tables and plots of a run directory from its cell records, then
+    the checklist and report.md (:mod:`bench.document`; with ``baseline``, the regression
+    verdict against that run)."""
+    from bench import document
+
     run = RunDir(Path(run_dir))
     with run_lock(run.root, "report"):
         run.adopt()
         records = report_records(run, records, write_csv=records is None)
-        return write_tables(records, run) + write_plots(records, run)
+        paths = write_tables(records, run) + write_plots(records, run)
+        return paths + document.write_all(records, run, paths, baseline)[0]
+
+
+def checklist_text(run_dir: str | Path) -> str:
+    """The checklist as printed by ``robustax run`` and ``report`` (from checklist.json)."""
+    from bench import checklist
+
+    path = Path(run_dir) / "checklist.json"
+    items = [checklist.Item(**i) for i in json.loads(path.read_text())]
+    return checklist.terminal(items)
 
 
 def summary(run_dir: str | Path, width: int = SUMMARY_WIDTH) -> str:

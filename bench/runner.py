@@ -259,6 +259,8 @@ def _evaluate_unit(unit: Unit, todo: set[str], weights: _Weights, plan: Plan, x,
 
     def write(cell, mask, seconds, compile_s, info=None):
         a = cell.attack
+        if info:
+            run.write_info(cell.cell_id, info)
         run.write_cell(make_record(
             run=cfg.name, data=cfg.data.name, model=m.label, defense=unit.defense_label,
             attack=CLEAN if a is None else a.label, norm="none" if a is None else a.norm,
@@ -275,6 +277,12 @@ def _evaluate_unit(unit: Unit, todo: set[str], weights: _Weights, plan: Plan, x,
             t0 = time.perf_counter()
             mask = ev.clean_correct(eval_fn, params, x, y, cfg.eval.batch_size, key=score_key)
             write(cell, mask, time.perf_counter() - t0, 0.0)
+    clean_id = unit.cells[0].cell_id
+    if run.read_gradient(clean_id) is None:  # for the checklist: do gradients vanish?
+        fn = attack_fn or eval_fn
+        counts = ev.zero_gradients(fn, params, x, y, cfg.eval.batch_size, key=score_key)
+        run.store_json(run.gradient_path(clean_id), {
+            "loss": "ce", "function": "adaptive stand-in" if attack_fn else "model", **counts})
     for a in cfg.attacks:
         missing = [c for c in unit.cells if c.attack is a and c.cell_id in todo]
         if not missing:
@@ -345,9 +353,10 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
         # computed from.
         for _ in range(2):
             todo = _cells_to_compute(run, plan, weights)
-            if not todo:
+            units = [u for u in plan.units if any(c.cell_id in todo for c in u.cells)
+                     or run.read_gradient(u.cells[0].cell_id) is None]
+            if not units:
                 break
-            units = [u for u in plan.units if any(c.cell_id in todo for c in u.cells)]
             n_train = len({t for u in units for t in u.trainings if not weights.exists(t)})
             bar.total = bar.n + len(todo) + n_train
             bar.refresh()
