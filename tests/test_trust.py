@@ -53,7 +53,7 @@ def write_run(root, cells, *, data="digits", seed=0, names=None, defense_options
         run.write_cell(rec, c["mask"])
         ids.append(cid)
         if a == "clean" and gradients is not None and (c["model"], c["defense"]) in gradients:
-            atomic_write_json(run.gradient_path(cid), gradients[c["model"], c["defense"]])
+            run.store_json(run.gradient_path(cid), gradients[c["model"], c["defense"]])
     pairs = list(dict.fromkeys((c["attack"], c["norm"]) for c in cells if c["attack"] != "clean"))
     run.write_plan({"models": list(dict.fromkeys(c["model"] for c in cells)),
                     "defenses": list(dict.fromkeys(c["defense"] for c in cells)),
@@ -196,7 +196,7 @@ def test_compare_exits_2_on_unmatchable_runs(tmp_path, capsys):
     assert code == 2 and "not a run directory" in err
     (other.root / "masks" / "x.d.clean-none.eps0.npy").write_bytes(b"junk")
     code, _, err = _compare(capsys, other.root, other.root)
-    assert code == 2 and "missing or corrupt" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "x.d.clean-none.eps0.npy" in err and len(err.strip().splitlines()) == 1
 
 
 def test_compare_lists_cells_only_in_one_run(tmp_path, capsys):
