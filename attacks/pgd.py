@@ -14,7 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from attacks import base, checks, losses, steps as step_rules, threat
+from attacks import base, checks, fastpath, losses, steps as step_rules, threat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +97,7 @@ class PGD:
         return base.keep_better((x_best, s_best), (z, last))
 
     def __call__(self, logits_fn, params, x, y, eps, key, target=None):
+        logits_fn = fastpath.fast(logits_fn)
         k_target, k_runs = jax.random.split(key)
         labels = losses.attack_labels(self, logits_fn, params, x, y, k_target, target)
         keys = jax.random.split(k_runs, self.restarts)

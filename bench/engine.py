@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from attacks import threat
+from attacks import fastpath, threat
 from bench.errors import DataError, RobustaxError
 
 # Float32 slack for the ball check: projections are exact up to rounding.
@@ -139,6 +139,7 @@ def _attack_fn(attack: Any, logits_fn: Callable, attack_logits_fn: Callable | No
     random_attack = _is_random(attacked)
     if random_attack:
         attacked = _keyed(attacked)
+    attacked = fastpath.fast(attacked)  # fast input gradients for any model (attacks/fastpath.py)
 
     def attack_params(params, key):
         """What the attack passes to ``attacked``: a random model's params carry a key."""
