@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from bench import xla
-from bench.errors import RobustaxError
+from bench.errors import ConfigError, RobustaxError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,12 +32,16 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild records.csv, tables and plots of a run directory")
     rep.add_argument("run_dir")
     sub.add_parser("list", help="list data sets, models, defenses and attacks with options")
-    speed = sub.add_parser("speed", help="time PGD-20 against 20 × (forward + input gradient)")
+    speed = sub.add_parser("speed", help="time attacks against k × (forward + input gradient), "
+                                         "the sweep engine and torchattacks (writes CSV + Markdown)")
     speed.add_argument("--batch", type=int, default=256)
     speed.add_argument("--steps", type=int, default=20)
-    speed.add_argument("--repeats", type=int, default=5)
+    speed.add_argument("--repeats", type=int, default=3)
     speed.add_argument("--torchattacks", action="store_true",
-                       help="also time torchattacks PGD on the same weights (needs torch)")
+                       help="also time torchattacks on PyTorch twins (same weights; needs torch)")
+    speed.add_argument("--out", help="directory for speed.csv and speed.md")
+    speed.add_argument("--models", default="cnn,user-cnn",
+                       help="comma-separated: cnn (robustax's), user-cnn (plain flax.linen)")
     cc = sub.add_parser("crosscheck", help="compare attacks with torchattacks on the same weights "
                                            "(cnn models of a finished run; needs torch)")
     cc.add_argument("run_dir")
@@ -81,6 +85,14 @@ def _list() -> None:
             print(f"  {name:<20} {text}")
 
 
+def _speed_models(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in ("cnn", "user-cnn")]
+    if bad or not names:
+        raise ConfigError(f"--models {text!r}: choose from cnn, user-cnn (comma-separated)")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     xla.configure()
@@ -109,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             from bench.speed import main as speed_main
 
             speed_main(batch=args.batch, steps=args.steps, repeats=args.repeats,
-                       torchattacks=args.torchattacks)
+                       torchattacks=args.torchattacks, out=args.out,
+                       models=_speed_models(args.models))
     except RobustaxError as e:
         print(f"robustax: error: {e}", file=sys.stderr)
         return 2
