@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="TOML sweep config, e.g. bench/configs/default.toml")
     run.add_argument("--out", help="run directory (default: runs/<config name>)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    run.add_argument("--distributed", action="store_true",
+                     help="join a multi-process run (jax.distributed; see bench/distributed.py)")
     rep = sub.add_parser("report", help="rebuild records.csv, tables and plots of a run directory")
     rep.add_argument("run_dir")
     sub.add_parser("list", help="list data sets, models, defenses and attacks with options")
@@ -60,8 +62,15 @@ def _run(args) -> None:
 
     cfg = load_config(args.config)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
+    lead = True
+    if getattr(args, "distributed", False):
+        from bench.distributed import initialize
+
+        lead = initialize()[0] == 0
     records = run_sweep(cfg, out, config_text=Path(args.config).read_text(),
                         progress=not args.no_progress)
+    if not lead:  # only process 0 writes the run directory and prints
+        return
     write_report(out, records)
     print(summary(out, width=_width()))
     print(f"run directory: {out}  (records.csv, tables/, plots/)")

@@ -221,17 +221,46 @@ def _pad(a: np.ndarray, b: int) -> np.ndarray:
 
 
 class _Placer:
-    """Puts batches on devices: sharded along the batch axis when there are several."""
+    """Puts batches on devices: sharded along the batch axis when there are several.
+
+    With several processes (``jax.distributed.initialize()``), the mesh spans every global
+    device and each process places only the rows its own devices hold, with
+    ``jax.make_array_from_process_local_data``; replicated arrays are given whole."""
 
     def __init__(self):
         mesh = _mesh()
         self.batch = NamedSharding(mesh, P("batch")) if mesh else None
         self.repl = NamedSharding(mesh, P()) if mesh else None
+        self.multi = jax.process_count() > 1
 
     def __call__(self, a, replicate=False):
         if self.batch is None:
             return jnp.asarray(a)
-        return jax.device_put(a, self.repl if replicate else self.batch)
+        sharding = self.repl if replicate else self.batch
+        if not self.multi:
+            return jax.device_put(a, sharding)
+        a = np.asarray(a)
+        return jax.make_array_from_process_local_data(sharding, _local_rows(a, sharding), a.shape)
+
+
+def _local_rows(a: np.ndarray, sharding: NamedSharding) -> np.ndarray:
+    """The rows of the global array ``a`` that this process's devices hold (all of ``a`` when
+    replicated): one contiguous block, as the mesh orders devices by process."""
+    if a.ndim == 0:
+        return a
+    spans = {(s[0].start or 0, len(a) if s[0].stop is None else s[0].stop)
+             for s in sharding.addressable_devices_indices_map(a.shape).values()}
+    lo, hi = min(s[0] for s in spans), max(s[1] for s in spans)
+    return a[lo:hi]
+
+
+def _host(a: jax.Array) -> np.ndarray:
+    """The whole of a (possibly multi-process) result on this host."""
+    if getattr(a, "is_fully_addressable", True):
+        return np.asarray(a)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
 
 
 def _nan_error(what: str, count: int) -> RobustaxError:
@@ -269,7 +298,7 @@ def _clean(logits_fn, params, x, y, batch_size, score_data, score_impl) -> np.nd
         extra = () if score_data is None else (
             jax.random.wrap_key_data(put(_pad(score_data[s:e], b)), impl=score_impl),)
         ok, finite = fn(params, put(_pad(x[s:e], b)), put(_pad(y[s:e], b)), *extra)
-        ok, finite = np.asarray(ok)[: e - s], np.asarray(finite)[: e - s]
+        ok, finite = _host(ok)[: e - s], _host(finite)[: e - s]
         if not finite.all():
             raise _nan_error("clean", int((~finite).sum()))
         out.append(ok)
@@ -306,14 +335,14 @@ def _run_attack(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y:
     t0 = time.perf_counter()
     for s, e in _batches(n, b):
         ok, finite, inside, info = compiled(*args(s, e))
-        ok, finite, inside = (np.asarray(a)[:, : e - s] for a in (ok, finite, inside))
+        ok, finite, inside = (_host(a)[:, : e - s] for a in (ok, finite, inside))
         if not finite.all():
             raise _nan_error("adversarial", int((~finite).sum()))
         if not inside.all():
             raise RobustaxError(f"attack {attack!r} returned {int((~inside).sum())} examples "
                                 f"outside the ε-ball or [0, 1]; this is a bug in the attack")
         out.append(ok)
-        infos.append({k: np.asarray(v)[:, : e - s] for k, v in info.items()})
+        infos.append({k: _host(v)[:, : e - s] for k, v in info.items()})
     seconds = time.perf_counter() - t0
     info = {k: np.concatenate([i[k] for i in infos], axis=1) for k in (infos[0] if infos else {})}
     return np.concatenate(out, axis=1), info, seconds, compile_s

@@ -235,8 +235,10 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
     """
     from tqdm.auto import tqdm
 
-    run = RunDir(Path(out_dir))
-    _prepare_run_dir(run, cfg, config_text)
+    lead = jax.process_index() == 0  # several processes: only process 0 writes the run dir
+    run = RunDir(Path(out_dir)) if lead else _ReadOnlyRun(Path(out_dir))
+    if lead:
+        _prepare_run_dir(run, cfg, config_text)
     data = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir,
                         train_examples=cfg.data.train_examples)
     plan = make_plan(cfg, data.fingerprint())
@@ -248,7 +250,9 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
 
     todo = {c.cell_id for c in plan.cells if not run.has_cell(c.cell_id)}
     units = [u for u in plan.units if any(c.cell_id in todo for c in u.cells)]
-    bar = tqdm(total=0, desc=cfg.name, unit="cell", disable=not progress, dynamic_ncols=True)
+    _sync("robustax-sweep-start")  # every process decided what to do before anything is written
+    bar = tqdm(total=0, desc=cfg.name, unit="cell", disable=not progress or not lead,
+               dynamic_ncols=True)
     weights = _Weights(run, plan, data, bar)
     n_train = len({t for u in units for t in u.trainings if not weights.exists(t)})
     bar.total = len(todo) + n_train
@@ -257,6 +261,30 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
     for unit in units:
         _evaluate_unit(unit, todo, weights, plan, x_eval, y_eval, version, run, bar, wrapped)
     bar.close()
+    _sync("robustax-sweep-done")  # process 0 has written every cell
     records = run.read_records(only={c.cell_id for c in plan.cells})
-    atomic_write_text(run.records_csv, records.to_csv(index=False))
+    if lead:
+        atomic_write_text(run.records_csv, records.to_csv(index=False))
     return records
+
+
+class _ReadOnlyRun(RunDir):
+    """The run directory as processes other than 0 see it: they read it (to resume the
+    same cells and return the records) and write nothing; process 0 writes the same bytes."""
+
+    def write_plan(self, order: dict) -> None:
+        pass
+
+    def write_checkpoint(self, file_name: str, data: bytes) -> None:
+        pass
+
+    def write_cell(self, record: dict, mask) -> None:
+        pass
+
+
+def _sync(name: str) -> None:
+    """A barrier across processes (``jax.distributed``); nothing with one process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
