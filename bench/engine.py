@@ -297,7 +297,7 @@ def _clean(logits_fn, params, x, y, batch_size, score_data, score_impl) -> np.nd
     for s, e in _batches(len(x), b):
         extra = () if score_data is None else (
             jax.random.wrap_key_data(put(_pad(score_data[s:e], b)), impl=score_impl),)
-        ok, finite = fn(params, put(_pad(x[s:e], b)), put(_pad(y[s:e], b)), *extra)
+        ok, finite = fn(params, put(_pad(np.asarray(x[s:e]), b)), put(_pad(y[s:e], b)), *extra)
         ok, finite = _host(ok)[: e - s], _host(finite)[: e - s]
         if not finite.all():
             raise _nan_error("clean", int((~finite).sum()))
@@ -328,7 +328,8 @@ def _run_attack(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y:
         k = jax.random.wrap_key_data(put(_pad(keys[s:e], b)), impl=impl)
         extra = () if score_data is None else (
             jax.random.wrap_key_data(put(_pad(score_data[s:e], b)), impl=score_impl),)
-        return params, put(_pad(x[s:e], b)), put(_pad(y[s:e], b)), k, eps_arr, *extra
+        # np.asarray: a streamed split (bench.data.StreamedImages) is read here, one batch
+        return params, put(_pad(np.asarray(x[s:e]), b)), put(_pad(y[s:e], b)), k, eps_arr, *extra
 
     compiled, compile_s = _compiled(fn, args(0, min(b, n)))
     out, infos = [], []

@@ -240,7 +240,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
     if lead:
         _prepare_run_dir(run, cfg, config_text)
     data = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir,
-                        train_examples=cfg.data.train_examples)
+                        train_examples=cfg.data.train_examples, stream=cfg.data.stream)
     plan = make_plan(cfg, data.fingerprint())
     run.write_plan(plan.order())
     n_eval = len(data.x_test) if cfg.data.eval_examples is None else min(
