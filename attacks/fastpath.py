@@ -214,9 +214,9 @@ def fast(logits_fn: Callable) -> Callable:
                 lambda *flat: logits_fn(*jax.tree.unflatten(treedef, flat)),
                 return_shape=True)(*leaves)
             entry = (closed, jax.tree.structure(out_shape))
-            # A function closing over an outer trace's values has them as consts: those
-            # tracers die with that trace, so such a jaxpr is not kept.
-            if not any(isinstance(c, jax.core.Tracer) for c in closed.consts):
+            # Only a jaxpr without captured arrays is kept: consts may be weights the function
+            # closes over (an NNX model updated in place later) or an outer trace's tracers.
+            if not closed.consts:
                 jaxprs[key] = entry
                 if len(jaxprs) > _CACHE_SIZE:
                     jaxprs.pop(next(iter(jaxprs)))

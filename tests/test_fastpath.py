@@ -106,6 +106,11 @@ def test_jit_inside_the_model_and_opt_out():
         jnp.ones((3, 3, 1, 4)), jnp.ones((1, 5, 5, 1))))
     f.fast = False
     assert fastpath.fast(f) is f
+    box = {"w": jnp.ones((4, 2))}  # weights captured by closure and replaced later
+    h = fastpath.fast(lambda p, z: z @ box["w"])
+    assert float(h(None, jnp.ones((1, 4)))[0, 0]) == 4.0
+    box["w"] = 2 * box["w"]
+    assert float(h(None, jnp.ones((1, 4)))[0, 0]) == 8.0
     g = lambda p, z, k: p * z  # noqa: E731
     g.random = True
     fg = fastpath.fast(g)
