@@ -2,7 +2,8 @@
 
 :func:`fast` turns any ``logits_fn`` into one with the same values and the same gradients
 (bit for bit where the primitive is replaced exactly; tested) whose input gradient XLA runs
-fast on CPU. It traces the function to a jaxpr once per argument shape and re-emits it,
+fast on CPU. It traces the function to a jaxpr (kept per argument shape when it captured no
+arrays) and re-emits it,
 replacing two primitives:
 
 * ``conv_general_dilated`` (ungrouped, default precision) by a ``custom_jvp`` convolution whose
@@ -17,8 +18,9 @@ replacing two primitives:
   instead of ``select_and_scatter_add``, which XLA:CPU runs ~10× slower.
 
 Everything else is bound as traced, including ``jit``-ed sub-functions (re-emitted inline,
-with the same replacements) and user ``custom_jvp``/``custom_vjp`` rules (kept as they are).
-Nothing changes on other backends' numbers: the replacements compute the same function.
+with the same replacements) and user ``custom_jvp``/``custom_vjp`` rules (kept as they are);
+convolutions and pools inside a model's own ``scan``/``while``/``cond`` are left alone. Only
+on the CPU backend, where it was measured: on GPUs/TPUs :func:`fast` returns the function.
 
 The attack kernels apply :func:`fast` themselves (so ``attacks.PGD()(logits_fn, ...)`` gets it
 with any Flax/NNX/Haiku/plain-JAX model); ``logits_fn.fast = False`` opts a model out.
@@ -196,6 +198,8 @@ def fast(logits_fn: Callable) -> Callable:
     returns it unchanged. Memoised per function, so the engine's and kernels'
     compile caches see one wrapper per model (bounded LRU)."""
     if getattr(logits_fn, "fast", True) is False or getattr(logits_fn, "_robustax_fast", False):
+        return logits_fn
+    if jax.default_backend() != "cpu":  # measured on XLA:CPU only; GPUs/TPUs run the model as is
         return logits_fn
     try:
         _WRAPPERS.move_to_end(logits_fn)
