@@ -3,8 +3,7 @@
 :func:`fast` turns any ``logits_fn`` into one with the same values and the same gradients
 (bit for bit where the primitive is replaced exactly; tested) whose input gradient XLA runs
 fast on CPU. It traces the function to a jaxpr (kept per argument shape when it captured no
-arrays) and re-emits it,
-replacing two primitives:
+arrays) and re-emits it, replacing two primitives:
 
 * ``conv_general_dilated`` (ungrouped, default precision) by a ``custom_jvp`` convolution whose
   input tangent convolves with a physically transposed kernel behind
