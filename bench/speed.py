@@ -30,6 +30,27 @@ def _best_time(fn: Callable[[], object], repeats: int) -> float:
     return best
 
 
+def _paired(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Minimum wall time of each of ``fns`` over ``repeats`` rounds that call them in turn
+    (order reversed every other round), after one warm-up call each."""
+    for fn in fns:
+        jax.block_until_ready(_result(fn()))
+    best = [float("inf")] * len(fns)
+    for r in range(repeats):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+        for i in order:
+            t0 = time.perf_counter()
+            jax.block_until_ready(_result(fns[i]()))
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best
+
+
+def _result(value):
+    """JAX values as they are (to block on); anything else (torch tensors, numpy) as None."""
+    leaves = jax.tree.leaves(value)
+    return value if leaves and all(isinstance(v, jax.Array) for v in leaves) else None
+
+
 def measure(batch: int = 256, steps: int = 20, repeats: int = 5, seed: int = 0) -> dict:
     """Times the ``cnn`` (28×28×1, 10 classes) forward+input-gradient and PGD-``steps`` L∞."""
     from attacks import APGD, PGD, Square
@@ -168,7 +189,7 @@ def suite(batch: int = 256, steps: int = 20, repeats: int = 3, torchattacks: boo
                "ratio_to_unit": None if unit is None else seconds / (k * unit), **extra}
         rows.append(row)
         ratio = "" if unit is None else f"  {row['ratio_to_unit']:.2f} × {k} × {unit_name}"
-        log(f"  {model:9s} {path:12s} {what:34s} {seconds * 1e3:9.1f} ms{ratio}")
+        log(f"  {model:9s} {path:12s} {what:40s} {seconds * 1e3:9.1f} ms{ratio}")
         return seconds
 
     def compiled(fn, *args):
@@ -182,6 +203,8 @@ def suite(batch: int = 256, steps: int = 20, repeats: int = 3, torchattacks: boo
         params = module.init(jax.random.key(seed), x[:1])
         logits_fn = lambda p, z, m=module: m.apply(p, z)  # noqa: E731  (what users write)
         fast = fastpath.fast(logits_fn)
+        plain = lambda p, z: logits_fn(p, z)  # noqa: E731
+        plain.fast = False
         log(f"{name}: {sum(a.size for a in jax.tree.leaves(params)):,} parameters")
 
         def fwd_bwd(fn):
@@ -190,49 +213,52 @@ def suite(batch: int = 256, steps: int = 20, repeats: int = 3, torchattacks: boo
                 return -jnp.sum(jax.nn.log_softmax(logits)[jnp.arange(batch), y]), logits
             return lambda p, z: jax.grad(loss, has_aux=True)(z, p)
 
-        c, _ = compiled(fast, params, x)
-        fwd = add(name, "model", "forward", 1, _best_time(lambda: c(params, x), repeats))
-        c, _ = compiled(fwd_bwd(fast), params, x)
-        unit = add(name, "model", "forward + input gradient", 1,
-                   _best_time(lambda: c(params, x), repeats))
-        plain = lambda p, z: logits_fn(p, z)  # noqa: E731
-        plain.fast = False
-        c, _ = compiled(fwd_bwd(plain), params, x)
-        add(name, "model", "forward + input gradient, fast path off", 1,
-            _best_time(lambda: c(params, x), repeats), unit, "(fwd+grad)")
+        def call(c, *args):
+            return lambda: c(*args)
 
-        kernels = [("FGSM", 1, FGSM(norm="linf"), logits_fn, eps, unit, "(fwd+grad)"),
-                   (f"PGD-{steps}", steps, PGD(norm="linf", steps=steps), logits_fn, eps, unit,
-                    "(fwd+grad)"),
+        # Every ratio compares times taken alternately in the same loop (_paired), so load
+        # that comes and goes on a shared machine hits both sides alike.
+        c_fwd, _ = compiled(fast, params, x)
+        c_unit, _ = compiled(fwd_bwd(fast), params, x)
+        c_plain, _ = compiled(fwd_bwd(plain), params, x)
+        fwd_f, unit_f = call(c_fwd, params, x), call(c_unit, params, x)
+        fwd, unit, unit_plain = _paired([fwd_f, unit_f, call(c_plain, params, x)], repeats)
+        add(name, "model", "forward", 1, fwd)
+        add(name, "model", "forward + input gradient", 1, unit)
+        add(name, "model", "forward + input gradient, fast path off", 1, unit_plain, unit,
+            "(fwd+grad)")
+
+        kernels = [("FGSM", 1, FGSM(norm="linf"), logits_fn, eps, False),
+                   (f"PGD-{steps}", steps, PGD(norm="linf", steps=steps), logits_fn, eps, False),
                    (f"PGD-{steps}, fast path off", steps, PGD(norm="linf", steps=steps), plain,
-                    eps, unit, "(fwd+grad)"),
+                    eps, False),
                    (f"APGD-CE-{steps}", steps, APGD(norm="linf", steps=steps), logits_fn, eps,
-                    unit, "(fwd+grad)"),
+                    False),
                    (f"Square-{steps} (ε = 0)", steps, Square(norm="linf", queries=steps),
-                    logits_fn, jnp.float32(0.0), fwd, "fwd")]
+                    logits_fn, jnp.float32(0.0), True)]
         api = {}
-        for what, k, attack, fn, e, u, uname in kernels:
+        for what, k, attack, fn, e, per_fwd in kernels:
             c, comp = compiled(lambda p, z, t, key, a=attack, f=fn, e=e: a(f, p, z, t, e, key),
                                params, x, y, ka)
-            api[what] = add(name, "python api", what, k,
-                            _best_time(lambda: c(params, x, y, ka), repeats), u, uname, comp)
+            api[what] = call(c, params, x, y, ka)
+            t, u = _paired([api[what], fwd_f if per_fwd else unit_f], repeats)
+            add(name, "python api", what, k, t, u, "fwd" if per_fwd else "(fwd+grad)", comp)
 
         def engine(eps_list):
-            _, _, comp = ev.attack_correct(PGD(norm="linf", steps=steps), logits_fn, params, xs,
-                                           ys, eps_list, ka, batch)  # warm-up: compiles once
-            best = float("inf")
-            for _ in range(repeats):
-                _, sec, _ = ev.attack_correct(PGD(norm="linf", steps=steps), logits_fn,
-                                                params, xs, ys, eps_list, ka, batch)
-                best = min(best, sec)
-            return best, comp
+            attack = PGD(norm="linf", steps=steps)
+            _, _, comp = ev.attack_correct(attack, logits_fn, params, xs, ys, eps_list, ka,
+                                           batch)  # compiles once; later calls reuse it
+            return (lambda: ev.attack_correct(attack, logits_fn, params, xs, ys, eps_list, ka,
+                                              batch)), comp
 
-        one, comp = engine([0.3])
-        ev_one = add(name, "sweep engine", f"PGD-{steps}, 1 ε", steps, one, unit, "(fwd+grad)",
-                     comp)
-        multi, comp = engine(list(SUITE_EPS))
-        add(name, "sweep engine", f"PGD-{steps}, {len(SUITE_EPS)} ε in one call",
-            len(SUITE_EPS), multi, ev_one, "(PGD, 1 ε)", comp)
+        one_f, comp_one = engine([0.3])
+        multi_f, comp_multi = engine(list(SUITE_EPS))
+        one, u = _paired([one_f, unit_f], repeats)
+        add(name, "sweep engine", f"PGD-{steps}, 1 ε (wall time)", steps, one, u, "(fwd+grad)",
+            comp_one)
+        multi, one = _paired([multi_f, one_f], repeats)
+        add(name, "sweep engine", f"PGD-{steps}, {len(SUITE_EPS)} ε in one call (wall time)",
+            len(SUITE_EPS), multi, one, "(PGD, 1 ε)", comp_multi)
 
         if torchattacks:
             try:
@@ -246,17 +272,19 @@ def suite(batch: int = 256, steps: int = 20, repeats: int = 3, torchattacks: boo
             net = cnn_twin(module, params, xs[:16]) if name == "cnn" else \
                 user_cnn_twin(params, xs[:16])
             xt, yt = to_torch_batch(xs, ys)
-            for what, k, atk, ours in (
-                    ("FGSM", 1, ta.FGSM(net, eps=0.3), api["FGSM"]),
+            for what, k, atk in (
+                    ("FGSM", 1, ta.FGSM(net, eps=0.3)),
                     (f"PGD-{steps}", steps, ta.PGD(net, eps=0.3, alpha=2.5 * 0.3 / steps,
-                                                   steps=steps, random_start=True),
-                     api[f"PGD-{steps}"])):
-                t = torch_best_time(lambda a=atk: a(xt, yt), repeats)
-                add(name, "torchattacks", what, k, t, None, "",
-                    robustax_api_over_torch=ours / t,
-                    robustax_sweep_over_torch=(ev_one / t) if k == steps else None)
-                log(f"    robustax / torchattacks: python api {ours / t:.2f}"
-                    + (f", sweep engine {ev_one / t:.2f}" if k == steps else ""))
+                                                   steps=steps, random_start=True))):
+                fns = [lambda a=atk: a(xt, yt), api[what]] + ([one_f] if k == steps else [])
+                times = _paired(fns, repeats)
+                t, ours = times[0], times[1]
+                extra = {"robustax_api_over_torch": ours / t}
+                if k == steps:
+                    extra["robustax_sweep_over_torch"] = times[2] / t
+                add(name, "torchattacks", what, k, t, None, "", **extra)
+                log(f"    robustax / torchattacks (timed alternately): python api {ours / t:.2f}"
+                    + (f", sweep engine {times[2] / t:.2f}" if k == steps else ""))
     return rows
 
 
