@@ -314,23 +314,40 @@ def write_suite(rows: list[dict], out: str, meta: dict) -> list:
         show[col] = show[col].round(3)
     show = show.astype(object).where(show.notna(), "")
     lines = ["# robustax speed", ""] + [f"- {k}: {v}" for k, v in meta.items()] + [
+        "", "Each ratio divides a row's time by its reference (`unit`; torchattacks for the "
+        "`robustax_*_over_torch` columns) timed alternately with it in one loop, minimum of "
+        "`repeats`; under changing load the `ms` of different rows are not comparable. "
+        "Sweep-engine rows are wall time of `engine.attack_correct`, which also scores every "
+        "point and runs the clean pass."] + [
         "", show.to_markdown(index=False, missingval=""), ""]
     atomic_write_bytes(md_path, "\n".join(lines).encode())
     return [csv_path, md_path]
+
+
+def _cpu_name() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main(batch: int = 256, steps: int = 20, repeats: int = 3, torchattacks: bool = False,
          out: str | None = None, models: tuple[str, ...] = ("cnn", "user-cnn")) -> list[dict]:
     """``robustax speed``: runs :func:`suite`, prints each figure as it is measured and,
     with ``out``, writes ``speed.csv`` and ``speed.md`` there."""
-    import platform
     import sys
 
     log = functools.partial(print, flush=True)
     meta = {"command": "robustax " + " ".join(sys.argv[1:]) if sys.argv[0].endswith(
                 ("robustax", "__main__.py", "cli.py")) else "bench.speed.main",
-            "device": f"{jax.default_backend()} × {jax.device_count()}: "
-                      f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "device": f"{jax.default_backend()} × {jax.device_count()}: {_cpu_name()}, "
+                      f"{os.cpu_count()} cores",
             "jax": jax.__version__, "batch": batch, "steps": steps, "repeats": repeats,
             "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
     try:
