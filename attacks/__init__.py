@@ -3,15 +3,19 @@
 The attacks know nothing of configs: the names a sweep config uses live in ``bench.registry``.
 """
 
-from attacks.apgd import APGD, APGDDLR, APGDT
-from attacks.autoattack import AutoAttack
-from attacks.base import Attack, LogitsFn
-from attacks.fab import FAB
-from attacks.fgsm import FGSM
-from attacks.noise import Noise
-from attacks.pgd import PGD
-from attacks.square import Square
-from attacks.threat import NORMS, distance, project, random_init
+from attacks import xla_flags
+
+xla_flags.configure()  # before JAX starts a backend; see attacks/xla_flags.py
+
+from attacks.apgd import APGD, APGDDLR, APGDT  # noqa: E402
+from attacks.autoattack import AutoAttack  # noqa: E402
+from attacks.base import Attack, LogitsFn  # noqa: E402
+from attacks.fab import FAB  # noqa: E402
+from attacks.fgsm import FGSM  # noqa: E402
+from attacks.noise import Noise  # noqa: E402
+from attacks.pgd import PGD  # noqa: E402
+from attacks.square import Square  # noqa: E402
+from attacks.threat import NORMS, distance, project, random_init  # noqa: E402
 
 __all__ = ["APGD", "APGDDLR", "APGDT", "Attack", "AutoAttack", "FAB", "FGSM", "LogitsFn", "NORMS",
            "Noise", "PGD", "Square", "distance", "project", "random_init"]

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attacks import base, checks, losses, threat
+from attacks import base, checks, fastpath, losses, threat
 
 NORMS: tuple[str, ...] = ("linf", "l2")
 APGD_LOSSES: tuple[str, ...] = ("ce", "dlr")
@@ -292,6 +292,7 @@ class APGD(_APGDBase):
         """``(x_adv, info)``; ``info`` has per-example ``success``, ``loss`` (the best
         objective) and ``halvings`` (step-size reductions) of the winning restart.
         ``target`` is ignored: APGD is untargeted (use :class:`APGDT`)."""
+        logits_fn = fastpath.fast(logits_fn)
         del target
         if self.loss == "dlr" and _num_classes(logits_fn, params, x) < 3:
             raise ValueError("APGD with loss 'dlr' needs at least 3 classes")
@@ -331,6 +332,7 @@ class APGDT(_APGDBase):
     def run(self, logits_fn, params, x, y, eps, key, target=None):
         """``(x_adv, info)``; ``info`` as :meth:`APGD.run` plus ``target``, the winning
         run's target class."""
+        logits_fn = fastpath.fast(logits_fn)
         k_clean, k_runs = jax.random.split(key)
         if target is not None:
             if _num_classes(logits_fn, params, x) < 4:

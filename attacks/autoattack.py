@@ -21,7 +21,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from attacks import checks
+from attacks import checks, fastpath
 from attacks.apgd import APGD, APGDDLR, APGDT
 from attacks.fab import FAB
 from attacks.square import Square
@@ -78,6 +78,7 @@ class AutoAttack:
     def run(self, logits_fn, params, x, y, eps, key, target=None):
         """Every stage on every point; per example the first success. ``info["stage"]``: the
         1-based stage that broke the example, 0 if none did, -1 if misclassified clean."""
+        logits_fn = fastpath.fast(logits_fn)
         del target  # AutoAttack picks its own targets
         logits = logits_fn(params, x)
         fooled = jnp.argmax(logits, -1) != y

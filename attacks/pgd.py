@@ -14,7 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from attacks import base, checks, losses, steps as step_rules, threat
+from attacks import base, checks, fastpath, losses, steps as step_rules, threat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +104,7 @@ class PGD:
         fooled the model (0: the start, ``k``: after ``k`` steps, the earliest over restarts;
         -1: none did), so one run gives robust accuracy after every number of steps of this
         schedule (the step size stays that of ``steps``)."""
+        logits_fn = fastpath.fast(logits_fn)
         k_target, k_runs = jax.random.split(key)
         labels = losses.attack_labels(self, logits_fn, params, x, y, k_target, target)
         keys = jax.random.split(k_runs, self.restarts)

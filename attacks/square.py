@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attacks import base, checks, losses, threat
+from attacks import base, checks, fastpath, losses, threat
 
 SQUARE_NORMS: tuple[str, ...] = ("linf", "l2")
 SQUARE_LOSSES: tuple[str, ...] = ("margin", "ce")
@@ -323,6 +323,7 @@ class Square:
         model queries spent until success (all restarts' budgets for failures, 0 for
         examples already adversarial at x: misclassified, or classified as the target when
         ``targeted``). The clean forward pass (as in the reference) is not counted."""
+        logits_fn = fastpath.fast(logits_fn)
         k_target, k_runs = jax.random.split(key)
         labels = losses.attack_labels(self, logits_fn, params, x, y, k_target, target)
         start_adv = losses.is_adversarial(logits_fn(params, x), labels, self.targeted)

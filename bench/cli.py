@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 from bench import xla
-from bench.errors import RobustaxError
+from bench.errors import ConfigError, RobustaxError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     from bench import security_cli
 
     security_cli.add_run_flags(run)
+    run.add_argument("--distributed", action="store_true",
+                     help="join a multi-process run (jax.distributed; see bench/distributed.py)")
     rep = sub.add_parser("report", help="rebuild records.csv, tables and plots of a run directory")
     rep.add_argument("run_dir")
     rep.add_argument("--baseline", help="a baseline run directory: adds the regression "
@@ -55,12 +57,16 @@ def _parser() -> argparse.ArgumentParser:
                            "or by (model, defense, attack, norm, ε) labels only")
     cmp_.add_argument("--out", help="where compare.{csv,md,json} go (default NEW/compare/)")
     sub.add_parser("list", help="list data sets, models, defenses and attacks with options")
-    speed = sub.add_parser("speed", help="time PGD-20 against 20 × (forward + input gradient)")
+    speed = sub.add_parser("speed", help="time attacks against k × (forward + input gradient), "
+                                         "the sweep engine and torchattacks (writes CSV + Markdown)")
     speed.add_argument("--batch", type=int, default=256)
     speed.add_argument("--steps", type=int, default=20)
-    speed.add_argument("--repeats", type=int, default=5)
+    speed.add_argument("--repeats", type=int, default=3)
     speed.add_argument("--torchattacks", action="store_true",
-                       help="also time torchattacks PGD on the same weights (needs torch)")
+                       help="also time torchattacks on PyTorch twins (same weights; needs torch)")
+    speed.add_argument("--out", help="directory for speed.csv and speed.md")
+    speed.add_argument("--models", default="cnn,user-cnn",
+                       help="comma-separated: cnn (robustax's), user-cnn (plain flax.linen)")
     cc = sub.add_parser("crosscheck", help="compare attacks with torchattacks on the same weights "
                                            "(cnn models of a finished run; needs torch)")
     cc.add_argument("run_dir")
@@ -129,7 +135,14 @@ def _run(args) -> None:
     if out.exists() and not out.is_dir():
         raise RobustaxError(f"--out {str(out)!r} is a file, not a directory; pass a new or "
                             f"existing run directory")
+    lead = True
+    if getattr(args, "distributed", False):
+        from bench.distributed import initialize
+
+        lead = initialize()[0] == 0
     records = run_sweep(cfg, out, config_text=text, progress=not args.no_progress)
+    if not lead:  # only process 0 writes the run directory and prints
+        return
     write_report(out, records)
     print(summary(out, width=_width()))
     print(checklist_text(out))
@@ -179,6 +192,14 @@ def _list() -> None:
             print(f"  {name:<20} {text}")
 
 
+def _speed_models(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in ("cnn", "user-cnn")]
+    if bad or not names:
+        raise ConfigError(f"--models {text!r}: choose from cnn, user-cnn (comma-separated)")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     xla.configure()
@@ -220,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             from bench.speed import main as speed_main
 
             speed_main(batch=args.batch, steps=args.steps, repeats=args.repeats,
-                       torchattacks=args.torchattacks)
+                       torchattacks=args.torchattacks, out=args.out,
+                       models=_speed_models(args.models))
     except RobustaxError as e:
         print(f"robustax: error: {e}", file=sys.stderr)
         return 2

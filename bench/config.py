@@ -37,12 +37,15 @@ class DataConfig:
       eval_examples: evaluate on the first n test examples (all when unset).
       train_examples: train on the first n training examples (all when unset).
       data_dir: TFDS data directory holding prepared (array_record) data sets.
+      stream: read a TFDS test split from disk one eval batch at a time instead of loading
+        it whole (for evaluation sets larger than memory); results are the same.
     """
 
     name: str = "digits"
     eval_examples: int | None = dataclasses.field(default=None, metadata={"min": 1})
     train_examples: int | None = dataclasses.field(default=None, metadata={"min": 1})
     data_dir: str | None = None
+    stream: bool = False
 
     def __post_init__(self):
         from bench.data import DATASETS

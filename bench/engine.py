@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from attacks import threat
+from attacks import fastpath, threat
 from bench.errors import DataError, RobustaxError
 
 # Float32 slack for the ball check: projections are exact up to rounding.
@@ -170,6 +170,7 @@ def _attack_fn(attack: Any, logits_fn: Callable, attack_logits_fn: Callable | No
     random_attack = _is_random(attacked)
     if random_attack:
         attacked = _keyed(attacked)
+    attacked = fastpath.fast(attacked)  # fast input gradients for any model (attacks/fastpath.py)
 
     def attack_params(params, key):
         """What the attack passes to ``attacked``: a random model's params carry a key."""
@@ -278,8 +279,9 @@ def _exit_early_if_abandoned() -> None:
 
 
 def _fetch(compiled: Callable, args: tuple) -> Any:
-    """Runs a compiled program and brings its outputs to the host (the wait is here)."""
-    return jax.device_get(compiled(*args))
+    """Runs a compiled program and brings its outputs to the host (the wait is here), whole
+    on every process of a multi-process run (:func:`_host`)."""
+    return jax.tree.map(_host, compiled(*args))
 
 
 _EXECUTABLES: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
@@ -316,17 +318,46 @@ def _pad(a: np.ndarray, b: int) -> np.ndarray:
 
 
 class _Placer:
-    """Puts batches on devices: sharded along the batch axis when there are several."""
+    """Puts batches on devices: sharded along the batch axis when there are several.
+
+    With several processes (``jax.distributed.initialize()``), the mesh spans every global
+    device and each process places only the rows its own devices hold, with
+    ``jax.make_array_from_process_local_data``; replicated arrays are given whole."""
 
     def __init__(self):
         mesh = _mesh()
         self.batch = NamedSharding(mesh, P("batch")) if mesh else None
         self.repl = NamedSharding(mesh, P()) if mesh else None
+        self.multi = jax.process_count() > 1
 
     def __call__(self, a, replicate=False):
         if self.batch is None:
             return jnp.asarray(a)
-        return jax.device_put(a, self.repl if replicate else self.batch)
+        sharding = self.repl if replicate else self.batch
+        if not self.multi:
+            return jax.device_put(a, sharding)
+        a = np.asarray(a)
+        return jax.make_array_from_process_local_data(sharding, _local_rows(a, sharding), a.shape)
+
+
+def _local_rows(a: np.ndarray, sharding: NamedSharding) -> np.ndarray:
+    """The rows of the global array ``a`` that this process's devices hold (all of ``a`` when
+    replicated): one contiguous block, as the mesh orders devices by process."""
+    if a.ndim == 0:
+        return a
+    spans = {(s[0].start or 0, len(a) if s[0].stop is None else s[0].stop)
+             for s in sharding.addressable_devices_indices_map(a.shape).values()}
+    lo, hi = min(s[0] for s in spans), max(s[1] for s in spans)
+    return a[lo:hi]
+
+
+def _host(a: jax.Array) -> np.ndarray:
+    """The whole of a (possibly multi-process) result on this host."""
+    if getattr(a, "is_fully_addressable", True):
+        return np.asarray(a)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
 
 
 def _nan_error(what: str, count: int) -> RobustaxError:
@@ -363,9 +394,9 @@ def _clean(logits_fn, params, x, y, batch_size, score_data, score_impl) -> np.nd
     for s, e in _batches(len(x), b):
         extra = () if score_data is None else (
             jax.random.wrap_key_data(put(_pad(score_data[s:e], b)), impl=score_impl),)
-        ok, finite = interruptible(_fetch, fn, (params, put(_pad(x[s:e], b)),
+        ok, finite = interruptible(_fetch, fn, (params, put(_pad(np.asarray(x[s:e]), b)),
                                                 put(_pad(y[s:e], b)), *extra))
-        ok, finite = np.asarray(ok)[: e - s], np.asarray(finite)[: e - s]
+        ok, finite = ok[: e - s], finite[: e - s]
         if not finite.all():
             raise _nan_error("clean", int((~finite).sum()))
         out.append(ok)
@@ -395,21 +426,22 @@ def _run_attack(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y:
         k = jax.random.wrap_key_data(put(_pad(keys[s:e], b)), impl=impl)
         extra = () if score_data is None else (
             jax.random.wrap_key_data(put(_pad(score_data[s:e], b)), impl=score_impl),)
-        return params, put(_pad(x[s:e], b)), put(_pad(y[s:e], b)), k, eps_arr, *extra
+        # np.asarray: a streamed split (bench.data.StreamedImages) is read here, one batch
+        return params, put(_pad(np.asarray(x[s:e]), b)), put(_pad(y[s:e], b)), k, eps_arr, *extra
 
     compiled, compile_s = _compiled(fn, args(0, min(b, n)))
     out, infos = [], []
     t0 = time.perf_counter()
     for s, e in _batches(n, b):
         ok, finite, inside, info = interruptible(_fetch, compiled, args(s, e))
-        ok, finite, inside = (np.asarray(a)[:, : e - s] for a in (ok, finite, inside))
+        ok, finite, inside = (a[:, : e - s] for a in (ok, finite, inside))
         if not finite.all():
             raise _nan_error("adversarial", int((~finite).sum()))
         if not inside.all():
             raise RobustaxError(f"attack {attack!r} returned {int((~inside).sum())} examples "
                                 f"outside the ε-ball or [0, 1]; this is a bug in the attack")
         out.append(ok)
-        infos.append({k: np.asarray(v)[:, : e - s] for k, v in info.items()})
+        infos.append({k: _host(v)[:, : e - s] for k, v in info.items()})
     seconds = time.perf_counter() - t0
     info = {k: np.concatenate([i[k] for i in infos], axis=1) for k in (infos[0] if infos else {})}
     return np.concatenate(out, axis=1), info, seconds, compile_s

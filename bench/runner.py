@@ -8,6 +8,7 @@ same directory skips finished cells, so a killed run resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -323,12 +324,20 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
     from bench.ledger import Ledger
 
     arts = Artifacts.from_config(cfg.security)  # a bad key stops the run before anything is written
-    run = RunDir(Path(out_dir))
-    with run_lock(run.root, "run"):
-        run.adopt()
-        _prepare_run_dir(run, cfg, config_text)
+    lead = jax.process_index() == 0  # several processes: only process 0 writes the run dir
+    if not lead and arts.key is not None:
+        raise ConfigError("[security] encryption_key with several processes is not supported "
+                          "(each process would encrypt with its own nonce); run it in one "
+                          "process or leave encryption out")
+    run = RunDir(Path(out_dir)) if lead else _ReadOnlyRun(Path(out_dir))
+    with run_lock(run.root, "run") if lead else contextlib.nullcontext():
+        if lead:
+            run.adopt()
+            _prepare_run_dir(run, cfg, config_text)
+        _sync("robustax-sweep-prepared")  # the others read what process 0 prepared
         data = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir,
-                            train_examples=cfg.data.train_examples, base_dir=cfg.base_dir)
+                            train_examples=cfg.data.train_examples, base_dir=cfg.base_dir,
+                            stream=cfg.data.stream)
         from bench.config import check_eps_range
 
         for a in cfg.attacks:  # L2/L1 budgets need the image size
@@ -339,19 +348,23 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
             cfg.data.eval_examples, len(data.x_test))
         x_eval, y_eval = data.x_test[:n_eval], data.y_test[:n_eval]
         version = code_version()
-        ledger = Ledger(run.root)
-        ledger.append([{"type": "run", "config_id": cfg.config_id(), "code_version": version,
-                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                        "signed_by": arts.signer.key_id if arts.signer else ""}], arts.signer)
-        _ledger_existing(run, plan, arts, ledger)
+        ledger = Ledger(run.root) if lead else _NoLedger()
+        if lead:
+            ledger.append([{"type": "run", "config_id": cfg.config_id(),
+                            "code_version": version,
+                            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                            "signed_by": arts.signer.key_id if arts.signer else ""}],
+                          arts.signer)
+            _ledger_existing(run, plan, arts, ledger)
 
-        bar = tqdm(total=0, desc=cfg.name, unit="cell", disable=not progress,
+        bar = tqdm(total=0, desc=cfg.name, unit="cell", disable=not progress or not lead,
                    dynamic_ncols=True)
         weights = _Weights(run, plan, data, bar, arts, ledger)
         # Two passes at most: the second recomputes cells whose checkpoint this run had to
         # train anew (deleted, say) and came out with other bytes than the one they were
         # computed from.
         for _ in range(2):
+            _sync("robustax-sweep-pass")  # every process sees the same cells on disk
             todo = _cells_to_compute(run, plan, weights)
             units = [u for u in plan.units if any(c.cell_id in todo for c in u.cells)
                      or run.read_gradient(u.cells[0].cell_id) is None]
@@ -366,6 +379,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
                                wrapped)
                 ledger.add_cells([c.cell_id for c in unit.cells], arts.signer)
         bar.close()
+        _sync("robustax-sweep-done")  # process 0 has written every cell
         records = run.read_records(only={c.cell_id for c in plan.cells})
         if not records.empty:
             records["run"] = cfg.name  # records.csv is this config's grid: one run name
@@ -388,3 +402,44 @@ def _cells_to_compute(run: RunDir, plan: Plan, weights: _Weights) -> set[str]:
                 warn(f"{problem}; recomputing that cell")
             todo.add(c.cell_id)
     return todo
+
+
+class _ReadOnlyRun(RunDir):
+    """The run directory as processes other than 0 see it: they read it (to resume the
+    same cells and return the records) and write nothing; process 0 writes the same bytes."""
+
+    def store(self, path: Path, data: bytes) -> None:
+        pass
+
+    def write_cell(self, record: dict, mask) -> None:
+        pass
+
+    def adopt(self) -> None:
+        pass
+
+    def remove(self, path: Path) -> None:
+        pass
+
+    def set_aside(self, path: Path) -> Path:
+        return Path(path)
+
+
+class _NoLedger:
+    """The ledger of a process other than 0: process 0 keeps the run directory's ledger."""
+
+    def append(self, *args, **kwargs) -> None:
+        pass
+
+    def add_cells(self, *args, **kwargs) -> None:
+        pass
+
+    def add_checkpoint(self, *args, **kwargs) -> None:
+        pass
+
+
+def _sync(name: str) -> None:
+    """A barrier across processes (``jax.distributed``); nothing with one process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
