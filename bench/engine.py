@@ -560,9 +560,10 @@ def zero_gradients(logits_fn: Callable, params: Any, x: np.ndarray, y: np.ndarra
     for s, e in _batches(len(x), b):
         extra = () if score_data is None else (
             jax.random.wrap_key_data(put(_pad(score_data[s:e], b)), impl=score_impl),)
-        nz, fin = fn(params, put(_pad(x[s:e], b)), put(_pad(y[s:e], b)), *extra)
-        nonzero.append(np.asarray(nz)[: e - s])
-        finite.append(np.asarray(fin)[: e - s])
+        nz, fin = interruptible(_fetch, fn, (params, put(_pad(np.asarray(x[s:e]), b)),
+                                             put(_pad(y[s:e], b)), *extra))
+        nonzero.append(nz[: e - s])
+        finite.append(fin[: e - s])
     nonzero, finite = np.concatenate(nonzero), np.concatenate(finite)
     per_example = int(np.prod(x.shape[1:]))
     return {"examples": int(len(x)), "zero_examples": int(np.sum(nonzero == 0)),
