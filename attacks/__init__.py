@@ -6,11 +6,13 @@ The attacks know nothing of configs: the names a sweep config uses live in ``ben
 from attacks.apgd import APGD, APGDDLR, APGDT
 from attacks.autoattack import AutoAttack
 from attacks.base import Attack, LogitsFn
+from attacks.cw import CW
+from attacks.deepfool import DeepFool
 from attacks.fab import FAB
 from attacks.fgsm import FGSM
 from attacks.pgd import PGD
 from attacks.square import Square
 from attacks.threat import NORMS, distance, project, random_init
 
-__all__ = ["APGD", "APGDDLR", "APGDT", "Attack", "AutoAttack", "FAB", "FGSM", "LogitsFn", "NORMS",
+__all__ = ["APGD", "APGDDLR", "APGDT", "Attack", "AutoAttack", "CW", "DeepFool", "FAB", "FGSM", "LogitsFn", "NORMS",
            "PGD", "Square", "distance", "project", "random_init"]

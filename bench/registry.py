@@ -82,6 +82,8 @@ ATTACKS.register("apgd-t", attacks.APGDT)
 ATTACKS.register("fab", attacks.FAB)
 ATTACKS.register("square", attacks.Square)
 ATTACKS.register("autoattack", attacks.AutoAttack)
+ATTACKS.register("cw", attacks.CW)
+ATTACKS.register("deepfool", attacks.DeepFool)
 
 DEFENSES = Registry("defense")
 DEFENSES.register("standard", defenses.Standard)
