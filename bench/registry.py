@@ -84,6 +84,8 @@ ATTACKS.register("square", attacks.Square)
 ATTACKS.register("autoattack", attacks.AutoAttack)
 ATTACKS.register("cw", attacks.CW)
 ATTACKS.register("deepfool", attacks.DeepFool)
+ATTACKS.register("advgan", attacks.AdvGAN)
+ATTACKS.register("transfer", attacks.Transfer)
 
 DEFENSES = Registry("defense")
 DEFENSES.register("standard", defenses.Standard)
