@@ -40,16 +40,32 @@ DEFAULT_EPS_TRAIN: dict[str, float] = {"linf": 0.1, "l2": 1.0}
 
 
 class Generator(nn.Module):
-    """x ∈ [0, 1]^{H×W×C} -> g ∈ [−1, 1]^{H×W×C}: three 3×3 convolutions (any image size)."""
+    """x ∈ [0, 1]^{H×W×C} -> g ∈ [−1, 1]^{H×W×C}, any image size: an encoder-decoder (two
+    stride-2 convolutions down, a global feature vector added at the bottleneck, two stride-2
+    transposed convolutions up, resized back to H×W) on the image and two coordinate channels.
+    The perturbation that fools a classifier depends on the whole image (its class) and on the
+    position of each pixel; a stack of small convolutions sees neither (measured: a three-layer
+    3×3 generator moved a digits MLP only from 91% to 86% at L∞ 0.1)."""
 
     channels: int
     width: int = 16
 
     @nn.compact
     def __call__(self, x):
-        h = nn.relu(nn.Conv(self.width, (3, 3), padding="SAME")(2.0 * x - 1.0))
-        h = nn.relu(nn.Conv(self.width, (3, 3), padding="SAME")(h))
-        return jnp.tanh(nn.Conv(self.channels, (3, 3), padding="SAME")(h))
+        b, h, w, _ = x.shape
+        ii, jj = jnp.meshgrid(jnp.linspace(-1.0, 1.0, h), jnp.linspace(-1.0, 1.0, w), indexing="ij")
+        coords = jnp.broadcast_to(jnp.stack([ii, jj], -1)[None], (b, h, w, 2)).astype(x.dtype)
+        z = jnp.concatenate([2.0 * x - 1.0, coords], axis=-1)
+        z1 = nn.relu(nn.Conv(self.width, (3, 3), padding="SAME")(z))
+        z2 = nn.relu(nn.Conv(2 * self.width, (3, 3), strides=2, padding="SAME")(z1))
+        z3 = nn.relu(nn.Conv(4 * self.width, (3, 3), strides=2, padding="SAME")(z2))
+        g = nn.relu(nn.Dense(4 * self.width)(jnp.mean(z3, axis=(1, 2))))
+        z3 = z3 + g[:, None, None, :]
+        u = nn.relu(nn.ConvTranspose(2 * self.width, (3, 3), strides=(2, 2), padding="SAME")(z3))
+        u = nn.relu(nn.ConvTranspose(self.width, (3, 3), strides=(2, 2), padding="SAME")(u))
+        u = jax.image.resize(u, (b, h, w, u.shape[-1]), "linear")
+        u = jnp.concatenate([u, z1, coords], axis=-1)
+        return jnp.tanh(nn.Conv(self.channels, (3, 3), padding="SAME")(u))
 
 
 class Discriminator(nn.Module):
@@ -99,9 +115,9 @@ class AdvGAN:
 
     norm: str = "linf"
     eps_train: float | None = None
-    epochs: int = 10
+    epochs: int = 20
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 3e-3
     width: int = 16
     confidence: float = 0.0
     hinge: float = 0.5
