@@ -241,6 +241,17 @@ def _unit_ident(unit: Unit) -> dict:
             "defense": [unit.defense.name, unit.defense.defense]}
 
 
+def generator_file(a, recipe, ident: dict, tag: str, plan: Plan) -> str:
+    """The cache file name of a trainable attack's generator: ``<target>.<attack>-<norm>.<digest>``
+    with a digest of the target (``ident``), the attack's options, the data, the seed and the
+    attack's source (:func:`bench.plan.train_version`)."""
+    cfg = plan.config
+    digest = stable_hash({**ident, "attack": [a.name, recipe], "data": plan.data_fingerprint,
+                          "train_examples": cfg.data.train_examples, "seed": cfg.seed,
+                          "version": train_version(type(recipe))})
+    return f"{slug(tag, 60)}.{slug(a.label)}-{a.norm}.{digest}.safetensors"
+
+
 def _generator(a, recipe, ident: dict, tag: str, fn, params, plan: Plan, weights: _Weights,
                run: RunDir, bar) -> tuple[Any, dict]:
     """``recipe`` (a trainable attack, e.g. AdvGAN) bound to its generator trained against
@@ -250,10 +261,7 @@ def _generator(a, recipe, ident: dict, tag: str, fn, params, plan: Plan, weights
     attack options, data, seed and the attack's source, so it is reused by every cell and
     rerun that needs it and retrained when any of those changes."""
     cfg, data = plan.config, weights.data
-    digest = stable_hash({**ident, "attack": [a.name, recipe], "data": plan.data_fingerprint,
-                          "train_examples": cfg.data.train_examples, "seed": cfg.seed,
-                          "version": train_version(type(recipe))})
-    name = f"{slug(tag, 60)}.{slug(a.label)}-{a.norm}.{digest}.safetensors"
+    name = generator_file(a, recipe, ident, tag, plan)
     path = run.root / "generators" / name
     like = recipe.init(jax.random.key(0), data.x_train[:1])
     if path.is_file():

@@ -194,12 +194,31 @@ def test_sweep_transfer_to_itself_equals_white_box_and_generators_are_cached(tmp
     assert {p.name: p.stat().st_mtime_ns for p in (out / "generators").iterdir()} == mtimes
     new = records[(records.attack == "advgan") & (records.eps == 0.2)]
     assert all(d["generator_cached"] for d in map(json.loads, new.details))
+    assert new.seconds.max() < d_white["generator_train_seconds"]
 
-    _sweep(out, lr=2e-3)                         # new options: new generators beside the old
-    assert len(list((out / "generators").iterdir())) == 4
-    _sweep(out, epochs=1, lr=2e-3)               # retrained target mlp/standard: one more
-    names = sorted(p.name for p in (out / "generators").iterdir())
-    assert len(names) == 5 and sum(n.startswith("mlp_standard.advgan") for n in names) == 3
+
+def test_generator_cache_key_follows_options_weights_and_data():
+    """The generator file changes with the AdvGAN options, the target's weights (a retrained
+    target), the seed and the data; not with the ε list or an unrelated attack."""
+    import tomllib
+
+    from bench.plan import make_plan
+    from bench.runner import _unit_ident, generator_file
+
+    def name(fingerprint="fp", **fmt):
+        cfg = parse_config(tomllib.loads(SWEEP.format(**{"epochs": 2, "lr": 1e-3,
+                                                         "gan_eps": "[0.1]", **fmt})))
+        plan = make_plan(cfg, fingerprint)
+        unit = next(u for u in plan.units if u.defense.label == "standard")
+        a = next(a for a in cfg.attacks if a.name == "advgan")
+        return generator_file(a, a.attack, _unit_ident(unit), "mlp/standard", plan)
+
+    base = name()
+    assert base.startswith("mlp_standard.advgan-linf.") and base.endswith(".safetensors")
+    assert name(gan_eps="[0.1, 0.2]") == base
+    assert name(lr=2e-3) != base        # options
+    assert name(epochs=3) != base       # the target is retrained: new weights digest
+    assert name(fingerprint="other") != base
 
 
 def test_transfer_cells_are_keyed_by_the_surrogate_weights():
