@@ -22,6 +22,7 @@ import pandas as pd
 
 from bench import tables
 from bench.records import CLEAN, RunDir, accuracy_fields, atomic_write_bytes, atomic_write_text
+from bench.plan import slug
 from bench.tables import WORST
 
 SUMMARY_WIDTH = 100
@@ -146,7 +147,7 @@ def write_plots(records: pd.DataFrame, run: RunDir) -> list[Path]:
         for ext in ("png", "pdf"):
             buf = io.BytesIO()
             fig.savefig(buf, format=ext, dpi=150, metadata={"CreationDate": None} if ext == "pdf" else None)
-            path = run.plots / f"accuracy_vs_eps_{attack}_{norm}.{ext}"
+            path = run.plots / f"accuracy_vs_eps_{slug(attack)}_{norm}.{ext}"  # labels may hold "/"
             atomic_write_bytes(path, buf.getvalue())
             paths.append(path)
         plt.close(fig)

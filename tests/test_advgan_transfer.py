@@ -161,8 +161,7 @@ def test_sweep_transfer_to_itself_equals_white_box_and_generators_are_cached(tmp
     """In one sweep: transfer from a model to itself reproduces its white-box cells mask for
     mask (PGD, and AdvGAN with the same generator file); the target row pgd-at differs from
     its own white-box PGD; the ensemble row names both surrogates. Rerunning with a new ε reuses
-    the generator (no training, same file); new AdvGAN options or retrained target weights
-    train a new one."""
+    the generators (no training, same files; its cells record the cached training time)."""
     from bench.records import RunDir
 
     out = tmp_path / "run"

@@ -200,3 +200,53 @@ def test_cw_eps_zero_through_the_engine_is_clean(four_class):
                                         x, y, [0.0, 0.2, 10.0], jax.random.key(0))
     np.testing.assert_array_equal(masks[0], clean)
     assert masks[2].sum() < masks[1].sum() <= clean.sum()
+
+
+def test_matches_torchattacks_on_identical_weights(capsys):
+    """C&W as torchattacks runs it (one Adam run at c = 1, no search, no bisection) and
+    DeepFool L2 on a 10-class linear model with identical weights in JAX and torch: per-example
+    L2 distances agree where both succeed. The logits are kept positive: torchattacks' C&W
+    takes max_{j≠y} over (1 − onehot)·z, which reads 0 for the true class."""
+    pytest.importorskip("torchattacks")
+    import torch
+    import torchattacks
+
+    from bench.crosscheck import torch_attack
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        kw, kx = jax.random.split(jax.random.key(21))
+        w = 0.3 * jax.random.normal(kw, (64, 10))
+        b = jnp.full((10,), 20.0)
+        x = jax.random.uniform(kx, (24, 8, 8, 1))
+        params = (w, b)
+        y = jnp.argmax(linear_logits(params, x), -1).astype(jnp.int32)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        with torch.no_grad():
+            model[1].weight.copy_(torch.tensor(np.asarray(w).T))
+            model[1].bias.copy_(torch.tensor(np.asarray(b)))
+        xt = torch.tensor(np.asarray(x)).permute(0, 3, 1, 2).contiguous()
+        yt = torch.tensor(np.asarray(y), dtype=torch.long)
+        out = []
+        for attack in (cw_lib.CW(steps=50, search_steps=1, refine=0, lr=0.01),
+                       df_lib.DeepFool(norm="l2")):
+            name = "cw" if isinstance(attack, cw_lib.CW) else "deepfool"
+            ta = torch_attack(name, attack, model, 1.0, 10, 0)
+            assert isinstance(ta, (torchattacks.CW, torchattacks.DeepFool))
+            adv = ta(xt, yt)
+            with torch.no_grad():
+                fooled = (model(adv).argmax(1) != yt).numpy()
+            ref = np.where(fooled, np.linalg.norm((adv - xt).numpy().reshape(24, -1), axis=1), np.inf)
+            _, dist = jax.jit(lambda x, y: attack.minimize(linear_logits, params, x, y,
+                                                          jax.random.key(0)))(x, y)
+            dist = np.asarray(dist)
+            both = np.isfinite(ref) & np.isfinite(dist)
+            assert both.sum() >= 12
+            rel = np.abs(dist[both] / ref[both] - 1)
+            out.append(f"{name} median rel. diff {np.median(rel):.1e} (n={both.sum()})")
+            assert np.median(rel) < 1e-3, name
+    finally:
+        torch.set_num_threads(threads)
+    with capsys.disabled():
+        print("\nvs torchattacks: " + "; ".join(out))
