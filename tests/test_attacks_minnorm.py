@@ -219,7 +219,7 @@ def test_matches_torchattacks_on_identical_weights(capsys):
         kw, kx = jax.random.split(jax.random.key(21))
         w = 0.3 * jax.random.normal(kw, (64, 10))
         b = jnp.full((10,), 20.0)
-        x = jax.random.uniform(kx, (24, 8, 8, 1))
+        x = jax.random.uniform(kx, (12, 8, 8, 1))
         params = (w, b)
         y = jnp.argmax(linear_logits(params, x), -1).astype(jnp.int32)
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
@@ -237,12 +237,12 @@ def test_matches_torchattacks_on_identical_weights(capsys):
             adv = ta(xt, yt)
             with torch.no_grad():
                 fooled = (model(adv).argmax(1) != yt).numpy()
-            ref = np.where(fooled, np.linalg.norm((adv - xt).numpy().reshape(24, -1), axis=1), np.inf)
+            ref = np.where(fooled, np.linalg.norm((adv - xt).numpy().reshape(12, -1), axis=1), np.inf)
             _, dist = jax.jit(lambda x, y: attack.minimize(linear_logits, params, x, y,
                                                           jax.random.key(0)))(x, y)
             dist = np.asarray(dist)
             both = np.isfinite(ref) & np.isfinite(dist)
-            assert both.sum() >= 12
+            assert both.sum() >= 8
             rel = np.abs(dist[both] / ref[both] - 1)
             out.append(f"{name} median rel. diff {np.median(rel):.1e} (n={both.sum()})")
             assert np.median(rel) < 1e-3, name
