@@ -42,6 +42,16 @@ def from_tanh_space(w: jax.Array) -> jax.Array:
     return 0.5 * (jnp.tanh(w) + 1.0)
 
 
+def search_update(found: jax.Array, const: jax.Array, lower: jax.Array, upper: jax.Array):
+    """One step of the binary search over c, per example: (next c, lower, upper). A round
+    that found an adversarial example makes c an upper bound, one that did not a lower bound;
+    the next c is the midpoint, or 10·c while there is no upper bound yet."""
+    upper = jnp.where(found, jnp.minimum(upper, const), upper)
+    lower = jnp.where(found, lower, jnp.maximum(lower, const))
+    const = jnp.where(upper < _NO_UPPER, 0.5 * (lower + upper), const * 10.0)
+    return const, lower, upper
+
+
 @dataclasses.dataclass(frozen=True)
 class CW:
     """Carlini & Wagner L2: minimal L2 adversarial examples by Adam in tanh space.
@@ -146,11 +156,7 @@ class CW:
             best, const, lower, upper = carry
             best, found = self._round(logits_fn, params, x, y, const, best,
                                       jax.random.fold_in(k_rounds, r))
-            upper = jnp.where(found, jnp.minimum(upper, const), upper)
-            lower = jnp.where(found, lower, jnp.maximum(lower, const))
-            bounded = upper < _NO_UPPER
-            const = jnp.where(bounded, 0.5 * (lower + upper), const * 10.0)
-            return best, const, lower, upper
+            return (best, *search_update(found, const, lower, upper))
 
         best = (x, jnp.full((bsz,), jnp.inf, x.dtype))
         const = jnp.full((bsz,), self.initial_const, x.dtype)

@@ -254,3 +254,13 @@ def test_transfer_config_errors(edit, match):
     with pytest.raises(ConfigError, match="^\\[\\[attacks\\]\\] #[35] \\(transfer\\): .*" + match) as e:
         parse_config(__import__("tomllib").loads(text.replace(edit[0], edit[1], 1)))
     assert "\n" not in str(e.value)
+
+
+def test_scale_to_ball_by_hand():
+    """L∞: ε·g. L2: ε·g when ‖g‖₂ ≤ 1 (the generator may use less than ε), else on the sphere."""
+    g = jnp.stack([jnp.full((2, 2, 1), 0.1), jnp.full((2, 2, 1), 0.9)])   # ‖g‖₂ = 0.2 and 1.8
+    eps = jnp.array([0.5, 0.5])
+    np.testing.assert_allclose(advgan.scale_to_ball(g, eps, "linf"), 0.5 * g)
+    d = np.asarray(advgan.scale_to_ball(g, eps, "l2"))
+    np.testing.assert_allclose(d[0], 0.5 * np.asarray(g[0]), rtol=1e-6)
+    np.testing.assert_allclose(d[1], 0.5 * np.asarray(g[1]) / 1.8, rtol=1e-6)

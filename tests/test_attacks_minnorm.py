@@ -250,3 +250,16 @@ def test_matches_torchattacks_on_identical_weights(capsys):
         torch.set_num_threads(threads)
     with capsys.disabled():
         print("\nvs torchattacks: " + "; ".join(out))
+
+
+def test_cw_binary_search_by_hand():
+    """c: 1 fails → 10 (no upper bound yet) fails → 100 succeeds → 55 succeeds → 32.5 fails →
+    43.75; T, T, F, T, T from 1: 0.5, 0.25, 0.375, 0.3125, 0.28125."""
+    const = jnp.array([1.0, 1.0])
+    lower, upper = jnp.zeros(2), jnp.full(2, cw_lib._NO_UPPER)
+    seen = []
+    for found in ([False, True], [False, True], [True, False], [True, True], [False, True]):
+        const, lower, upper = cw_lib.search_update(jnp.array(found), const, lower, upper)
+        seen.append(np.asarray(const).tolist())
+    np.testing.assert_allclose(np.asarray(seen)[:, 0], [10.0, 100.0, 55.0, 32.5, 43.75])
+    np.testing.assert_allclose(np.asarray(seen)[:, 1], [0.5, 0.25, 0.375, 0.3125, 0.28125])
