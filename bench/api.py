@@ -48,6 +48,31 @@ def _attack_specs(attacks: Sequence[Any], eps: Sequence[float] | None) -> list[t
     return specs
 
 
+def _trained(label: str, attack: Any, logits_fn: Callable, params: Any,
+             attack_logits_fn: Callable | None, data: Any, data_dir: str | None, seed: int) -> Any:
+    """A trainable attack (AdvGAN) fitted on the data set's training split against the model
+    (or its stand-in) and bound; other attacks as given. An unresolved ``transfer`` (a config
+    name without its crafter) is an error: pass ``attacks.Transfer.of(attack)``."""
+    from attacks import Transfer
+
+    if isinstance(attack, Transfer) and attack._crafter is None:
+        raise ConfigError(f"{label}: transfer needs its crafting attack; in Python pass "
+                          f"attacks.Transfer.of(attacks.PGD(...)) and the surrogate as "
+                          f"attack_logits_fn (a sweep config names both)")
+    if not getattr(attack, "trainable", False):
+        return attack
+    if not isinstance(data, str):
+        raise ConfigError(f"{label}: {type(attack).__name__} trains on a training split; pass "
+                          f"data as a data-set name, or an attack already trained with "
+                          f"attack.bind(attack.fit(logits_fn, params, x_train, y_train, key))")
+    from bench.data import load_dataset
+    from bench.plan import key_for
+
+    ds = load_dataset(data, data_dir=data_dir)
+    return attack.bind(attack.fit(attack_logits_fn or logits_fn, params, ds.x_train, ds.y_train,
+                                  key_for(seed, "generator", label, attack.norm)))
+
+
 def evaluate(logits_fn: Callable, params: Any, data: str | tuple, attacks: Sequence[Any], *,
              eps: Sequence[float] | None = None, eval_examples: int | None = None,
              batch_size: int = 500, seed: int = 0, model: str = "model", defense: str = "none",
@@ -94,6 +119,8 @@ def evaluate(logits_fn: Callable, params: Any, data: str | tuple, attacks: Seque
     if eval_examples is not None:
         x, y = x[:eval_examples], y[:eval_examples]
     specs = _attack_specs(attacks, eps)
+    specs = [(label, _trained(label, a, logits_fn, params, attack_logits_fn, data, data_dir, seed),
+              values) for label, a, values in specs]
     version = code_version()
     data_id = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()[:12]
     rows, masks = [], {}

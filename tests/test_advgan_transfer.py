@@ -264,3 +264,14 @@ def test_scale_to_ball_by_hand():
     d = np.asarray(advgan.scale_to_ball(g, eps, "l2"))
     np.testing.assert_allclose(d[0], 0.5 * np.asarray(g[0]), rtol=1e-6)
     np.testing.assert_allclose(d[1], 0.5 * np.asarray(g[1]) / 1.8, rtol=1e-6)
+
+
+def test_evaluate_api_trains_advgan_or_says_how(trained_mlp, digits):
+    import bench
+
+    f, params = trained_mlp
+    with pytest.raises(ConfigError, match="trains on a training split; pass data as a data-set name"):
+        bench.evaluate(f, params, (digits.x_test[:8], digits.y_test[:8]),
+                       [{"name": "advgan", "epochs": 1, "eps": [0.1]}])
+    with pytest.raises(ConfigError, match="transfer needs its crafting attack"):
+        bench.evaluate(f, params, "digits", [{"name": "transfer", "eps": [0.1]}], eval_examples=8)
