@@ -189,6 +189,30 @@ def test_sweep_transfer_to_itself_equals_white_box_and_generators_are_cached(tmp
     assert d_white["generator_train_seconds"] > 0
     assert _details(records, "ens")[0]["surrogate"] == ["mlp/standard", "mlp/at"]
 
+    # The pgd-at row's transfer cell scores the very examples crafted for the surrogate's own
+    # white-box cell (its key), recomputed here by hand through the engine.
+    from bench.plan import key_for, make_plan
+    from bench.runner import _Weights, _pick
+
+    class Bar:
+        def set_postfix_str(self, *a, **k):
+            pass
+
+    cfg = parse_config(__import__("tomllib").loads(SWEEP.format(epochs=2, lr=1e-3, gan_eps="[0.1]")))
+    from bench.data import load_dataset
+
+    data = load_dataset("digits", train_examples=256)
+    plan_obj = make_plan(cfg, data.fingerprint())
+    w = _Weights(run, plan_obj, data, Bar())
+    std, at = (next(u for u in plan_obj.units if u.defense.label == lab) for lab in ("standard", "at"))
+    _, fn = w.module(std.model)
+    pgd = next(a for a in cfg.attacks if a.label == "pgd")
+    m, _, _ = engine.attack_correct(pgd.attack, _pick(fn, 0), (w(at.training), w(std.training)),
+                                    data.x_test[:40], data.y_test[:40], [0.1],
+                                    key_for(cfg.seed, *std.attack_key_parts(pgd)), 40,
+                                    attack_logits_fn=_pick(fn, 1))
+    np.testing.assert_array_equal(m[0], masks("at", "transfer:pgd@mlp/standard")[0.1])
+
     mtimes = {p.name: p.stat().st_mtime_ns for p in gens}
     records = _sweep(out, gan_eps="[0.1, 0.2]")   # new cells, same generators
     assert {p.name: p.stat().st_mtime_ns for p in (out / "generators").iterdir()} == mtimes
