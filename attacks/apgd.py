@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attacks import base, checks, losses, threat
+from attacks import base, checks, fastpath, losses, threat
 
 NORMS: tuple[str, ...] = ("linf", "l2")
 APGD_LOSSES: tuple[str, ...] = ("ce", "dlr")
@@ -88,11 +88,11 @@ class _APGDBase:
         if self.norm == "l1":
             raise ValueError("APGD supports linf and l2; norm = 'l1' is not allowed")
         checks.check_choice("norm", self.norm, NORMS)
-        checks.check_positive("steps", self.steps)
-        checks.check_positive("restarts", self.restarts)
+        checks.check_count("steps", self.steps, checks.MAX_STEPS)
+        checks.check_count("restarts", self.restarts, checks.MAX_RESTARTS)
         checks.check_range("rho", self.rho, 0.0, 1.0)
         checks.check_range("momentum", self.momentum, 0.0, 1.0)
-        checks.check_positive("eot_iter", self.eot_iter)
+        checks.check_count("eot_iter", self.eot_iter, checks.MAX_RESTARTS)
         checks.check_positive("unroll", self.unroll, allow_zero=True)
 
     # -- pieces ---------------------------------------------------------------------------
@@ -167,6 +167,7 @@ class _APGDBase:
             x_cur=x0, x_prev=x0, grad=g0, step=2.0 * e,
             x_best=x0, loss_best=loss0, grad_best=g0,
             x_adv=x0, success=succ0,
+            first=jnp.where(succ0, 0, -1).astype(jnp.int32),  # first fooling iterate
             # The reference's first window compares the first loss with an unwritten (zero)
             # row of its loss history; we keep that to reproduce its decisions exactly.
             loss_prev=jnp.zeros_like(loss0),
@@ -190,6 +191,7 @@ class _APGDBase:
             step-size check when iteration i ends a window. ``g`` is None after the last step."""
             s = dict(s)
             s["x_adv"] = jnp.where(mask(succ), x_new, s["x_adv"])
+            s["first"] = jnp.where((s["first"] < 0) & succ, i + 1, s["first"])
             s["success"] = s["success"] | succ
             n_incr = s["n_incr"] + (loss > s["loss_prev"]).astype(jnp.int32)
             s["loss_prev"] = loss
@@ -226,7 +228,8 @@ class _APGDBase:
         s = record(n - 1, s, x_last, loss, succ, None)
 
         x_out = jnp.where(mask(s["success"]), s["x_adv"], s["x_best"])
-        info = {"success": s["success"], "loss": s["loss_best"], "halvings": s["halvings"]}
+        info = {"success": s["success"], "loss": s["loss_best"], "halvings": s["halvings"],
+                "first_fooled_step": s["first"]}
         return x_out, base.score(s["success"], s["loss_best"]), info
 
     def _runs(self, logits_fn, params, x, y, targets, hit_target, eps, key):
@@ -248,6 +251,11 @@ class _APGDBase:
             infos = dict(infos, target=jnp.broadcast_to(targets[t_idx], scores.shape))
         idx = jnp.argmax(scores, axis=0)
         info = {k: jnp.take_along_axis(v, idx[None], axis=0)[0] for k, v in infos.items()}
+        # the earliest step at which any run fooled the example, not the winning run's
+        big = jnp.iinfo(jnp.int32).max
+        first = jnp.min(jnp.where(infos["first_fooled_step"] < 0, big,
+                                  infos["first_fooled_step"]), axis=0)
+        info["first_fooled_step"] = jnp.where(first == big, -1, first)
         return base.best_over_restarts(xs, scores), info
 
     def __call__(self, logits_fn, params, x, y, eps, key, target=None):
@@ -284,6 +292,7 @@ class APGD(_APGDBase):
         """``(x_adv, info)``; ``info`` has per-example ``success``, ``loss`` (the best
         objective) and ``halvings`` (step-size reductions) of the winning restart.
         ``target`` is ignored: APGD is untargeted (use :class:`APGDT`)."""
+        logits_fn = fastpath.fast(logits_fn)
         del target
         if self.loss == "dlr" and _num_classes(logits_fn, params, x) < 3:
             raise ValueError("APGD with loss 'dlr' needs at least 3 classes")
@@ -323,6 +332,7 @@ class APGDT(_APGDBase):
     def run(self, logits_fn, params, x, y, eps, key, target=None):
         """``(x_adv, info)``; ``info`` as :meth:`APGD.run` plus ``target``, the winning
         run's target class."""
+        logits_fn = fastpath.fast(logits_fn)
         k_clean, k_runs = jax.random.split(key)
         if target is not None:
             if _num_classes(logits_fn, params, x) < 4:

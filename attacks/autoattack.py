@@ -21,7 +21,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from attacks import checks
+from attacks import checks, fastpath
 from attacks.apgd import APGD, APGDDLR, APGDT
 from attacks.fab import FAB
 from attacks.square import Square
@@ -52,8 +52,10 @@ class AutoAttack:
     def __post_init__(self):
         checks.check_choice("norm", self.norm, ("linf", "l2"))
         checks.check_choice("version", self.version, VERSIONS)
-        for name in ("steps", "queries", "n_target_classes", "eot_iter"):
-            checks.check_positive(name, getattr(self, name))
+        for name, high in (("steps", checks.MAX_STEPS), ("queries", checks.MAX_QUERIES),
+                           ("n_target_classes", checks.MAX_RESTARTS),
+                           ("eot_iter", checks.MAX_RESTARTS)):
+            checks.check_count(name, getattr(self, name), high)
 
     def stages(self) -> tuple[tuple[str, object], ...]:
         """(name, attack) in the order the cascade runs them."""
@@ -76,6 +78,7 @@ class AutoAttack:
     def run(self, logits_fn, params, x, y, eps, key, target=None):
         """Every stage on every point; per example the first success. ``info["stage"]``: the
         1-based stage that broke the example, 0 if none did, -1 if misclassified clean."""
+        logits_fn = fastpath.fast(logits_fn)
         del target  # AutoAttack picks its own targets
         logits = logits_fn(params, x)
         fooled = jnp.argmax(logits, -1) != y

@@ -26,7 +26,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from attacks import base, checks, losses, threat
+from attacks import base, checks, fastpath, losses, threat
 
 DEFAULT_EPS_INIT: dict[str, float] = {"linf": 0.3, "l2": 1.0, "l1": 5.0}
 """The reference's radius for random restarts when ``eps_init`` is not given."""
@@ -199,8 +199,8 @@ class FAB:
 
     def __post_init__(self):
         checks.check_choice("norm", self.norm, threat.NORMS)
-        checks.check_positive("steps", self.steps)
-        checks.check_positive("restarts", self.restarts)
+        checks.check_count("steps", self.steps, checks.MAX_STEPS)
+        checks.check_count("restarts", self.restarts, checks.MAX_RESTARTS)
         checks.check_positive("n_target_classes", self.n_target_classes)
         checks.check_range("alpha_max", self.alpha_max, 0.0, 1.0)
         checks.check_positive("eta", self.eta)
@@ -312,6 +312,7 @@ class FAB:
         (x_adv = x). FAB-T attacks the given ``target`` [B] if any, else the top
         ``n_target_classes`` other classes under the clean logits.
         """
+        logits_fn = fastpath.fast(logits_fn)
         k_clean, k_runs = jax.random.split(key)
         clean = base.apply_logits(logits_fn, params, x, k_clean)
         if self.targeted:

@@ -7,7 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from attacks import checks, losses, threat
+from attacks import checks, fastpath, losses, threat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +37,7 @@ class FGSM:
         checks.check_range("start_frac", self.start_frac, 0.0, 1.0, closed_high=False)
 
     def __call__(self, logits_fn, params, x, y, eps, key, target=None):
+        logits_fn = fastpath.fast(logits_fn)
         k_start, k_target = jax.random.split(key)
         labels = losses.attack_labels(self, logits_fn, params, x, y, k_target, target)
 

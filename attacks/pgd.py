@@ -14,7 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from attacks import base, checks, losses, steps as step_rules, threat
+from attacks import base, checks, fastpath, losses, steps as step_rules, threat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +54,8 @@ class PGD:
         checks.check_choice("norm", self.norm, threat.NORMS)
         checks.check_choice("loss", self.loss, losses.LOSSES)
         checks.check_choice("target", self.target, losses.TARGET_MODES)
-        checks.check_positive("steps", self.steps)
-        checks.check_positive("restarts", self.restarts)
+        checks.check_count("steps", self.steps, checks.MAX_STEPS)
+        checks.check_count("restarts", self.restarts, checks.MAX_RESTARTS)
         checks.check_positive("unroll", self.unroll, allow_zero=True)
         for name in ("rel_step_size", "step_size"):
             if getattr(self, name) is not None:
@@ -78,32 +78,46 @@ class PGD:
 
         grad_fn = jax.grad(obj_and_logits, has_aux=True)
         x0 = threat.random_init(key, x, eps, self.norm) if self.random_start else x
-        init = (x0, rule.init(x0), x0, jnp.full(x.shape[:1], -jnp.inf, x.dtype))
+        never = jnp.full(x.shape[:1], -1, jnp.int32)
+        init = (x0, rule.init(x0), x0, jnp.full(x.shape[:1], -jnp.inf, x.dtype), never)
 
-        def body(_, carry):
-            z, opt_state, x_best, s_best = carry
+        def body(i, carry):
+            z, opt_state, x_best, s_best, first = carry
             g, (obj, logits) = grad_fn(z)
             success = losses.is_adversarial(logits, labels, self.targeted)
+            first = jnp.where((first < 0) & success, i, first)
             x_best, s_best = base.keep_better((x_best, s_best), (z, base.score(success, obj)))
             update, opt_state = rule.update(g, opt_state)
-            return threat.project(z + update, x, eps, self.norm), opt_state, x_best, s_best
+            return threat.project(z + update, x, eps, self.norm), opt_state, x_best, s_best, first
 
         cpu = jax.default_backend() == "cpu"
         unroll = self.unroll or (self.steps if cpu and self.steps <= 50 else 1)
-        z, _, x_best, s_best = jax.lax.fori_loop(0, self.steps, body, init, unroll=unroll)
+        z, _, x_best, s_best, first = jax.lax.fori_loop(0, self.steps, body, init, unroll=unroll)
         logits = logits_fn(params, z)
-        last = base.score(losses.is_adversarial(logits, labels, self.targeted),
-                          losses.objective(logits, labels, self.loss, self.targeted))
-        return base.keep_better((x_best, s_best), (z, last))
+        success = losses.is_adversarial(logits, labels, self.targeted)
+        first = jnp.where((first < 0) & success, self.steps, first)
+        last = base.score(success, losses.objective(logits, labels, self.loss, self.targeted))
+        return (*base.keep_better((x_best, s_best), (z, last)), first)
 
-    def __call__(self, logits_fn, params, x, y, eps, key, target=None):
+    def run(self, logits_fn, params, x, y, eps, key, target=None):
+        """``(x_adv, {"first_fooled_step": int32 [B]})``: per example, the first iterate that
+        fooled the model (0: the start, ``k``: after ``k`` steps, the earliest over restarts;
+        -1: none did), so one run gives robust accuracy after every number of steps of this
+        schedule (the step size stays that of ``steps``)."""
+        logits_fn = fastpath.fast(logits_fn)
         k_target, k_runs = jax.random.split(key)
         labels = losses.attack_labels(self, logits_fn, params, x, y, k_target, target)
         keys = jax.random.split(k_runs, self.restarts)
         if self.restarts == 1:
-            x_adv, _ = self._one_run(logits_fn, params, x, labels, eps, keys[0])
+            x_adv, _, first = self._one_run(logits_fn, params, x, labels, eps, keys[0])
         else:
-            xs, scores = jax.vmap(
+            xs, scores, firsts = jax.vmap(
                 lambda k: self._one_run(logits_fn, params, x, labels, eps, k))(keys)
             x_adv = base.best_over_restarts(xs, scores)
-        return jax.lax.stop_gradient(x_adv)
+            big = jnp.iinfo(jnp.int32).max
+            first = jnp.min(jnp.where(firsts < 0, big, firsts), axis=0)
+            first = jnp.where(first == big, -1, first)
+        return jax.lax.stop_gradient(x_adv), {"first_fooled_step": first}
+
+    def __call__(self, logits_fn, params, x, y, eps, key, target=None):
+        return self.run(logits_fn, params, x, y, eps, key, target)[0]

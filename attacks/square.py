@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attacks import base, checks, losses, threat
+from attacks import base, checks, fastpath, losses, threat
 
 SQUARE_NORMS: tuple[str, ...] = ("linf", "l2")
 SQUARE_LOSSES: tuple[str, ...] = ("margin", "ce")
@@ -205,8 +205,8 @@ class Square:
         checks.check_choice("norm", self.norm, SQUARE_NORMS)
         checks.check_choice("loss", self.loss, SQUARE_LOSSES)
         checks.check_choice("target", self.target, losses.TARGET_MODES)
-        checks.check_positive("queries", self.queries)
-        checks.check_positive("restarts", self.restarts)
+        checks.check_count("queries", self.queries, checks.MAX_QUERIES)
+        checks.check_count("restarts", self.restarts, checks.MAX_RESTARTS)
         checks.check_positive("p_init", self.p_init)
         checks.check_range("p_init", self.p_init, 0.0, 1.0)
 
@@ -323,6 +323,7 @@ class Square:
         model queries spent until success (all restarts' budgets for failures, 0 for
         examples already adversarial at x: misclassified, or classified as the target when
         ``targeted``). The clean forward pass (as in the reference) is not counted."""
+        logits_fn = fastpath.fast(logits_fn)
         k_target, k_runs = jax.random.split(key)
         labels = losses.attack_labels(self, logits_fn, params, x, y, k_target, target)
         start_adv = losses.is_adversarial(logits_fn(params, x), labels, self.targeted)

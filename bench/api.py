@@ -73,7 +73,60 @@ def _trained(label: str, attack: Any, logits_fn: Callable, params: Any,
                                   key_for(seed, "generator", label, attack.norm)))
 
 
-def evaluate(logits_fn: Callable, params: Any, data: str | tuple, attacks: Sequence[Any], *,
+_UNSET = object()
+
+
+def _module_logits(model: Any, params: Any, data: Any, attacks: Any) -> tuple:
+    """(logits_fn, params, data, attacks) from what was passed: a Flax NNX module (which
+    carries its parameters: ``evaluate(model, data, attacks)``), a flax.linen module with its
+    variables (``evaluate(module, variables, data, attacks)``) or ``logits_fn, params``."""
+    import flax.linen as nn
+
+    try:
+        from flax import nnx
+    except ImportError:  # pragma: no cover - flax without NNX
+        nnx = None
+    if nnx is not None and isinstance(model, nnx.Module):
+        if attacks is _UNSET:  # evaluate(model, data, attacks): shift the positional arguments
+            params, data, attacks = _UNSET, params, data
+        if params is not _UNSET:
+            raise ConfigError("an NNX module carries its own parameters; call "
+                              "bench.evaluate(model, data, attacks, eps=...)")
+        # A copy in evaluation mode (BatchNorm running averages, no dropout); the caller's
+        # module is left as it is. Its state is the params pytree attacks differentiate.
+        graphdef, state = nnx.split(model)
+        copy = nnx.merge(graphdef, state)
+        copy.eval()
+        graphdef, state = nnx.split(copy)
+
+        def nnx_logits(state, x):
+            return nnx.merge(graphdef, state)(x)
+
+        return nnx_logits, state, data, attacks
+    if isinstance(model, nn.Module):
+        import inspect
+
+        if params is _UNSET:
+            raise ConfigError("a flax.linen module needs its variables: call "
+                              "bench.evaluate(module, variables, data, attacks, eps=...)")
+        takes_train = "train" in inspect.signature(type(model).__call__).parameters
+
+        def linen_logits(variables, x):
+            return model.apply(variables, x, train=False) if takes_train else \
+                model.apply(variables, x)
+
+        return linen_logits, params, data, attacks
+    if not callable(model):
+        raise ConfigError(f"the model {type(model).__name__} is not a logits_fn, an NNX module or "
+                          f"a flax.linen module; pass logits_fn(params, x) and its params")
+    if params is _UNSET:
+        raise ConfigError("a logits_fn needs its params: call bench.evaluate(logits_fn, params, "
+                          "data, attacks, eps=...)")
+    return model, params, data, attacks
+
+
+def evaluate(logits_fn: Callable, params: Any = _UNSET, data: str | tuple = _UNSET,
+             attacks: Sequence[Any] = _UNSET, *,
              eps: Sequence[float] | None = None, eval_examples: int | None = None,
              batch_size: int = 500, seed: int = 0, model: str = "model", defense: str = "none",
              data_dir: str | None = None, return_masks: bool = False,
@@ -81,10 +134,17 @@ def evaluate(logits_fn: Callable, params: Any, data: str | tuple, attacks: Seque
              ) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Robust accuracy of ``logits_fn(params, x)`` under each attack at each ε.
 
+    Three ways to pass the model: ``evaluate(logits_fn, params, data, attacks)``,
+    ``evaluate(nnx_module, data, attacks)`` (a ``flax.nnx.Module``, evaluated in eval mode on
+    a copy; its state is what attacks differentiate through) and
+    ``evaluate(linen_module, variables, data, attacks)`` (called with ``train=False`` when its
+    ``__call__`` takes ``train``).
+
     Args:
       logits_fn: pure ``(params, x) -> logits``; x is float32 NHWC in [0, 1] (normalise
-        inside).
-      params: the pytree ``logits_fn`` takes (for Flax: the variables dict).
+        inside). Or a Flax NNX module, or a flax.linen module.
+      params: the pytree ``logits_fn`` takes (for Flax: the variables dict); left out for an
+        NNX module.
       data: a data-set name (``digits``, ``mnist5k``, ``tfds:cifar10``, ...: its test split
         is used) or a tuple ``(x, y)`` of arrays.
       attacks: attack instances (``attacks.PGD(steps=20)``) or dicts in config form
@@ -105,20 +165,44 @@ def evaluate(logits_fn: Callable, params: Any, data: str | tuple, attacks: Seque
     from bench.plan import cell_id, key_for
     from bench.runner import code_version
 
+    logits_fn, params, data, attacks = _module_logits(logits_fn, params, data, attacks)
+    if data is _UNSET or attacks is _UNSET:
+        raise ConfigError("bench.evaluate needs data and attacks: evaluate(model, data, attacks, "
+                          "eps=...) for an NNX module, evaluate(logits_fn, params, data, attacks, "
+                          "eps=...) otherwise")
+
     if isinstance(data, str):
         from bench.data import load_dataset
 
-        ds = load_dataset(data, data_dir=data_dir)
+        ds = load_dataset(data, data_dir=data_dir)  # also "npz:path.npz"
         x, y, data_name = ds.x_test, ds.y_test, data
     else:
         if not isinstance(data, (tuple, list)) or len(data) != 2:
             raise ConfigError("data must be a data-set name or a tuple (x, y) of arrays")
         x, y = data
         data_name = "arrays"
+    from bench.config import check_eps_range
+
+    for name, value in (("batch_size", batch_size), ("eval_examples", eval_examples)):
+        if value is None and name == "eval_examples":
+            continue
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} = {value!r} is impossible; it must be an integer ≥ 1")
+    if (isinstance(attacks, (str, bytes, Mapping)) or not isinstance(attacks, Sequence)
+            or dataclasses.is_dataclass(attacks)):
+        raise ConfigError(f"attacks = {attacks!r:.60} is not a list; pass a list such as "
+                          f"[attacks.PGD()]")
+    if len(attacks) == 0:
+        raise ConfigError("attacks = [] is empty; pass at least one attack, e.g. [attacks.PGD()]")
     x, y = ev.check_arrays(x, y)
     if eval_examples is not None:
         x, y = x[:eval_examples], y[:eval_examples]
+    ev.check_model(logits_fn, params, x, y)
+    if attack_logits_fn is not None:
+        ev.check_model(attack_logits_fn, params, x, y, "attack_logits_fn")
     specs = _attack_specs(attacks, eps)
+    for label, attack, values in specs:
+        check_eps_range(values, attack.norm, f"attack {label!r}", x.shape[1:])
     specs = [(label, _trained(label, a, logits_fn, params, attack_logits_fn, data, data_dir, seed),
               values) for label, a, values in specs]
     version = code_version()

@@ -7,11 +7,14 @@ tampered file) is printed as one line on stderr with exit status 2.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
+import threading
 from pathlib import Path
 
 from bench import xla
-from bench.errors import RobustaxError
+from bench.errors import ConfigError, RobustaxError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,15 +32,41 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="TOML sweep config, e.g. bench/configs/default.toml")
     run.add_argument("--out", help="run directory (default: runs/<config name>)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from bench import security_cli
+
+    security_cli.add_run_flags(run)
+    run.add_argument("--distributed", action="store_true",
+                     help="join a multi-process run (jax.distributed; see bench/distributed.py)")
     rep = sub.add_parser("report", help="rebuild records.csv, tables and plots of a run directory")
     rep.add_argument("run_dir")
+    rep.add_argument("--baseline", help="a baseline run directory: adds the regression "
+                                        "verdict (`robustax compare`) to report.md")
+    cmp_ = sub.add_parser("compare", help="regression gate: per-cell exact McNemar tests of a "
+                                          "new run against a baseline run (exit 1 on a change)")
+    cmp_.add_argument("baseline", help="baseline run directory, e.g. results/default")
+    cmp_.add_argument("new", help="new run directory")
+    cmp_.add_argument("--tolerance", type=float, default=1.0,
+                      help="percentage points a cell may move before it can fail (default 1)")
+    cmp_.add_argument("--alpha", type=float, default=0.05,
+                      help="family-wise error level of the Holm-corrected tests (default 0.05)")
+    cmp_.add_argument("--fail-on", choices=("drop", "rise", "any"), default="any",
+                      help="which direction fails the gate (default any: a rise can mean a "
+                           "weakened attack)")
+    cmp_.add_argument("--by", choices=("id", "label"), default="id",
+                      help="match cells by identity (labels, seed and every option; default) "
+                           "or by (model, defense, attack, norm, ε) labels only")
+    cmp_.add_argument("--out", help="where compare.{csv,md,json} go (default NEW/compare/)")
     sub.add_parser("list", help="list data sets, models, defenses and attacks with options")
-    speed = sub.add_parser("speed", help="time PGD-20 against 20 × (forward + input gradient)")
+    speed = sub.add_parser("speed", help="time attacks against k × (forward + input gradient), "
+                                         "the sweep engine and torchattacks (writes CSV + Markdown)")
     speed.add_argument("--batch", type=int, default=256)
     speed.add_argument("--steps", type=int, default=20)
-    speed.add_argument("--repeats", type=int, default=5)
+    speed.add_argument("--repeats", type=int, default=3)
     speed.add_argument("--torchattacks", action="store_true",
-                       help="also time torchattacks PGD on the same weights (needs torch)")
+                       help="also time torchattacks on PyTorch twins (same weights; needs torch)")
+    speed.add_argument("--out", help="directory for speed.csv and speed.md")
+    speed.add_argument("--models", default="cnn,user-cnn",
+                       help="comma-separated: cnn (robustax's), user-cnn (plain flax.linen)")
     cc = sub.add_parser("crosscheck", help="compare attacks with torchattacks on the same weights "
                                            "(cnn models of a finished run; needs torch)")
     cc.add_argument("run_dir")
@@ -46,21 +75,103 @@ def _parser() -> argparse.ArgumentParser:
     cc.add_argument("--attack", action="append", help="only this attack name (repeatable)")
     cc.add_argument("--eps", action="append", type=float, help="only this ε (repeatable)")
     cc.add_argument("--defense", action="append", help="only this defense label (repeatable)")
+    imp = sub.add_parser("import-torch", help="convert a PyTorch state_dict of a RobustBench "
+                                              "architecture to robustax weights (needs torch)")
+    imp.add_argument("arch", help="preact-resnet18, resnet18, wrn-28-10, wrn-34-10, wrn-70-16 "
+                                  "(or wrn-<depth>-<widen>)")
+    imp.add_argument("state_dict", help="torch.save(model.state_dict()) file or .safetensors")
+    imp.add_argument("out", help="output .safetensors file (robustax weights)")
+    imp.add_argument("--mean", type=float, nargs="+",
+                     help="per-channel mean the model subtracts (if the state dict has no "
+                          "mu/mean buffer); default: none")
+    imp.add_argument("--std", type=float, nargs="+", help="per-channel std, as --mean")
+    imp.add_argument("--activation", default="relu", choices=("relu", "swish"),
+                     help="activation of DeepMind WideResNets (DMWideResNet); default relu")
+    imp.add_argument("--check-inputs", type=int, default=8,
+                     help="random 32x32 inputs on which the logits must agree (default 8)")
+    from bench import security_cli
+
+    security_cli.add_parsers(sub)
     return p
 
 
+def _import_torch(args) -> None:
+    from bench.torch_import import import_torch
+
+    if args.check_inputs < 1:
+        raise RobustaxError(f"--check-inputs {args.check_inputs} is impossible; give at least 1")
+    conv = import_torch(args.arch, args.state_dict, args.out, mean=args.mean, std=args.std,
+                        activation=args.activation, check_inputs=args.check_inputs)
+    m = conv.module
+    options = conv.metadata()["model_options"]
+    print(f"{args.arch} ({conv.layout} layout, {m.num_classes} classes, mean {list(m.mean)}, "
+          f"std {list(m.std)}): logits agree on {args.check_inputs} random inputs (max "
+          f"difference {conv.max_diff:.2g}, max |logit| {conv.max_logit:.3g})")
+    print(f"wrote {args.out}; use it in a config as:")
+    print(f'[[models]]\nname = "{conv.arch.model(conv.layout)}"\n' +
+          "".join(f"{k} = {_toml(v)}\n" for k, v in options.items()) +
+          f'weights = "{args.out}"')
+
+
+def _toml(v) -> str:
+    import json
+
+    return json.dumps(list(v) if isinstance(v, tuple) else v)
+
+
 def _run(args) -> None:
-    from bench.config import load_config
-    from bench.report import summary, write_report
+    from bench.config import load_config, read_config_text
+    from bench.report import checklist_text, summary, write_report
     from bench.runner import run_sweep
 
-    cfg = load_config(args.config)
-    out = Path(args.out) if args.out else Path("runs") / cfg.name
-    records = run_sweep(cfg, out, config_text=Path(args.config).read_text(),
-                        progress=not args.no_progress)
+    text = read_config_text(args.config)
+    cfg = load_config(args.config, text)
+    from bench.security_cli import apply_run_flags
+
+    cfg = apply_run_flags(cfg, args)
+    from bench.plan import slug
+
+    out = Path(args.out) if args.out else Path("runs") / slug(cfg.name)
+    if out.exists() and not out.is_dir():
+        raise RobustaxError(f"--out {str(out)!r} is a file, not a directory; pass a new or "
+                            f"existing run directory")
+    lead = True
+    if getattr(args, "distributed", False):
+        from bench.distributed import initialize
+
+        lead = initialize()[0] == 0
+    records = run_sweep(cfg, out, config_text=text, progress=not args.no_progress)
+    if not lead:  # only process 0 writes the run directory and prints
+        return
     write_report(out, records)
     print(summary(out, width=_width()))
+    print(checklist_text(out))
     print(f"run directory: {out}  (records.csv, tables/, plots/)")
+
+
+_FIXES = {
+    errno.ENOSPC: "the disk is full; free some space or pass --out on another disk (finished "
+                  "cells are kept)",
+    errno.EDQUOT: "the disk quota is used up; free some space or pass --out elsewhere",
+    errno.EROFS: "the file system is read-only; pass --out on a writable one",
+    errno.EACCES: "no permission; pass --out in a directory you can write, or fix its "
+                  "permissions",
+    errno.EPERM: "not permitted; pass --out in a directory you can write",
+    errno.EEXIST: "a file is in the way; remove it or pass another --out",
+    errno.ENOTDIR: "a file is in the way where a directory should be; pass another --out",
+    errno.EISDIR: "a directory is in the way where a file should be; remove it",
+    errno.ENAMETOOLONG: "the path is too long; pass a shorter --out",
+}
+
+
+def _os_error(e: OSError) -> str:
+    """One line for a file-system error: the path, what the OS said, and the fix."""
+    fix = _FIXES.get(e.errno, "check that path")
+    return f"{e.filename}: {e.strerror or e}; {fix}"
+
+
+def _device_call_running() -> bool:
+    return any(t.name == "robustax-device-call" and t.is_alive() for t in threading.enumerate())
 
 
 def _width() -> int:
@@ -81,6 +192,14 @@ def _list() -> None:
             print(f"  {name:<20} {text}")
 
 
+def _speed_models(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in ("cnn", "user-cnn")]
+    if bad or not names:
+        raise ConfigError(f"--models {text!r}: choose from cnn, user-cnn (comma-separated)")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     xla.configure()
@@ -89,32 +208,58 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             _run(args)
         elif args.command == "report":
-            from bench.report import summary, write_report
+            from bench.report import checklist_text, summary, write_report
 
             if not Path(args.run_dir, "cells").is_dir():
                 raise RobustaxError(f"{args.run_dir} is not a run directory (no cells/); pass the "
                                     f"--out directory of a `robustax run`")
-            paths = write_report(args.run_dir)
+            paths = write_report(args.run_dir, baseline=args.baseline)
             print(summary(args.run_dir, width=_width()))
+            print(checklist_text(args.run_dir))
             for folder in dict.fromkeys(p.parent for p in paths):
                 print(f"wrote {sum(p.parent == folder for p in paths)} files to {folder}/")
+        elif args.command == "import-torch":
+            _import_torch(args)
         elif args.command == "list":
             _list()
+        elif args.command == "compare":
+            from bench.compare import main as compare_main
+
+            return compare_main(args.baseline, args.new, tolerance=args.tolerance,
+                                alpha=args.alpha, fail_on=args.fail_on, by=args.by,
+                                out=args.out)
         elif args.command == "crosscheck":
             from bench.crosscheck import main as crosscheck_main
 
             crosscheck_main(args.run_dir, args.examples, args.seed, args.attack, args.eps,
                             args.defense)
+        elif args.command in ("keys", "sign", "verify", "encrypt", "decrypt"):
+            from bench import security_cli
+
+            security_cli.main(args)
         elif args.command == "speed":
             from bench.speed import main as speed_main
 
             speed_main(batch=args.batch, steps=args.steps, repeats=args.repeats,
-                       torchattacks=args.torchattacks)
+                       torchattacks=args.torchattacks, out=args.out,
+                       models=_speed_models(args.models))
     except RobustaxError as e:
         print(f"robustax: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("robustax: interrupted; finished cells are saved, rerun the same command to "
               "resume", file=sys.stderr)
+        if argv is None or _device_call_running():
+            # The process's own entry point (or a compiled call still running on a worker
+            # thread): exit now rather than wait for that call or for interpreter teardown
+            # (seconds with XLA loaded). Every artifact is already written and fsync'd.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
+    except OSError as e:
+        if e.filename is None:  # not about a path: a bug, keep the traceback
+            raise
+        print(f"robustax: error: {_os_error(e)}", file=sys.stderr)
+        return 2
     return 0

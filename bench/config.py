@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench import options as opts
 from bench.errors import ConfigError
 from bench.registry import ATTACKS, DEFENSES, MODELS
@@ -30,21 +32,29 @@ class DataConfig:
     """Which data set, and how much of it.
 
     Attributes:
-      name: ``digits``, ``mnist5k`` or ``tfds:<name>`` (see ``robustax list``).
+      name: ``digits``, ``mnist5k``, ``tfds:<name>`` (see ``robustax list``) or
+        ``npz:<path>.npz`` (arrays ``x_test``, ``y_test``, optionally ``x_train``, ``y_train``).
       eval_examples: evaluate on the first n test examples (all when unset).
       train_examples: train on the first n training examples (all when unset).
       data_dir: TFDS data directory holding prepared (array_record) data sets.
+      stream: read a TFDS test split from disk one eval batch at a time instead of loading
+        it whole (for evaluation sets larger than memory); results are the same.
     """
 
     name: str = "digits"
     eval_examples: int | None = dataclasses.field(default=None, metadata={"min": 1})
     train_examples: int | None = dataclasses.field(default=None, metadata={"min": 1})
     data_dir: str | None = None
+    stream: bool = False
 
     def __post_init__(self):
         from bench.data import DATASETS
 
-        if self.name not in DATASETS:
+        if self.name.startswith("npz:"):
+            if not self.name[4:].endswith(".npz"):
+                raise ValueError(f"name = {self.name!r}: give the path of a .npz file after "
+                                 f"'npz:' (e.g. \"npz:data/cifar10_test.npz\")")
+        elif self.name not in DATASETS:
             raise ValueError(f"name = {self.name!r} is unknown; choose one of: {', '.join(DATASETS)}")
 
 
@@ -56,13 +66,52 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SecurityConfig:
+    """Artifact security of a sweep (``[security]``; see ``bench.artifacts``).
+
+    Attributes:
+      signing_key: an Ed25519 ``signing.key`` file (mode 0600) or ``env:VAR``: every checkpoint
+        written is signed and the results ledger's head is signed.
+      encryption_key: an ``encryption.key`` file (0600), ``env:VAR`` or ``passphrase`` (read from
+        ROBUSTAX_PASSPHRASE): checkpoints are written encrypted (``*.enc``, AES-256-GCM) and
+        decrypted in memory only.
+      trust: public keys (``signing.pub``) a checkpoint read from disk must be signed by; a
+        checkpoint that does not verify is refused. Default: the signing key's own, when set.
+    Paths are relative to the working directory; ``~`` is expanded.
+    """
+
+    signing_key: str | None = None
+    encryption_key: str | None = None
+    trust: tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.signing_key or self.encryption_key or self.trust)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsConfig:
+    """Weights a model entry loads instead of training: the file or Orbax directory as
+    written in the config and resolved, its sha256, and the normalisation the model applies
+    (``None`` for a user module without ``mean``/``std`` fields, which normalises itself)."""
+
+    path: str
+    resolved: Path
+    sha256: str
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """A registered model: its checked module (data statistics filled in by the plan)."""
+    """A registered model: its checked module (data statistics filled in by the plan), and
+    the weights it loads when it is not trained here."""
 
     name: str
     label: str
     module: Any
     options: tuple[tuple[str, Any], ...] = ()
+    weights: WeightsConfig | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,14 +184,19 @@ class SweepConfig:
     attacks: tuple[AttackConfig, ...]
     eval: EvalConfig = EvalConfig()
     source: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+    security: SecurityConfig = SecurityConfig()
+    # Where relative paths of the config (weights, npz data) start: the config file's folder.
+    base_dir: Path | None = dataclasses.field(default=None, compare=False)
 
     def config_id(self) -> str:
-        """A short hash of the config as parsed (what determines the numbers)."""
-        blob = json.dumps(self.source, sort_keys=True, default=str).encode()
+        """A short hash of the config as parsed (what determines the numbers: not
+        ``[security]``, which only says how artifacts are protected)."""
+        source = {k: v for k, v in self.source.items() if k != "security"}
+        blob = json.dumps(source, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
-_TOP_KEYS = ("name", "seed", "data", "models", "defenses", "attacks", "eval")
+_TOP_KEYS = ("name", "seed", "data", "models", "defenses", "attacks", "eval", "security")
 
 
 def _table(value: Any, where: str) -> dict:
@@ -258,6 +312,119 @@ def _resolve_transfers(attack_cfgs: list[AttackConfig], wheres: list[tuple[str, 
     return out
 
 
+PRETRAINED = "pretrained"  # the defense row of models evaluated with the weights they load
+_NORMALISATION = ("mean", "std")
+
+
+def import_module_class(spec: str, where: str, base_dir: Path | None = None) -> type:
+    """The flax.linen Module class named ``"package.module:Class"``; the config file's folder
+    is searched too, so a module next to the config imports without setting PYTHONPATH."""
+    import importlib
+    import inspect
+    import sys
+
+    import flax.linen as nn
+
+    mod_name, sep, cls_name = spec.partition(":")
+    if not sep or not mod_name or not cls_name.isidentifier():
+        raise ConfigError(f"{where}: module = {spec!r} is not an import path; write "
+                          f"\"package.module:ClassName\"")
+    added = base_dir is not None and str(base_dir) not in sys.path
+    if added:
+        sys.path.insert(0, str(base_dir))
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ConfigError(f"{where}: module = {spec!r} cannot be imported ({e}); put its "
+                          f"package on PYTHONPATH or next to the config file") from None
+    finally:
+        if added:
+            sys.path.remove(str(base_dir))
+    cls = getattr(mod, cls_name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
+        raise ConfigError(f"{where}: module = {spec!r} is not a flax.linen Module class in "
+                          f"{mod_name}; name a linen Module (NNX modules: bench.evaluate(model, ...))")
+    call = inspect.signature(cls.__call__).parameters
+    if "train" not in call:
+        raise ConfigError(f"{where}: module = {spec!r}: its __call__ has no train argument; write "
+                          f"__call__(self, x, train: bool = False) (train switches BatchNorm "
+                          f"and dropout to training mode)")
+    return cls
+
+
+def _model(entry: dict, where: str, base_dir: Path | None) -> ModelConfig:
+    """A [[models]] entry: a registered model or a user's module, trained here or loading
+    ``weights`` with its normalisation stated."""
+    from bench import weights as wts
+    from bench.registry import MODEL_FIXED
+
+    weights = entry.pop("weights", None)
+    norm = {k: entry.pop(k) for k in _NORMALISATION if k in entry}
+    spec = entry.pop("module", None)
+    if spec is not None:
+        spec = opts.coerce(spec, str, f"{where}: module")
+        entry.setdefault("name", spec)
+    mname, label = _name_and_label(entry, where)
+    if spec is None:
+        module = MODELS.build(mname, entry, where)
+    else:
+        cls = import_module_class(spec, where, base_dir)
+        module = opts.build(cls, entry, where, f"module {spec!r}",
+                            exclude=MODEL_FIXED + ("parent", "name"), int_min=1)
+    options = tuple(sorted((k, getattr(module, k)) for k in entry))
+    if spec is not None:
+        options = (("module", spec),) + options
+    if weights is None:
+        if norm:
+            raise ConfigError(f"{where}: {', '.join(norm)} are set from the training data for a "
+                              f"model trained here; state them only with weights = \"...\"")
+        return ModelConfig(mname, label, module, options)
+
+    path_text = opts.coerce(weights, str, f"{where}: weights")
+    path = Path(path_text).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    wts.check_exists(path, where)
+    meta = wts.metadata(path)
+    if meta.get("model") not in (None, mname):
+        raise ConfigError(f"{where}: weights {path_text!r} were saved for model "
+                          f"{meta['model']!r}, not {mname!r}; set name = \"{meta['model']}\"")
+    for k, v in (meta.get("model_options") or {}).items():
+        have = getattr(module, k, None)
+        if have is not None and json.dumps(have) != json.dumps(v):
+            raise ConfigError(f"{where}: weights {path_text!r} were saved with {k} = "
+                              f"{json.dumps(v)}, the entry has {json.dumps(have)}; set "
+                              f"{k} = {json.dumps(v)}")
+    fields = {f.name for f in dataclasses.fields(module)}
+    stated = {}
+    for k in _NORMALISATION:
+        if k not in fields:
+            if k in norm:
+                raise ConfigError(f"{where}: the module has no {k} field (it normalises inside); "
+                                  f"remove {k}")
+            continue
+        value = norm.get(k, meta.get(k))
+        if value is None:
+            raise ConfigError(f"{where}: weights {path_text!r} do not say how inputs are normalised;"
+                              f" state mean = [...] and std = [...] (per channel, for [0, 1] "
+                              f"pixels; mean = [0.0], std = [1.0] if the model takes raw pixels)")
+        value = opts.coerce(value if isinstance(value, (list, tuple)) else [value],
+                            tuple[float, ...], f"{where}: {k}")
+        if not value or (k == "std" and min(value) <= 0):
+            raise ConfigError(f"{where}: {k} = {list(value)} is impossible; give one value per "
+                              f"channel{', all > 0' if k == 'std' else ''}")
+        if k in norm and k in meta and (len(meta[k]) != len(value) or
+                                        not np.allclose(meta[k], value, rtol=0, atol=1e-6)):
+            raise ConfigError(f"{where}: {k} = {list(value)} differs from the {meta[k]} stored "
+                              f"with the weights; remove {k} to use the stored one")
+        stated[k] = value
+    digest = wts.digest(path)
+    w = WeightsConfig(path_text, path.resolve(), digest, stated.get("mean"), stated.get("std"))
+    options += (("weights", path_text), ("weights_sha256", digest),
+                *((k, tuple(v)) for k, v in stated.items()))
+    return ModelConfig(mname, label, module, options, w)
+
+
 def parse_eps(value: Any, where: str) -> tuple[float, ...]:
     """A list of distinct budgets ≥ 0 (a single number is a list of one)."""
     eps = opts.coerce(value if isinstance(value, (list, tuple)) else [value], tuple[float, ...],
@@ -271,8 +438,23 @@ def parse_eps(value: Any, where: str) -> tuple[float, ...]:
     return eps
 
 
-def parse_config(raw: Mapping[str, Any]) -> SweepConfig:
-    """Checks a parsed TOML document and returns the typed sweep config."""
+def check_eps_range(eps: tuple[float, ...], norm: str, where: str,
+                    image_shape: tuple[int, ...] | None = None) -> None:
+    """Every ε of an attack within its norm's meaningful range (L∞ ≤ 1; L2 ≤ √d and L1 ≤ d
+    once the image shape is known): :func:`attacks.checks.check_eps` as a ConfigError."""
+    from attacks import checks
+
+    for e in eps:
+        try:
+            checks.check_eps(f"{where}: eps", e, norm, image_shape)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+
+def parse_config(raw: Mapping[str, Any], base_dir: str | Path | None = None) -> SweepConfig:
+    """Checks a parsed TOML document and returns the typed sweep config; relative paths in
+    it (weights, ``npz:`` data) start at ``base_dir`` (the current directory when None)."""
+    base_dir = Path(base_dir) if base_dir is not None else None
     raw = dict(raw)
     for key in raw:
         if key not in _TOP_KEYS:
@@ -281,20 +463,25 @@ def parse_config(raw: Mapping[str, Any]) -> SweepConfig:
     seed = opts.coerce(raw.get("seed", 0), int, "seed")
     data = opts.build(DataConfig, _table(raw.get("data", {}), "[data]"), "[data]", "")
     ev = opts.build(EvalConfig, _table(raw.get("eval", {}), "[eval]"), "[eval]", "")
+    security = opts.build(SecurityConfig, _table(raw.get("security", {}), "[security]"),
+                          "[security]", "")
 
     models = []
     for where, entry in _tables(raw, "models"):
-        mname, label = _name_and_label(entry, where)
-        module = MODELS.build(mname, entry, where)
-        options = tuple(sorted((k, getattr(module, k)) for k in entry))
-        models.append(ModelConfig(mname, label, module, options))
+        models.append(_model(entry, where, base_dir))
     _unique([m.label for m in models], "models")
 
     parsed = []
-    for where, entry in _tables(raw, "defenses"):
+    all_pretrained = all(m.weights is not None for m in models)
+    for where, entry in ([] if all_pretrained and not raw.get("defenses")
+                         else _tables(raw, "defenses")):
         dname, label = _name_and_label(entry, where)
         parsed.append((where, dname, label, DEFENSES.build(dname, entry, where)))
     _unique([label for _, _, label, _ in parsed], "defenses")
+    if any(m.weights is not None for m in models) and PRETRAINED in [p[2] for p in parsed]:
+        raise ConfigError(f"a [[defenses]] entry is labelled {PRETRAINED!r}, the row of models "
+                          f"with weights; give it another label")
+    trained_models = [m for m in models if m.weights is None]
     training = {label: DefenseConfig(dname, label, d) for _, dname, label, d in parsed
                 if not is_wrapper(d)}
     defenses = []
@@ -302,8 +489,12 @@ def parse_config(raw: Mapping[str, Any]) -> SweepConfig:
         if not is_wrapper(d):
             defenses.append(training[label])
         elif hasattr(d, "members"):
-            members = _members(d.members, where, dname, training, models)
+            members = _members(d.members, where, dname, training, trained_models)
             defenses.append(DefenseConfig(dname, label, d, members=members))
+        elif d.base == PRETRAINED and any(m.weights is not None for m in models):
+            # a wrapper of the weights models load (their 'pretrained' row)
+            defenses.append(DefenseConfig(dname, label, d, DefenseConfig(PRETRAINED, PRETRAINED,
+                                                                         None)))
         elif d.base not in training:
             raise ConfigError(f"{where} ({dname}) wraps base = {d.base!r}, which is not the label "
                               f"of a training defense here; choose one of: "
@@ -321,20 +512,47 @@ def parse_config(raw: Mapping[str, Any]) -> SweepConfig:
         attack_cfgs.append(AttackConfig(aname, label, ATTACKS.build(aname, entry, where), eps))
         wheres.append((where, explicit))
     attack_cfgs = _resolve_transfers(attack_cfgs, wheres, models, defenses)
+    for a, (where, _) in zip(attack_cfgs, wheres):  # after transfers know their crafter's norm
+        check_eps_range(a.eps, a.norm, f"{where} ({a.name})")
 
     _unique([f"{a.label}/{a.norm}" for a in attack_cfgs], "attacks")
     return SweepConfig(name, seed, data, tuple(models), tuple(defenses), tuple(attack_cfgs), ev,
-                       source=raw)
+                       source=raw, security=security, base_dir=base_dir)
 
 
-def load_config(path: str | Path) -> SweepConfig:
-    """Reads and checks a TOML sweep config; every problem is a one-line ConfigError."""
+def read_config_text(path: str | Path) -> str:
+    """The text of a config file: a missing path, a directory, an unreadable, binary or
+    non-UTF-8 file is a one-line ConfigError naming the path and the fix."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config {str(path)!r} is a directory; pass the path of a .toml sweep "
+                          f"config (e.g. bench/configs/default.toml)")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; pass the path of a .toml "
                           f"sweep config (e.g. bench/configs/default.toml)")
     try:
-        raw = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config {str(path)!r} cannot be read ({e.strerror}); check its "
+                          f"permissions") from None
+    if b"\0" in data:
+        raise ConfigError(f"config {str(path)!r} is a binary file (it contains NUL bytes), not "
+                          f"a TOML text file; pass the .toml config")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {str(path)!r} is not UTF-8 text (byte 0x{data[e.start]:02x} "
+                          f"at offset {e.start}); save it as UTF-8") from None
+
+
+def load_config(path: str | Path, text: str | None = None) -> SweepConfig:
+    """Reads and checks a TOML sweep config (``text``: its contents, already read with
+    :func:`read_config_text`); every problem is a one-line ConfigError."""
+    path = Path(path)
+    if text is None:
+        text = read_config_text(path)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}; fix the syntax there") from None
-    return parse_config(raw)
+    return parse_config(raw, base_dir=path.resolve().parent)

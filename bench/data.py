@@ -21,11 +21,13 @@ import functools
 import hashlib
 from typing import Any
 
+from pathlib import Path
+
 import numpy as np
 
 from bench.errors import DataError
 
-__all__ = ["DATASETS", "Dataset", "describe_datasets", "load_dataset"]
+__all__ = ["DATASETS", "Dataset", "StreamedImages", "describe_datasets", "load_dataset"]
 
 DATASETS: tuple[str, ...] = (
     "digits",
@@ -53,6 +55,7 @@ _TFDS: dict[str, tuple[int, tuple[int, int, int], str]] = {
 }
 
 _TFDS_PREFIX = "tfds:"
+_NPZ_PREFIX = "npz:"
 _READ_CHUNK = 4096  # records fetched per batched read from an array_record data source
 
 
@@ -97,8 +100,9 @@ def _fingerprint(ds: Dataset) -> str:
     h = hashlib.sha256()
     h.update(ds.name.encode())
     for arr in (ds.x_train, ds.y_train, ds.x_test, ds.y_test):
-        h.update(f"|{arr.dtype.str}{arr.shape}|".encode())
-        h.update(np.ascontiguousarray(arr).tobytes())
+        h.update(f"|{np.dtype(arr.dtype).str}{tuple(arr.shape)}|".encode())
+        for chunk in (arr.chunks() if isinstance(arr, StreamedImages) else (arr,)):
+            h.update(np.ascontiguousarray(chunk).tobytes())  # streamed: same digest, chunkwise
     return h.hexdigest()[:16]
 
 
@@ -114,14 +118,23 @@ def describe_datasets() -> list[tuple[str, str]]:
 
 
 def load_dataset(
-    name: str, *, data_dir: str | None = None, train_examples: int | None = None
+    name: str, *, data_dir: str | None = None, train_examples: int | None = None,
+    base_dir: str | Path | None = None,
+    stream: bool = False,
 ) -> Dataset:
-    """Load data set ``name`` (one of :data:`DATASETS`) as a validated :class:`Dataset`.
+    """Load data set ``name`` (one of :data:`DATASETS`, or ``npz:<path>``) as a validated
+    :class:`Dataset`.
 
     ``data_dir`` is the TFDS data directory (ignored by the embedded sets; None means the TFDS
     default). ``train_examples`` keeps only the first n training examples (all of them if the
-    set has fewer), for quick runs; the test set is never cut.
+    set has fewer), for quick runs; the test set is never cut. A relative ``npz:`` path starts
+    at ``base_dir`` (the current directory when None). With ``stream`` a TFDS test
+    split stays on disk: ``x_test`` is a :class:`StreamedImages` read in chunks of
+    :data:`_READ_CHUNK` records when sliced (the engine reads one eval batch at a time), so
+    evaluation sets larger than memory work; its labels are read once.
     """
+    if isinstance(name, str) and name.startswith(_NPZ_PREFIX):
+        return _load_npz(name, base_dir, train_examples)
     if name not in DATASETS:
         hint = ""
         if _TFDS_PREFIX + str(name) in DATASETS:
@@ -143,7 +156,8 @@ def load_dataset(
     if name.startswith(_TFDS_PREFIX):
         tfds_name = name[len(_TFDS_PREFIX):]
         num_classes, shape, _ = _TFDS[tfds_name]
-        x_train, y_train, x_test, y_test = _load_tfds(tfds_name, data_dir, train_examples)
+        x_train, y_train, x_test, y_test = _load_tfds(tfds_name, data_dir, train_examples,
+                                                      stream)
     else:
         num_classes, shape = 10, None
         x_train, y_train, x_test, y_test = _load_embedded(name)
@@ -154,7 +168,8 @@ def load_dataset(
     _validate(name, x_test, y_test, num_classes, "test", shape)
     arrays = [x_train, y_train, x_test, y_test]
     for arr in arrays:
-        arr.flags.writeable = False
+        if isinstance(arr, np.ndarray):
+            arr.flags.writeable = False
     mean = x_train.mean(axis=(0, 1, 2), dtype=np.float64)
     std = x_train.std(axis=(0, 1, 2), dtype=np.float64)
     return Dataset(
@@ -166,6 +181,88 @@ def load_dataset(
         num_classes=num_classes,
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
+    )
+
+
+def _npz_images(name: str, key: str, x: np.ndarray) -> np.ndarray:
+    """float32 NHWC in [0, 1] from a user's float32 or uint8 array (uint8 is divided by 255)."""
+    where = f"data set {name!r}: {key}"
+    if x.ndim != 4:
+        raise DataError(f"{where} has shape {x.shape}; store images as NHWC [N, H, W, C] (add a "
+                        f"channel axis with x[..., None])")
+    if x.shape[1] in (1, 3) and x.shape[3] not in (1, 3):
+        raise DataError(f"{where} has shape {x.shape}, which looks like NCHW; store NHWC "
+                        f"(x.transpose(0, 2, 3, 1))")
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / np.float32(255.0)
+    if x.dtype != np.float32:
+        raise DataError(f"{where} has dtype {x.dtype}; store float32 images in [0, 1] (or uint8 "
+                        f"0..255)")
+    return np.ascontiguousarray(x)
+
+
+def _npz_labels(name: str, key: str, y: np.ndarray) -> np.ndarray:
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+        raise DataError(f"data set {name!r}: {key} has dtype {y.dtype} and shape {y.shape}; store "
+                        f"integer class labels of shape [N] (not one-hot)")
+    return y.astype(np.int32)
+
+
+def _load_npz(name: str, base_dir: str | Path | None, train_examples: int | None) -> Dataset:
+    """A user's ``.npz`` (``x_test``, ``y_test``; optionally ``x_train``, ``y_train`` and
+    ``num_classes``), checked like every data set; never unpickles."""
+    path = Path(name[len(_NPZ_PREFIX):]).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    if not path.is_file():
+        raise DataError(f"data set {name!r}: {str(path)!r} does not exist; give the path of a "
+                        f".npz file with x_test and y_test arrays")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise DataError(f"data set {name!r}: {str(path)!r} is not a readable .npz without "
+                        f"pickled objects ({str(e).splitlines()[0]}); save it with np.savez") from None
+    known = ("x_test", "y_test", "x_train", "y_train", "num_classes")
+    for k in arrays:
+        if k not in known:
+            raise DataError(f"data set {name!r} has an array {k!r}; allowed: {', '.join(known)}")
+    for k in ("x_test", "y_test"):
+        if k not in arrays:
+            raise DataError(f"data set {name!r} has no {k!r} array; save x_test (NHWC images) and "
+                            f"y_test (int labels)")
+    if ("x_train" in arrays) != ("y_train" in arrays):
+        raise DataError(f"data set {name!r} has only one of x_train, y_train; save both or neither")
+    x_test = _npz_images(name, "x_test", arrays["x_test"])
+    y_test = _npz_labels(name, "y_test", arrays["y_test"])
+    if "x_train" in arrays:
+        x_train = _npz_images(name, "x_train", arrays["x_train"])
+        y_train = _npz_labels(name, "y_train", arrays["y_train"])
+        if train_examples is not None:
+            x_train, y_train = x_train[:train_examples], y_train[:train_examples]
+    else:  # an evaluation-only set: no training split (models must bring their weights)
+        x_train = np.zeros((0, *x_test.shape[1:]), np.float32)
+        y_train = np.zeros((0,), np.int32)
+    labels = np.concatenate([y_train, y_test])
+    if "num_classes" in arrays:
+        k = arrays["num_classes"]
+        if k.shape != () or not np.issubdtype(k.dtype, np.integer) or int(k) < 2:
+            raise DataError(f"data set {name!r}: num_classes must be one integer ≥ 2, got {k!r}")
+        num_classes = int(k)
+    else:
+        num_classes = max(int(labels.max()) + 1, 2)
+    _validate(name, x_test, y_test, num_classes, "test", None)
+    if len(x_train):
+        _validate(name, x_train, y_train, num_classes, "train", tuple(x_test.shape[1:]))
+    stats_from = x_train if len(x_train) else x_test
+    arrays_out = [x_train, y_train, x_test, y_test]
+    for arr in arrays_out:
+        arr.flags.writeable = False
+    return Dataset(
+        name=name, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+        num_classes=num_classes,
+        mean=tuple(float(m) for m in stats_from.mean(axis=(0, 1, 2), dtype=np.float64)),
+        std=tuple(float(s) for s in stats_from.std(axis=(0, 1, 2), dtype=np.float64)),
     )
 
 
@@ -215,8 +312,8 @@ def _where(data_dir: str | None) -> str:
 
 
 def _load_tfds(
-    tfds_name: str, data_dir: str | None, train_examples: int | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    tfds_name: str, data_dir: str | None, train_examples: int | None, stream: bool = False
+) -> tuple[np.ndarray, np.ndarray, Any, np.ndarray]:
     """Read the train and test splits of a prepared TFDS set; never downloads."""
     dir_arg = str(data_dir) if data_dir else "DIR"
     try:
@@ -237,6 +334,10 @@ def _load_tfds(
     for split, source in sources.items():
         limit = train_examples if split == "train" else None
         try:
+            if stream and split == "test":
+                images = StreamedImages(source)
+                out.extend((images, images.labels()))
+                continue
             out.extend(_read_split(source, limit))
         except Exception as exc:
             detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
@@ -284,6 +385,97 @@ def _read_split(source: Any, limit: int | None) -> tuple[np.ndarray, np.ndarray]
     return images.astype(np.float32) / np.float32(255.0), labels.astype(np.int32)
 
 
+def _read_records(source: Any, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images, int64 labels) of the records at ``indices``, in that order, read in
+    batched chunks of :data:`_READ_CHUNK` where the source supports it."""
+    first = np.asarray(source[int(indices[0])]["image"]) if len(indices) else None
+    shape = first.shape if first is not None else (0,)
+    images = np.empty((len(indices), *shape), np.uint8)
+    labels = np.empty((len(indices),), np.int64)
+    for start in range(0, len(indices), _READ_CHUNK):
+        keys = [int(i) for i in indices[start:start + _READ_CHUNK]]
+        try:
+            records = source.__getitems__(keys)
+        except (AttributeError, TypeError):
+            records = [source[k] for k in keys]
+        for offset, record in enumerate(records):
+            images[start + offset] = record["image"]
+            labels[start + offset] = record["label"]
+    return images, labels
+
+
+class StreamedImages:
+    """A test split left in its TFDS data source: float32 NHWC images in [0, 1], read on
+    demand. ``len``, ``shape``, ``dtype`` and ``ndim`` as an array; ``x[a:b]`` is another
+    lazy view (no read); ``x[index_array]`` and ``np.asarray(x[a:b])`` read only those
+    records, in chunks of :data:`_READ_CHUNK`. ``reads`` counts records read (for tests)."""
+
+    ndim = 4
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, source: Any, start: int = 0, stop: int | None = None,
+                 image_shape: tuple[int, ...] | None = None, _counter: list | None = None):
+        self._source = source
+        self._start, self._stop = start, len(source) if stop is None else stop
+        if image_shape is None:
+            image_shape = np.asarray(source[0]["image"]).shape if len(source) else (0, 0, 0)
+            if np.asarray(source[0]["image"]).dtype != np.uint8:
+                raise ValueError("expected uint8 images")
+        self._image_shape = tuple(image_shape)
+        self._counter = [0] if _counter is None else _counter
+
+    @property
+    def reads(self) -> int:
+        return self._counter[0]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self._image_shape)
+
+    def __len__(self) -> int:
+        return max(0, self._stop - self._start)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step == 1:
+                return StreamedImages(self._source, self._start + start, self._start + max(start, stop),
+                                      self._image_shape, self._counter)
+            key = np.arange(start, stop, step)
+        if isinstance(key, (int, np.integer)):
+            return self[np.asarray([key])][0]
+        idx = np.asarray(key)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        idx = np.where(idx < 0, idx + len(self), idx)
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"index out of range for {len(self)} streamed images")
+        self._counter[0] += len(idx)
+        images, _ = _read_records(self._source, idx + self._start)
+        return images.astype(np.float32) / np.float32(255.0)
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.concatenate(list(self.chunks())) if len(self) else np.empty(self.shape, np.float32)
+        return out if dtype is None else out.astype(dtype)
+
+    def chunks(self):
+        """The images, :data:`_READ_CHUNK` at a time."""
+        for start in range(0, len(self), _READ_CHUNK):
+            yield self[np.arange(start, min(len(self), start + _READ_CHUNK))]
+
+    def labels(self) -> np.ndarray:
+        """All labels of this view as int32 (reads every record once, a chunk at a time)."""
+        out = [_read_records(self._source, np.arange(s, min(self._stop, s + _READ_CHUNK)))[1]
+               for s in range(self._start, self._stop, _READ_CHUNK)]
+        return np.concatenate(out).astype(np.int32) if out else np.empty((0,), np.int32)
+
+    def min(self):
+        return min((float(c.min()) for c in self.chunks()), default=0.0)
+
+    def max(self):
+        return max((float(c.max()) for c in self.chunks()), default=0.0)
+
+
 # ---------------------------------------------------------------------------- validation
 
 
@@ -297,12 +489,16 @@ def _validate(
 ) -> None:
     """Raise DataError unless x is float32 NHWC in [0, 1] and y int32 labels in range."""
     where = f"data set {name!r} ({split} split)"
+    if isinstance(x, StreamedImages):  # uint8 records / 255: finite and in [0, 1] by type
+        if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+            raise DataError(f"{where}: images must be {shape} (HWC), got {tuple(x.shape[1:])}")
+        x = np.empty((len(x), 0, 0, 0), np.float32)
     if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4:
         raise DataError(
             f"{where}: images must be a float32 NHWC array, got "
             f"{getattr(x, 'dtype', type(x))} with shape {getattr(x, 'shape', None)}"
         )
-    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+    if shape is not None and x.size and tuple(x.shape[1:]) != tuple(shape):
         raise DataError(f"{where}: images must be {shape} (HWC), got {tuple(x.shape[1:])}")
     if not isinstance(y, np.ndarray) or y.dtype != np.int32 or y.ndim != 1:
         raise DataError(
@@ -311,9 +507,9 @@ def _validate(
         )
     if len(x) != len(y) or len(x) == 0:
         raise DataError(f"{where}: need as many labels as images (> 0), got {len(x)} images and {len(y)} labels")
-    if not np.isfinite(x).all():
+    if x.size and not np.isfinite(x).all():
         raise DataError(f"{where}: images contain NaN or infinite values")
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 1.0)
     if lo < 0.0 or hi > 1.0:
         raise DataError(f"{where}: images must lie in [0, 1], got values in [{lo}, {hi}]")
     ylo, yhi = int(y.min()), int(y.max())

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from attacks import threat
+from attacks import fastpath, threat
 from bench.errors import DataError, RobustaxError
 
 # Float32 slack for the ball check: projections are exact up to rounding.
@@ -43,6 +44,11 @@ def check_arrays(x: Any, y: Any, where: str = "data") -> tuple[np.ndarray, np.nd
     if x.ndim != 4:
         raise DataError(f"{where}: images have shape {x.shape}; expected NHWC [N, H, W, C] "
                         f"(add a channel axis with x[..., None])")
+    if len(x) == 0:
+        raise DataError(f"{where}: there are no images (shape {x.shape}); pass at least one")
+    if x.shape[1] in (1, 3, 4) and x.shape[3] not in (1, 3, 4):
+        raise DataError(f"{where}: images have shape {x.shape}, which looks like NCHW; robustax "
+                        f"takes NHWC [N, H, W, C] (use x.transpose(0, 2, 3, 1))")
     if not np.issubdtype(x.dtype, np.floating):
         raise DataError(f"{where}: images have dtype {x.dtype}; expected floats in [0, 1] "
                         f"(divide uint8 images by 255)")
@@ -53,6 +59,31 @@ def check_arrays(x: Any, y: Any, where: str = "data") -> tuple[np.ndarray, np.nd
         raise DataError(f"{where}: labels have shape {y.shape} and dtype {y.dtype}; expected "
                         f"integer labels of shape ({len(x)},)")
     return x.astype(np.float32), y.astype(np.int32)
+
+
+def check_model(logits_fn: Callable, params: Any, x: np.ndarray, y: np.ndarray,
+                where: str = "logits_fn") -> int:
+    """Checks, by shape only (``jax.eval_shape``: nothing is computed), that
+    ``logits_fn(params, x)`` takes these images and returns ``[N, K]`` logits with K ≥ 2, and
+    that every label is in [0, K); returns K. Each problem is a one-line DataError."""
+    args = (params, x[:1]) + ((jax.random.key(0),) if _is_random(logits_fn) else ())
+    try:
+        out = jax.eval_shape(logits_fn, *args)
+    except Exception as e:  # noqa: BLE001 - the user's model: any failure is a bad input
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DataError(f"{where}(params, x) fails on images of shape {x.shape[1:]} (NHWC): "
+                        f"{type(e).__name__}: {first}; check the model's input size and "
+                        f"channels") from None
+    shape = getattr(out, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] != 1 or shape[1] < 2:
+        raise DataError(f"{where} returned {shape if shape is not None else type(out).__name__} "
+                        f"for 1 image; expected logits of shape [N, num_classes] with at least "
+                        f"2 classes")
+    k = int(shape[1])
+    if y.min() < 0 or y.max() >= k:
+        raise DataError(f"labels must be in [0, {k}) for a model with {k} outputs; found "
+                        f"[{y.min()}, {y.max()}]")
+    return k
 
 
 def _mesh() -> Mesh | None:
@@ -139,6 +170,7 @@ def _attack_fn(attack: Any, logits_fn: Callable, attack_logits_fn: Callable | No
     random_attack = _is_random(attacked)
     if random_attack:
         attacked = _keyed(attacked)
+    attacked = fastpath.fast(attacked)  # fast input gradients for any model (attacks/fastpath.py)
 
     def attack_params(params, key):
         """What the attack passes to ``attacked``: a random model's params carry a key."""
@@ -186,6 +218,72 @@ def _attack_fn(attack: Any, logits_fn: Callable, attack_logits_fn: Callable | No
     return jax.jit(run)
 
 
+_POLL_SECONDS = 0.05
+
+
+def interruptible(fn: Callable, *args: Any) -> Any:
+    """``fn(*args)`` run on a worker thread while the main thread waits in slices of 50 ms,
+    so Ctrl-C (SIGINT, delivered to the main thread) interrupts at once even while XLA
+    compiles or runs a long program: a blocking wait inside a compiled call would defer the
+    KeyboardInterrupt until the program ends. The worker is a daemon thread and is left to
+    finish on its own (the CLI then exits with status 130; a Python session gets its prompt
+    back while the abandoned call runs out in the background). Called from another thread,
+    it just calls ``fn``."""
+    if threading.current_thread() is not threading.main_thread():
+        return fn(*args)
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def work():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - re-raised on the main thread
+            box["error"] = e
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=work, name="robustax-device-call", daemon=True)
+    worker.start()
+    # Poll with time.sleep, not join/Event.wait: an interrupt inside Thread.join can mark a
+    # thread that still runs as stopped (CPython's bpo-45274 handling). Short calls finish
+    # within the first millisecond-sized sleeps; long ones are checked every 50 ms.
+    pause = 0.0005
+    try:
+        while not done.is_set():
+            time.sleep(pause)
+            pause = min(2 * pause, _POLL_SECONDS)
+    except BaseException:
+        _exit_early_if_abandoned()
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@functools.cache
+def _exit_early_if_abandoned() -> None:
+    """After an interrupt left a compiled call running: at interpreter exit, leave at once
+    (status 130) if it still runs, instead of finalizing under it (a daemon thread inside
+    XLA when Python finalizes aborts the process)."""
+    import atexit
+    import os
+    import sys
+
+    def check():
+        if any(t.name == "robustax-device-call" and t.is_alive() for t in threading.enumerate()):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+
+    atexit.register(check)
+
+
+def _fetch(compiled: Callable, args: tuple) -> Any:
+    """Runs a compiled program and brings its outputs to the host (the wait is here), whole
+    on every process of a multi-process run (:func:`_host`)."""
+    return jax.tree.map(_host, compiled(*args))
+
+
 _EXECUTABLES: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
 """Compiled evaluators by (jitted function, argument shapes/dtypes/shardings), least
 recently used first; at most ``_CACHE_SIZE`` entries."""
@@ -201,7 +299,7 @@ def _compiled(fn: Callable, args: tuple) -> tuple[Any, float]:
         _EXECUTABLES.move_to_end(key)
         return _EXECUTABLES[key], 0.0
     t0 = time.perf_counter()
-    compiled = fn.lower(*args).compile()
+    compiled = interruptible(lambda: fn.lower(*args).compile())
     _EXECUTABLES[key] = compiled
     while len(_EXECUTABLES) > _CACHE_SIZE:
         _EXECUTABLES.popitem(last=False)
@@ -220,17 +318,46 @@ def _pad(a: np.ndarray, b: int) -> np.ndarray:
 
 
 class _Placer:
-    """Puts batches on devices: sharded along the batch axis when there are several."""
+    """Puts batches on devices: sharded along the batch axis when there are several.
+
+    With several processes (``jax.distributed.initialize()``), the mesh spans every global
+    device and each process places only the rows its own devices hold, with
+    ``jax.make_array_from_process_local_data``; replicated arrays are given whole."""
 
     def __init__(self):
         mesh = _mesh()
         self.batch = NamedSharding(mesh, P("batch")) if mesh else None
         self.repl = NamedSharding(mesh, P()) if mesh else None
+        self.multi = jax.process_count() > 1
 
     def __call__(self, a, replicate=False):
         if self.batch is None:
             return jnp.asarray(a)
-        return jax.device_put(a, self.repl if replicate else self.batch)
+        sharding = self.repl if replicate else self.batch
+        if not self.multi:
+            return jax.device_put(a, sharding)
+        a = np.asarray(a)
+        return jax.make_array_from_process_local_data(sharding, _local_rows(a, sharding), a.shape)
+
+
+def _local_rows(a: np.ndarray, sharding: NamedSharding) -> np.ndarray:
+    """The rows of the global array ``a`` that this process's devices hold (all of ``a`` when
+    replicated): one contiguous block, as the mesh orders devices by process."""
+    if a.ndim == 0:
+        return a
+    spans = {(s[0].start or 0, len(a) if s[0].stop is None else s[0].stop)
+             for s in sharding.addressable_devices_indices_map(a.shape).values()}
+    lo, hi = min(s[0] for s in spans), max(s[1] for s in spans)
+    return a[lo:hi]
+
+
+def _host(a: jax.Array) -> np.ndarray:
+    """The whole of a (possibly multi-process) result on this host."""
+    if getattr(a, "is_fully_addressable", True):
+        return np.asarray(a)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
 
 
 def _nan_error(what: str, count: int) -> RobustaxError:
@@ -267,8 +394,9 @@ def _clean(logits_fn, params, x, y, batch_size, score_data, score_impl) -> np.nd
     for s, e in _batches(len(x), b):
         extra = () if score_data is None else (
             jax.random.wrap_key_data(put(_pad(score_data[s:e], b)), impl=score_impl),)
-        ok, finite = fn(params, put(_pad(x[s:e], b)), put(_pad(y[s:e], b)), *extra)
-        ok, finite = np.asarray(ok)[: e - s], np.asarray(finite)[: e - s]
+        ok, finite = interruptible(_fetch, fn, (params, put(_pad(np.asarray(x[s:e]), b)),
+                                                put(_pad(y[s:e], b)), *extra))
+        ok, finite = ok[: e - s], finite[: e - s]
         if not finite.all():
             raise _nan_error("clean", int((~finite).sum()))
         out.append(ok)
@@ -298,21 +426,22 @@ def _run_attack(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y:
         k = jax.random.wrap_key_data(put(_pad(keys[s:e], b)), impl=impl)
         extra = () if score_data is None else (
             jax.random.wrap_key_data(put(_pad(score_data[s:e], b)), impl=score_impl),)
-        return params, put(_pad(x[s:e], b)), put(_pad(y[s:e], b)), k, eps_arr, *extra
+        # np.asarray: a streamed split (bench.data.StreamedImages) is read here, one batch
+        return params, put(_pad(np.asarray(x[s:e]), b)), put(_pad(y[s:e], b)), k, eps_arr, *extra
 
     compiled, compile_s = _compiled(fn, args(0, min(b, n)))
     out, infos = [], []
     t0 = time.perf_counter()
     for s, e in _batches(n, b):
-        ok, finite, inside, info = compiled(*args(s, e))
-        ok, finite, inside = (np.asarray(a)[:, : e - s] for a in (ok, finite, inside))
+        ok, finite, inside, info = interruptible(_fetch, compiled, args(s, e))
+        ok, finite, inside = (a[:, : e - s] for a in (ok, finite, inside))
         if not finite.all():
             raise _nan_error("adversarial", int((~finite).sum()))
         if not inside.all():
             raise RobustaxError(f"attack {attack!r} returned {int((~inside).sum())} examples "
                                 f"outside the ε-ball or [0, 1]; this is a bug in the attack")
         out.append(ok)
-        infos.append({k: np.asarray(v)[:, : e - s] for k, v in info.items()})
+        infos.append({k: _host(v)[:, : e - s] for k, v in info.items()})
     seconds = time.perf_counter() - t0
     info = {k: np.concatenate([i[k] for i in infos], axis=1) for k in (infos[0] if infos else {})}
     return np.concatenate(out, axis=1), info, seconds, compile_s
@@ -379,6 +508,10 @@ def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
     ``score_key`` (pass the key their clean accuracy was measured with, so ε = 0 reproduces
     it; without one a fixed default key is used); attacks draw from ``key``.
     """
+    bad = [e for e in eps if not np.isfinite(e) or e < 0]
+    if bad:  # the config and bench.evaluate check this first; a direct caller gets it here
+        raise RobustaxError(f"eps = {bad[0]!r} is not a finite budget ≥ 0; give finite budgets "
+                            f"in [0, 1] pixel units")
     if cascade and hasattr(attack, "stages"):
         masks, info, seconds, compile_s = _cascade(attack, logits_fn, params, x, y, eps, key,
                                                    batch_size, attack_logits_fn, score_key)
@@ -393,3 +526,46 @@ def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
         # masked or random defense can, must not count it.
         masks = masks & _clean(logits_fn, params, x, y, batch_size, *score)[None]
     return (masks, seconds, compile_s, info) if with_info else (masks, seconds, compile_s)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _gradient_fn(logits_fn: Callable) -> Callable:
+    from attacks import losses
+
+    def run(params, x, y, keys=None):
+        def loss(z):
+            return jnp.sum(losses.cross_entropy(_score_logits(logits_fn, params, z, keys), y))
+
+        g = jax.grad(loss)(x)
+        return jnp.sum(g != 0, axis=tuple(range(1, x.ndim))), jnp.all(jnp.isfinite(g), (1, 2, 3))
+
+    return jax.jit(run)
+
+
+def zero_gradients(logits_fn: Callable, params: Any, x: np.ndarray, y: np.ndarray,
+                   batch_size: int = 500, key: jax.Array | None = None) -> dict:
+    """How often the cross-entropy input gradient at the clean inputs is exactly zero (a
+    vanishing or masked gradient gives a gradient attack nothing to follow).
+
+    Returns ``{"examples", "zero_examples"`` (examples whose whole gradient is 0),
+    ``"entries", "zero_entries", "nonfinite_examples"}``. A random ``logits_fn`` is
+    differentiated on the scoring draw of each example (``key`` as for
+    :func:`clean_correct`)."""
+    score_data, score_impl = _score_data(logits_fn, key, len(x))
+    b = _padded_batch(batch_size, len(x))
+    put = _Placer()
+    fn = _gradient_fn(logits_fn)
+    params = jax.tree.map(lambda a: put(a, replicate=True), params)
+    nonzero, finite = [], []
+    for s, e in _batches(len(x), b):
+        extra = () if score_data is None else (
+            jax.random.wrap_key_data(put(_pad(score_data[s:e], b)), impl=score_impl),)
+        nz, fin = fn(params, put(_pad(x[s:e], b)), put(_pad(y[s:e], b)), *extra)
+        nonzero.append(np.asarray(nz)[: e - s])
+        finite.append(np.asarray(fin)[: e - s])
+    nonzero, finite = np.concatenate(nonzero), np.concatenate(finite)
+    per_example = int(np.prod(x.shape[1:]))
+    return {"examples": int(len(x)), "zero_examples": int(np.sum(nonzero == 0)),
+            "entries": int(len(x) * per_example),
+            "zero_entries": int(len(x) * per_example - np.sum(nonzero)),
+            "nonfinite_examples": int(np.sum(~finite))}

@@ -16,3 +16,11 @@ class ConfigError(RobustaxError):
 
 class DataError(RobustaxError):
     """A data set cannot be loaded, or arrays have the wrong shape, dtype or range."""
+
+
+def warn(message: str) -> None:
+    """Prints a one-line warning on stderr: something was repaired (a damaged cell
+    recomputed, a corrupt file set aside) and the run goes on."""
+    import sys
+
+    print(f"robustax: warning: {message}", file=sys.stderr, flush=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 import jax
 
-from bench.config import AttackConfig, DefenseConfig, ModelConfig, SweepConfig
+from bench.config import PRETRAINED, AttackConfig, DefenseConfig, ModelConfig, SweepConfig
 from bench.records import CLEAN
 
 
@@ -92,15 +92,26 @@ def train_version(*classes: type) -> str:
     constant; adding an unrelated attack changes nothing."""
     h = hashlib.sha256()
     for path in training_sources(*classes):
-        h.update(str(path.relative_to(_ROOT)).encode())
+        # A user's module (``module = "pkg.mod:Net"``) lives outside the repository.
+        h.update(str(path.relative_to(_ROOT) if path.is_relative_to(_ROOT) else path.name).encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:12]
 
 
+_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
+
+
 def slug(label: str, n: int = 40) -> str:
-    """A file-name-safe form of a label: ASCII letters, digits, ``-`` and ``_`` only."""
-    s = re.sub(r"[^A-Za-z0-9_-]+", "_", label).strip("_-")[:n]
-    return s or "x"
+    """The file-name form of a label: the label itself when it is already safe (ASCII
+    letters, digits, ``-`` and ``_``, not starting with ``-``/``_``, at most 40 characters),
+    else its safe characters (at most 24) plus ``~`` and 8 hex digits of its sha256. Never a
+    path (no ``/``, ``..``, leading dot, control or non-ASCII characters), and one-to-one:
+    two labels never share a file name (``~`` marks the hashed form, which a safe label cannot
+    contain). The label itself stays in the records."""
+    if _SAFE.fullmatch(label) and len(label) <= n:
+        return label
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", label).strip("_-")[:min(n, 24)].strip("_-")
+    return f"{safe or 'x'}~{hashlib.sha256(label.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 def cell_id(model: str, defense: str, attack: str, norm: str, eps: float, identity: Any) -> str:
@@ -197,6 +208,7 @@ class Plan:
     def order(self) -> dict:
         """Row and column order of reports, and the cells of the current grid (plan.json)."""
         return {
+            "run": self.config.name,
             "models": list(dict.fromkeys([*(m.label for m in self.config.models),
                                           *(u.model.label for u in self.units)])),
             "defenses": list(dict.fromkeys(u.defense_label for u in self.units)),
@@ -235,10 +247,14 @@ def surrogate_unit(cfg: SweepConfig, label: str) -> tuple[ModelConfig, DefenseCo
 def make_plan(cfg: SweepConfig, data_fingerprint: str) -> Plan:
     """Every training, unit and cell of ``cfg`` on the data set with ``data_fingerprint``."""
     trainings: dict[tuple[str, str], Training] = {}
+    pretrained = DefenseConfig(PRETRAINED, PRETRAINED, None)
     for m in cfg.models:
+        if m.weights is not None:  # loads its weights: the file's digest keys its cells
+            trainings[m.label, PRETRAINED] = Training(m, pretrained, m.weights.sha256[:12])
+            continue
         for d in cfg.defenses:
-            if d.members:  # members are training defenses of this grid: trained for themselves
-                continue
+            if d.members or d.trained.name == PRETRAINED:  # members are training defenses of
+                continue  # this grid, trained for themselves; 'pretrained' wraps loaded weights
             t = d.trained
             if (m.label, t.label) not in trainings:
                 digest = stable_hash({
@@ -294,7 +310,15 @@ def make_plan(cfg: SweepConfig, data_fingerprint: str) -> Plan:
     units, own_rows = [], []
     model_labels = {m.label for m in cfg.models}
     for m in cfg.models:
+        if m.weights is not None:  # no training defense applies to weights loaded as they are
+            units += units_of(m, pretrained, (trainings[m.label, PRETRAINED],))
+            for d in cfg.defenses:  # wrappers with base = "pretrained" wrap them
+                if d.base is not None and d.base.name == PRETRAINED:
+                    units += units_of(m, d, (trainings[m.label, PRETRAINED],))
+            continue
         for d in cfg.defenses:
+            if d.trained.name == PRETRAINED:
+                continue
             if not d.members:
                 units += units_of(m, d, (trainings[m.label, d.trained.label],))
             elif not d.fixed_members or _row_model(d).label == m.label:

@@ -7,11 +7,15 @@ always has its mask and a killed sweep leaves only whole cells behind.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import io
 import json
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bench.errors import RobustaxError
+from bench.errors import RobustaxError, warn
+from bench.manifest import Manifest, sha256_bytes
 
 CLEAN = "clean"
 """The attack name of the clean-accuracy cell of each model × defense."""
@@ -28,21 +33,43 @@ COLUMNS = (
     "run", "data", "model", "defense", "attack", "norm", "eps", "examples", "correct",
     "robust_acc", "ci_low", "ci_high", "seconds", "compile_seconds", "seed", "cell_id",
     "config_id", "checkpoint", "code_version", "attack_options", "model_options",
-    "defense_options", "queries_mean", "queries_median", "details",
+    "defense_options", "queries_mean", "queries_median", "details", "mask_sha256",
+    "checkpoint_sha256",
 )
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+REQUIRED = ("cell_id", "model", "defense", "attack", "norm", "eps", "examples", "correct")
+"""Fields without which a cell file is not a record (it is recomputed)."""
+
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None,
+                       overwrite: bool = True) -> None:
     """The one writer of every artifact (checkpoints, cells, masks, records, tables, plots):
     readers see the old file or the new, never half of one, and the new one survives a crash
-    (file and directory entry are fsync'd)."""
+    (file and directory entry are fsync'd). An OSError names ``path`` (a full disk says
+    so on ``write``, with no file name of its own). ``mode``: the new file's permissions (keys:
+    0600, set before a byte is written); ``overwrite=False`` raises ``FileExistsError`` instead
+    of replacing an existing ``path`` (which is then left untouched)."""
+    try:
+        _atomic_write(path, data, mode, overwrite)
+    except OSError as e:
+        if e.filename is None or str(e.filename).endswith(".tmp"):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise
+
+
+def _atomic_write(path: Path, data: bytes, mode: int | None, overwrite: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # atomic, and fails if path exists
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -59,6 +86,18 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def mask_bytes(mask: np.ndarray) -> bytes:
+    """The .npy bytes of a per-example mask as stored in masks/ (bool, no pickle)."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(mask, dtype=bool), allow_pickle=False)
+    return buf.getvalue()
+
+
+def json_bytes(obj: Any) -> bytes:
+    """The bytes robustax writes for a JSON artifact (sorted keys, indented, newline)."""
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
 
 
 def clopper_pearson(correct: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -110,11 +149,13 @@ def make_record(*, run: str, data: str, model: str, defense: str, attack: str, n
                 cell_id: str, config_id: str = "", checkpoint: str = "", code_version: str = "",
                 attack_options: Any = None, model_options: Any = None,
                 defense_options: Any = None, info: dict | None = None,
-                details: dict | None = None) -> dict:
+                checkpoint_sha256: str = "", details: dict | None = None) -> dict:
     """The one record builder (sweeps and ``bench.evaluate``): a row of :data:`COLUMNS`.
 
     Options are dataclass instances or dicts, stored as sorted JSON ("" when absent);
-    ``info`` is the attack's per-example info at this ε (see :func:`info_fields`);
+    ``info`` is the attack's per-example info at this ε (see :func:`info_fields`).
+    ``mask_sha256`` is the digest of the mask's bytes as stored (:func:`mask_bytes`);
+    ``checkpoint_sha256`` that of the checkpoint file(s) the cell evaluated (``+``-joined);
     ``details`` are cell facts merged into the ``details`` JSON (e.g. a generator's training
     time, kept apart from the attack's ``seconds``).
     """
@@ -134,6 +175,7 @@ def make_record(*, run: str, data: str, model: str, defense: str, attack: str, n
         "defense_options": as_json(defense_options),
         **info_fields(mask, info, tuple(n for n, _ in attack_options.stages())
                       if hasattr(attack_options, "stages") else ()),
+        "mask_sha256": sha256_bytes(mask_bytes(mask)), "checkpoint_sha256": checkpoint_sha256,
     }
     if details:
         merged = {**(json.loads(record["details"]) if record["details"] else {}), **details}
@@ -141,11 +183,66 @@ def make_record(*, run: str, data: str, model: str, defense: str, attack: str, n
     return record
 
 
+LOCK_NAME = ".robustax.lock"
+"""The run lock (``filelock``) in a run directory; ``.robustax.lock.owner`` says who holds it."""
+
+
+@contextlib.contextmanager
+def run_lock(root: Path, command: str):
+    """Holds the run directory's lock for ``command`` (``run``, ``report``): one robustax
+    process writes a run directory at a time. A second one stops at once with a one-line
+    error naming the holder (pid, host, command, since when). The lock is an OS file lock
+    (``filelock``), released by the kernel when its holder dies, so a killed run never leaves
+    the directory locked."""
+    from filelock import FileLock, Timeout
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(root / LOCK_NAME), timeout=0)
+    owner = root / f"{LOCK_NAME}.owner"
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            o = json.loads(owner.read_text())
+            who = (f"`robustax {o['command']}` (pid {o['pid']} on {o['host']}, since "
+                   f"{o['since']})")
+        except (OSError, ValueError, KeyError, TypeError):
+            who = "another robustax process"
+        raise RobustaxError(f"run directory {root} is in use by {who}; wait for it to finish "
+                            f"or pass another --out") from None
+    try:
+        atomic_write_bytes(owner, json_bytes({
+            "pid": os.getpid(), "host": socket.gethostname(), "command": command,
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+        yield
+    finally:
+        lock.release()
+
+
+def is_file_name(name: Any) -> bool:
+    """Whether ``name`` (a cell id read from plan.json) is a plain file name: never a path
+    (no separator, no leading dot, no control characters), at most 200 characters."""
+    return (isinstance(name, str) and 0 < len(name) <= 200 and name.isprintable()
+            and "/" not in name and "\\" not in name and not name.startswith("."))
+
+MISSING = "missing"
+""":meth:`RunDir.cell_problem` of a cell that was never written (computed without a warning)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RunDir:
-    """The layout of a run directory."""
+    """The layout of a run directory, and the one way files get into it and out of it.
+
+    Every write records the file's sha256 in the run's :class:`~bench.manifest.Manifest`
+    first; every read of a cell, mask or checkpoint checks it (see :meth:`cell_problem`).
+    """
 
     root: Path
+
+    @functools.cached_property
+    def manifest(self) -> Manifest:
+        return Manifest(self.root)
 
     @property
     def cells(self) -> Path:
@@ -175,25 +272,71 @@ class RunDir:
     def plan_json(self) -> Path:
         return self.root / "plan.json"
 
+    # -- writing ----------------------------------------------------------------------------
+    def store(self, path: Path, data: bytes) -> None:
+        """Writes one artifact atomically, its digest recorded in the manifest first."""
+        self.manifest.write({Path(path): data})
+
+    def store_text(self, path: Path, text: str) -> None:
+        self.store(path, text.encode())
+
+    def store_json(self, path: Path, obj: Any) -> None:
+        self.store(path, json_bytes(obj))
+
+    def remove(self, path: Path) -> None:
+        """Deletes an artifact and its manifest entry."""
+        self.manifest.remove(Path(path))
+
+    def set_aside(self, path: Path) -> Path:
+        """Renames a corrupt file to ``<name>.corrupt`` (kept for a look, never read again)
+        and drops its manifest entry; returns the new path."""
+        aside = Path(path).with_name(Path(path).name + ".corrupt")
+        self.manifest.record({Path(path): None})
+        os.replace(path, aside)
+        return aside
+
     def write_plan(self, order: dict) -> None:
         """The current grid's order and cell ids, for reports (see :meth:`bench.plan.Plan.order`)."""
-        atomic_write_json(self.plan_json, order)
+        self.store_json(self.plan_json, order)
 
     def read_plan(self) -> dict | None:
         """The plan.json of the last run into this directory (None if there is none)."""
         if not self.plan_json.is_file():
             return None
+        fix = f"rerun `robustax run CONFIG --out {self.root}` to rewrite it"
+        data = self.plan_json.read_bytes()
+        if self.manifest.state == "ok" and (problem := self.manifest.problem(self.plan_json, data)):
+            raise RobustaxError(f"{problem}; {fix}")
         try:
-            return json.loads(self.plan_json.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RobustaxError(f"{self.plan_json} is corrupt; rerun `robustax run CONFIG --out "
-                                f"{self.root}` to rewrite it") from None
+            plan = json.loads(data.decode("utf-8"))
+            if not isinstance(plan, dict) or not isinstance(plan.get("cells"), list) or not all(
+                    is_file_name(c) for c in plan["cells"]):
+                raise ValueError
+            return plan
+        except (ValueError, UnicodeDecodeError):
+            raise RobustaxError(f"{self.plan_json} is corrupt; {fix}") from None
 
     def checkpoint_path(self, file_name: str) -> Path:
         return self.checkpoints / file_name
 
-    def write_checkpoint(self, file_name: str, data: bytes) -> None:
-        atomic_write_bytes(self.checkpoint_path(file_name), data)
+    def write_checkpoint(self, file_name: str, data: bytes) -> str:
+        """Writes a checkpoint; returns its sha256."""
+        self.store(self.checkpoint_path(file_name), data)
+        return sha256_bytes(data)
+
+    def verify_checkpoint(self, file_name: str, data: bytes) -> str:
+        """The sha256 of a checkpoint's bytes ``data`` once they match the manifest; a
+        damaged or foreign file is a one-line error naming it and the fix."""
+        problem = self.manifest.problem(self.checkpoint_path(file_name), data)
+        if problem:
+            raise RobustaxError(f"checkpoint {problem}: it is damaged or was replaced; delete it "
+                                f"to retrain (or restore the original file)")
+        return sha256_bytes(data)
+
+    def checkpoint_digest(self, file_name: str) -> str | None:
+        """The recorded sha256 of a checkpoint whose file exists, else None."""
+        path = self.checkpoint_path(file_name)
+        return self.manifest.digest(path) if path.is_file() else None
 
     def cell_path(self, cell_id: str) -> Path:
         return self.cells / f"{cell_id}.json"
@@ -202,30 +345,157 @@ class RunDir:
         return self.masks / f"{cell_id}.npy"
 
     def has_cell(self, cell_id: str) -> bool:
-        return self.cell_path(cell_id).is_file() and self.mask_path(cell_id).is_file()
+        """Whether the cell is on disk and verified (see :meth:`cell_problem`)."""
+        return self.cell_problem(cell_id)[0] is None
 
     def write_cell(self, record: dict, mask: np.ndarray) -> None:
-        """Writes the mask, then the record: a record on disk always has its mask."""
-        buf = io.BytesIO()
-        np.save(buf, np.asarray(mask, dtype=bool), allow_pickle=False)
-        atomic_write_bytes(self.mask_path(record["cell_id"]), buf.getvalue())
-        atomic_write_json(self.cell_path(record["cell_id"]), record)
+        """Writes the mask, then the record (which holds the mask's digest), their digests
+        recorded in the manifest first: a record on disk always has its mask."""
+        mb = mask_bytes(mask)
+        record = {**record, "mask_sha256": sha256_bytes(mb)}
+        self.manifest.write({self.mask_path(record["cell_id"]): mb,
+                             self.cell_path(record["cell_id"]): json_bytes(record)})
+
+    # -- reading and verifying ----------------------------------------------------------------
+    def cell_problem(self, cell_id: str, checkpoint_sha256: str | None = None
+                     ) -> tuple[str | None, dict | None]:
+        """(problem, record) of a cell: problem is None for a verified cell, :data:`MISSING`
+        when its record was never written, else one line naming the damaged file.
+
+        Verified means: the record's and the mask's bytes are those the manifest lists, the
+        record is a JSON object with the record fields and this id, the mask holds the
+        digest the record names, loads as a bool vector of ``examples`` entries with
+        ``correct`` of them true, and (when ``checkpoint_sha256`` is given and the record
+        names one) the cell was computed from that checkpoint.
+        """
+        path, mpath = self.cell_path(cell_id), self.mask_path(cell_id)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return MISSING, None
+        if problem := self.manifest.problem(path, data):
+            return problem, None
+        try:
+            record = json.loads(data.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return f"{path} is not a JSON cell record", None
+        if not isinstance(record, dict) or any(k not in record for k in REQUIRED):
+            return f"{path} is not a cell record (fields missing)", None
+        if record["cell_id"] != cell_id:
+            return f"{path} holds cell {record['cell_id']!r}, not its own", None
+        try:
+            mdata = mpath.read_bytes()
+        except FileNotFoundError:
+            return f"{mpath}, the mask of {path}, is missing", None
+        if problem := self.manifest.problem(mpath, mdata):
+            return problem, None
+        if record.get("mask_sha256") and record["mask_sha256"] != sha256_bytes(mdata):
+            return f"{mpath} is not the mask that {path} was written with", None
+        try:
+            mask = np.load(io.BytesIO(mdata), allow_pickle=False)
+        except (ValueError, OSError, EOFError):
+            return f"{mpath} is not a readable mask", None
+        if (mask.dtype != bool or mask.ndim != 1 or mask.size != record["examples"]
+                or int(mask.sum()) != record["correct"]):
+            return f"{path} and its mask {mpath} disagree on the counts", None
+        if (checkpoint_sha256 and record.get("checkpoint_sha256")
+                and record["checkpoint_sha256"] != checkpoint_sha256):
+            return f"{path} was computed from other weights than the checkpoint now there", None
+        return None, record
 
     def read_mask(self, cell_id: str) -> np.ndarray:
-        return np.load(self.mask_path(cell_id), allow_pickle=False)
+        """A verified mask (a damaged one is a one-line error naming the file)."""
+        mpath = self.mask_path(cell_id)
+        data = mpath.read_bytes()
+        if problem := self.manifest.problem(mpath, data):
+            raise RobustaxError(f"{problem}; rerun `robustax run CONFIG --out {self.root}` to "
+                                f"recompute that cell")
+        return np.load(io.BytesIO(data), allow_pickle=False)
+
+    def info_path(self, cell_id: str) -> Path:
+        return self.root / "info" / f"{cell_id}.npz"
+
+    def write_info(self, cell_id: str, info: dict) -> None:
+        """The attack's per-example info of a cell (``queries``, ``first_fooled_step``, ...),
+        for curves over the attack's budget from one run; written before the cell's record."""
+        buf = io.BytesIO()
+        np.savez(buf, **{k: np.asarray(v) for k, v in info.items()})
+        self.store(self.info_path(cell_id), buf.getvalue())
+
+    def read_info(self, cell_id: str) -> dict[str, np.ndarray]:
+        """A cell's per-example attack info ({} when none was stored)."""
+        path = self.info_path(cell_id)
+        if not path.is_file():
+            return {}
+        data = path.read_bytes()
+        if problem := self.manifest.problem(path, data):
+            raise RobustaxError(f"{problem}; rerun `robustax run CONFIG --out {self.root}` to "
+                                f"recompute that cell")
+        with np.load(io.BytesIO(data), allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+
+    def gradient_path(self, cell_id: str) -> Path:
+        return self.root / "gradients" / f"{cell_id}.json"
+
+    def read_gradient(self, cell_id: str) -> dict | None:
+        """A row's zero-gradient counts (``gradients/<clean cell>.json``); None when missing,
+        or damaged (digest differs from the manifest's, not JSON): ``run`` recomputes it."""
+        path = self.gradient_path(cell_id)
+        if not path.is_file():
+            return None
+        data = path.read_bytes()
+        if self.manifest.problem(path, data):
+            return None
+        try:
+            doc = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        return doc if isinstance(doc, dict) else None
 
     def read_records(self, only: set[str] | None = None) -> pd.DataFrame:
-        """Finished cells (all, or those whose id is in ``only``) as a tidy frame."""
+        """Finished cells (all, or those whose id is in ``only``) as a tidy frame; cells not
+        written are left out, a damaged one is a one-line error naming the file."""
+        ids = ([p.stem for p in sorted(self.cells.glob("*.json"))] if only is None
+               else sorted(only))
         rows = []
-        for p in sorted(self.cells.glob("*.json")):
-            if only is not None and p.stem not in only:
+        for cell_id in ids:
+            problem, record = self.cell_problem(cell_id)
+            if problem == MISSING:
                 continue
-            try:
-                rows.append(json.loads(p.read_text()))
-            except json.JSONDecodeError:
-                raise RobustaxError(f"cell record {p} is corrupt; delete it and rerun the "
-                                    f"sweep to recompute that cell") from None
+            if problem:
+                raise RobustaxError(f"{problem}; rerun `robustax run CONFIG --out {self.root}` "
+                                    f"to recompute that cell")
+            rows.append(record)
         return records_frame(rows)
+
+    def adopt(self) -> None:
+        """Gives a run directory without a readable manifest (written by robustax before
+        manifests, or with manifest.json damaged) a new one: every file that passes the
+        checks robustax can still make is listed (cells whose record and mask agree, every
+        checkpoint, JSON files that parse), with one warning. Cells that fail are left out,
+        so they are recomputed. Nothing to do when the manifest is fine."""
+        m = self.manifest
+        prior = m.state
+        if prior == "ok":
+            return
+        if prior == "corrupt":
+            os.replace(m.path, m.path.with_name(m.path.name + ".corrupt"))
+        m.files, m.state = {}, "missing"  # problem() now checks consistency only
+        files = [p for p in self.root.rglob("*") if p.is_file()
+                 and not any(part.startswith(".") for part in p.relative_to(self.root).parts)
+                 and p.name != m.path.name and not p.name.endswith(".corrupt")]
+        entries = {p: p.read_bytes() for p in files if p.parent not in (self.cells, self.masks)}
+        cell_ids = [p.stem for p in self.cells.glob("*.json")]
+        kept = [c for c in cell_ids if self.cell_problem(c)[0] is None]
+        for c in kept:
+            for p in (self.cell_path(c), self.mask_path(c)):
+                entries[p] = p.read_bytes()
+        m.record(entries)
+        if files:
+            what = "a corrupt" if prior == "corrupt" else "no"
+            warn(f"{self.root} had {what} {m.path.name}; made a new one listing the "
+                 f"{len(kept)} of {len(cell_ids)} cells that pass the consistency checks (the "
+                 f"others are recomputed) and {len(entries) - 2 * len(kept)} other files")
 
 
 def records_frame(rows: list[dict]) -> pd.DataFrame:

@@ -17,6 +17,8 @@ import defenses
 import models
 from bench import options as opts
 from bench.errors import ConfigError
+from models.dm_wide_resnet import DMWideResNet  # not in models/__init__ (see that module)
+from models.resnet import ResNet18
 
 
 class Registry(Mapping[str, type]):
@@ -82,6 +84,7 @@ ATTACKS.register("apgd-t", attacks.APGDT)
 ATTACKS.register("fab", attacks.FAB)
 ATTACKS.register("square", attacks.Square)
 ATTACKS.register("autoattack", attacks.AutoAttack)
+ATTACKS.register("noise", attacks.Noise)
 ATTACKS.register("cw", attacks.CW)
 ATTACKS.register("deepfool", attacks.DeepFool)
 ATTACKS.register("advgan", attacks.AdvGAN)
@@ -107,3 +110,5 @@ MODELS.register("mlp", models.MLP)
 MODELS.register("cnn", models.CNN)
 MODELS.register("preact-resnet18", models.PreActResNet18)
 MODELS.register("wide-resnet", models.WideResNet)
+MODELS.register("resnet18", ResNet18)
+MODELS.register("dm-wide-resnet", DMWideResNet)

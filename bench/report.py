@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from bench import tables
-from bench.records import CLEAN, RunDir, accuracy_fields, atomic_write_bytes, atomic_write_text
+from bench.records import CLEAN, RunDir, accuracy_fields, run_lock
 from bench.plan import slug
 from bench.tables import WORST
 
@@ -96,12 +96,12 @@ def write_tables(records: pd.DataFrame, run: RunDir,
     files.update({f"robust_accuracy_{norm}.tex": tex for norm, tex in latex.items()})
     paths = []
     for name, text in files.items():
-        atomic_write_text(run.tables / name, text)
+        run.store_text(run.tables / name, text)
         paths.append(run.tables / name)
     for pattern in _TABLE_FILES:
         for stale in run.tables.glob(pattern):
             if stale.name not in files:
-                stale.unlink()
+                run.remove(stale)
     return paths
 
 
@@ -147,8 +147,8 @@ def write_plots(records: pd.DataFrame, run: RunDir) -> list[Path]:
         for ext in ("png", "pdf"):
             buf = io.BytesIO()
             fig.savefig(buf, format=ext, dpi=150, metadata={"CreationDate": None} if ext == "pdf" else None)
-            path = run.plots / f"accuracy_vs_eps_{slug(attack)}_{norm}.{ext}"  # labels may hold "/"
-            atomic_write_bytes(path, buf.getvalue())
+            path = run.plots / f"accuracy_vs_eps_{slug(attack)}_{norm}.{ext}"
+            run.store(path, buf.getvalue())
             paths.append(path)
         plt.close(fig)
     return paths
@@ -161,8 +161,10 @@ def report_records(run: RunDir, records: pd.DataFrame | None = None,
     if records is None:
         plan = run.read_plan()
         records = run.read_records(only=None if plan is None else set(plan["cells"]))
+        if plan is not None and "run" in plan and not records.empty:
+            records["run"] = plan["run"]  # the grid of the config last run here: one run name
         if write_csv:
-            atomic_write_text(run.records_csv, records.to_csv(index=False))
+            run.store_text(run.records_csv, records.to_csv(index=False))
     if records.empty:
         from bench.errors import RobustaxError
 
@@ -173,11 +175,28 @@ def report_records(run: RunDir, records: pd.DataFrame | None = None,
     return pd.concat([records, worst], ignore_index=True) if not worst.empty else records
 
 
-def write_report(run_dir: str | Path, records: pd.DataFrame | None = None) -> list[Path]:
-    """Rebuilds records.csv, tables and plots of a run directory from its cell records."""
+def write_report(run_dir: str | Path, records: pd.DataFrame | None = None,
+                 baseline: str | Path | None = None) -> list[Path]:
+    """Rebuilds records.csv, tables and plots of a run directory from its cell records, then
+    the checklist and report.md (:mod:`bench.document`; with ``baseline``, the regression
+    verdict against that run)."""
+    from bench import document
+
     run = RunDir(Path(run_dir))
-    records = report_records(run, records, write_csv=records is None)
-    return write_tables(records, run) + write_plots(records, run)
+    with run_lock(run.root, "report"):
+        run.adopt()
+        records = report_records(run, records, write_csv=records is None)
+        paths = write_tables(records, run) + write_plots(records, run)
+        return paths + document.write_all(records, run, paths, baseline)[0]
+
+
+def checklist_text(run_dir: str | Path) -> str:
+    """The checklist as printed by ``robustax run`` and ``report`` (from checklist.json)."""
+    from bench import checklist
+
+    path = Path(run_dir) / "checklist.json"
+    items = [checklist.Item(**i) for i in json.loads(path.read_text())]
+    return checklist.terminal(items)
 
 
 def summary(run_dir: str | Path, width: int = SUMMARY_WIDTH) -> str:

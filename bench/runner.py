@@ -8,6 +8,8 @@ same directory skips finished cells, so a killed run resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -25,11 +27,12 @@ import pandas as pd
 from bench import engine as ev
 from bench.config import SweepConfig
 from bench.data import Dataset, load_dataset
-from bench.errors import ConfigError, RobustaxError
+from bench.errors import ConfigError, RobustaxError, warn
 from bench.plan import (CLEAN, Plan, Training, Unit, has_adaptive, key_for, make_plan, slug,
                         stable_hash, train_version)
-from bench.records import (RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text,
-                           make_record)
+from bench.records import MISSING, RunDir, make_record, run_lock
+from bench.weights import load as load_weights
+from bench.weights import shapes as weight_shapes
 from defenses import checkpoint_bytes, variables_from_bytes
 from models import init_variables, make_logits_fn
 
@@ -80,6 +83,24 @@ def environment() -> dict:
     }
 
 
+def _read_json_state(run: RunDir, name: str, default: Any, kind: type) -> Any:
+    """A JSON file robustax keeps across invocations (config.json, environment.json), or
+    ``default`` when it is absent; a corrupt one is set aside as ``<name>.corrupt`` with a
+    warning (it holds history, not numbers), so it never wedges a run."""
+    path = run.root / name
+    if not path.is_file():
+        return default
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+        if not isinstance(value, kind):
+            raise ValueError
+        return value
+    except (ValueError, UnicodeDecodeError):
+        run.set_aside(path)
+        warn(f"{path} was corrupt; kept it as {path.name}.corrupt and started a new one")
+        return default
+
+
 def _prepare_run_dir(run: RunDir, cfg: SweepConfig, config_text: str | None) -> None:
     """Writes the config as run and appends this invocation's environment.
 
@@ -87,57 +108,90 @@ def _prepare_run_dir(run: RunDir, cfg: SweepConfig, config_text: str | None) -> 
     determines them, so added cells are computed, unchanged ones are reused, and the
     records and report cover the current grid only. Earlier configs stay in ``history``.
     """
-    run.root.mkdir(parents=True, exist_ok=True)
     as_run = run.root / "config.json"
     source = json.loads(json.dumps(cfg.source, default=str))
-    state = json.loads(as_run.read_text()) if as_run.is_file() else {}
+    state = _read_json_state(run, "config.json", {}, dict)
     if state.get("config") != source:
         history = state.get("history", [])
         if "config" in state:
             history.append({"config": state["config"], "config_id": state.get("config_id")})
-        atomic_write_json(as_run, {"config": source, "config_id": cfg.config_id(),
-                                   "history": history})
+        run.store_json(as_run, {"config": source, "config_id": cfg.config_id(),
+                                "history": history})
     if config_text is not None:
-        atomic_write_text(run.root / "config.toml", config_text)
-    env_path = run.root / "environment.json"
-    envs = json.loads(env_path.read_text()) if env_path.is_file() else []
+        run.store_text(run.root / "config.toml", config_text)
+    envs = _read_json_state(run, "environment.json", [], list)
     envs.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **environment()})
-    atomic_write_json(env_path, envs)
+    run.store_json(run.root / "environment.json", envs)
 
 
 class _Weights:
     """Trained variables per :class:`Training`: loaded from the run directory's checkpoint,
     else trained and saved (one module per model, so compiled attacks are reused)."""
 
-    def __init__(self, run: RunDir, plan: Plan, data: Dataset, bar):
+    def __init__(self, run: RunDir, plan: Plan, data: Dataset, bar, arts=None, ledger=None):
+        from bench.artifacts import Artifacts
+
         self.run, self.plan, self.data, self.bar = run, plan, data, bar
+        self.arts = Artifacts.from_config(plan.config.security) if arts is None else arts
+        self.ledger = ledger
         self._modules: dict[str, tuple] = {}
         self._params: dict[Training, Any] = {}
+        self.sha256: dict[Training, str] = {}  # digest of each checkpoint file loaded or written
 
     def module(self, model) -> tuple[Any, Any]:
         """(flax module with the data's classes and statistics, its logits_fn), built once."""
         if model.label not in self._modules:
-            d = self.data
-            module = model.module.clone(num_classes=d.num_classes, mean=tuple(d.mean),
-                                        std=tuple(d.std))
+            d, w = self.data, model.weights
+            stats = {"num_classes": d.num_classes, "mean": tuple(d.mean), "std": tuple(d.std)}
+            if w is not None:  # weights bring their own normalisation
+                stats.update(mean=w.mean, std=w.std)
+                channels = d.image_shape[-1]
+                for k in ("mean", "std"):
+                    if stats[k] is not None and len(stats[k]) not in (1, channels):
+                        raise ConfigError(f"model {model.label}: {k} = {list(stats[k])} has "
+                                          f"{len(stats[k])} values, the images of "
+                                          f"{d.name!r} have {channels} channel(s); give one "
+                                          f"value per channel")
+            fields = {f.name for f in dataclasses.fields(model.module)}  # a user's module may
+            module = model.module.clone(**{k: v for k, v in stats.items()  # lack some of them
+                                           if k in fields})
             self._modules[model.label] = (module, make_logits_fn(module))
         return self._modules[model.label]
 
     def exists(self, t: Training) -> bool:
-        return self.run.checkpoint_path(t.file_name).is_file()
+        return t.model.weights is not None or \
+            self.arts.find(self.run.checkpoints, t.file_name) is not None
+
+    def stored_digest(self, t: Training) -> str | None:
+        """The sha256 of the stored checkpoint (plain or ``.enc``) in the manifest, or of the
+        weights file a model entry loads; None when there is none yet."""
+        if t.model.weights is not None:
+            return t.model.weights.sha256
+        path = self.arts.find(self.run.checkpoints, t.file_name)
+        return None if path is None else self.run.manifest.digest(path)
 
     def __call__(self, t: Training) -> Any:
         if t in self._params:
             return self._params[t]
         module, _ = self.module(t.model)
+        if t.model.weights is not None:
+            w = t.model.weights
+            params = load_weights(w.resolved, weight_shapes(module, self.data.image_shape),
+                                  repr(t.model.label), expected_digest=w.sha256)
+            self.sha256[t] = w.sha256
+            self._params[t] = params
+            return params
         like = init_variables(module, jax.random.key(0), self.data.image_shape)
-        path = self.run.checkpoint_path(t.file_name)
-        if path.is_file():
-            try:
-                params, _ = variables_from_bytes(path.read_bytes(), like=like)
+        path = self.arts.find(self.run.checkpoints, t.file_name)
+        if path is not None:
+            data = path.read_bytes()
+            try:  # verified against [security] trust and decrypted in memory when asked for
+                params, _ = variables_from_bytes(self.arts.load_checkpoint(path, data),
+                                                 like=like)
             except ValueError as e:
                 raise RobustaxError(f"checkpoint {path} is damaged: {e}; delete it to "
                                     f"retrain") from None
+            self.sha256[t] = self.run.verify_checkpoint(path.name, data)
         else:
             params = self._train(t, module)
         self._params[t] = params
@@ -145,8 +199,11 @@ class _Weights:
 
     def _train(self, t: Training, module) -> Any:
         m, d, bar = t.model, t.defense, self.bar
+        if len(self.data.x_train) == 0:
+            raise ConfigError(f"data set {self.data.name!r} has no training split, so "
+                              f"{m.label}/{d.label} cannot be trained; add x_train and y_train "
+                              f"to the .npz or give the model weights = \"...\"")
         bar.set_postfix_str(f"training {m.label}/{d.label}", refresh=False)
-        t0 = time.perf_counter()
         try:
             params = d.defense.train(
                 module, self.data, key_for(self.plan.config.seed, *t.key_parts),
@@ -155,9 +212,14 @@ class _Weights:
                     f"loss {loss:.3f}", refresh=False))
         except ValueError as e:
             raise ConfigError(f"training {m.label} with {d.label}: {e}") from None
+        # No timings in the file: the same seed gives the same bytes, hence the same digest.
         meta = {"model": m.name, "model_options": dict(m.options), "defense": d.name,
-                "data": self.data.name, "train_seconds": time.perf_counter() - t0}
-        self.run.write_checkpoint(t.file_name, checkpoint_bytes(params, meta))
+                "data": self.data.name}
+        self.sha256[t] = self.arts.save_checkpoint(
+            self.run, t.file_name, checkpoint_bytes(params, meta),
+            ids={"model": m.label, "defense": d.label, "data": self.data.name,
+                 "config_id": self.plan.config.config_id(), "checkpoint": t.digest},
+            code_version=code_version(), ledger=self.ledger)
         bar.update(1)
         return params
 
@@ -200,6 +262,8 @@ def _evaluate_unit(unit: Unit, todo: set[str], weights: _Weights, plan: Plan, x,
 
     def write(cell, mask, seconds, compile_s, info=None, details=None):
         a = cell.attack
+        if info:
+            run.write_info(cell.cell_id, info)
         run.write_cell(make_record(
             run=cfg.name, data=cfg.data.name, model=m.label, defense=unit.defense_label,
             attack=CLEAN if a is None else a.label, norm="none" if a is None else a.norm,
@@ -207,6 +271,7 @@ def _evaluate_unit(unit: Unit, todo: set[str], weights: _Weights, plan: Plan, x,
             cell_id=cell.cell_id, config_id=cfg.config_id(), checkpoint=unit.checkpoint,
             code_version=version, attack_options=None if a is None else a.attack,
             model_options=_model_options(unit), defense_options=d.defense, info=info,
+            checkpoint_sha256="+".join(weights.sha256[t] for t in unit.trainings),
             details=details), mask)
         bar.update(1)
 
@@ -216,6 +281,12 @@ def _evaluate_unit(unit: Unit, todo: set[str], weights: _Weights, plan: Plan, x,
             t0 = time.perf_counter()
             mask = ev.clean_correct(eval_fn, params, x, y, cfg.eval.batch_size, key=score_key)
             write(cell, mask, time.perf_counter() - t0, 0.0)
+    clean_id = unit.cells[0].cell_id
+    if run.read_gradient(clean_id) is None:  # for the checklist: do gradients vanish?
+        fn = attack_fn or eval_fn
+        counts = ev.zero_gradients(fn, params, x, y, cfg.eval.batch_size, key=score_key)
+        run.store_json(run.gradient_path(clean_id), {
+            "loss": "ce", "function": "adaptive stand-in" if attack_fn else "model", **counts})
     for a in cfg.attacks:
         missing = [c for c in unit.cells if c.attack is a and c.cell_id in todo]
         if not missing:
@@ -265,12 +336,19 @@ def _generator(a, recipe, ident: dict, tag: str, fn, params, plan: Plan, weights
     path = run.root / "generators" / name
     like = recipe.init(jax.random.key(0), data.x_train[:1])
     if path.is_file():
-        try:
-            variables, meta = variables_from_bytes(path.read_bytes(), like=like)
-        except ValueError as e:
-            raise RobustaxError(f"generator {path} is damaged: {e}; delete it to retrain") from None
-        return recipe.bind(variables), {"generator": name, "generator_cached": True,
-                                        "generator_train_seconds": meta.get("train_seconds")}
+        data_bytes = path.read_bytes()
+        problem = run.manifest.problem(path, data_bytes)
+        if problem is not None:  # like a damaged checkpoint: set aside and train again
+            warn(f"generator {path.name}: {problem}; set aside as "
+                 f"{run.set_aside(path).name}, training it again")
+        else:
+            try:
+                variables, meta = variables_from_bytes(data_bytes, like=like)
+            except ValueError as e:
+                raise RobustaxError(f"generator {path} is damaged: {e}; delete it to "
+                                    f"retrain") from None
+            return recipe.bind(variables), {"generator": name, "generator_cached": True,
+                                            "generator_train_seconds": meta.get("train_seconds")}
     bar.set_postfix_str(f"training the {a.label} generator against {tag}", refresh=False)
     t0 = time.perf_counter()
     try:
@@ -283,8 +361,8 @@ def _generator(a, recipe, ident: dict, tag: str, fn, params, plan: Plan, weights
     except ValueError as e:
         raise ConfigError(f"training the {a.label} generator against {tag}: {e}") from None
     seconds = time.perf_counter() - t0
-    atomic_write_bytes(path, checkpoint_bytes(variables, {"train_seconds": seconds,
-                                                          "against": tag, "attack": a.label}))
+    run.store(path, checkpoint_bytes(variables, {"train_seconds": seconds, "against": tag,
+                                                 "attack": a.label}))
     return recipe.bind(variables), {"generator": name, "generator_cached": False,
                                     "generator_train_seconds": seconds}
 
@@ -353,6 +431,19 @@ def _attack_setup(a, unit: Unit, params, eval_fn, attack_fn, plan: Plan, weights
     return attack, _pick(eval_fn, 0), (params, sp), _pick(sfn, 1), key, details
 
 
+def _ledger_existing(run: RunDir, plan: Plan, arts, ledger) -> None:
+    """Records in the ledger what a run directory already holds from runs before it (or from a
+    killed run): checkpoints and finished cells not yet in it as they are."""
+    from bench.artifacts import checkpoint_files
+
+    known = ledger.latest()
+    for p in checkpoint_files(run.root):
+        if ("checkpoint", p.name) not in known:
+            ledger.add_checkpoint(p, arts.parameters_digest(p), arts.signer)
+    ledger.add_cells(sorted(p.stem for p in run.cells.glob("*.json")
+                            if run.cell_problem(p.stem)[0] is None), arts.signer)
+
+
 def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None = None,
               progress: bool = True) -> pd.DataFrame:
     """Runs (or resumes) a sweep into ``out_dir`` and returns the records frame.
@@ -362,28 +453,126 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
     """
     from tqdm.auto import tqdm
 
-    run = RunDir(Path(out_dir))
-    _prepare_run_dir(run, cfg, config_text)
-    data = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir,
-                        train_examples=cfg.data.train_examples)
-    plan = make_plan(cfg, data.fingerprint())
-    run.write_plan(plan.order())
-    n_eval = len(data.x_test) if cfg.data.eval_examples is None else min(
-        cfg.data.eval_examples, len(data.x_test))
-    x_eval, y_eval = data.x_test[:n_eval], data.y_test[:n_eval]
-    version = code_version()
+    from bench.artifacts import Artifacts
+    from bench.ledger import Ledger
 
-    todo = {c.cell_id for c in plan.cells if not run.has_cell(c.cell_id)}
-    units = [u for u in plan.units if any(c.cell_id in todo for c in u.cells)]
-    bar = tqdm(total=0, desc=cfg.name, unit="cell", disable=not progress, dynamic_ncols=True)
-    weights = _Weights(run, plan, data, bar)
-    n_train = len({t for u in units for t in u.trainings if not weights.exists(t)})
-    bar.total = len(todo) + n_train
-    bar.refresh()
-    wrapped: dict = {}
-    for unit in units:
-        _evaluate_unit(unit, todo, weights, plan, x_eval, y_eval, version, run, bar, wrapped)
-    bar.close()
-    records = run.read_records(only={c.cell_id for c in plan.cells})
-    atomic_write_text(run.records_csv, records.to_csv(index=False))
+    arts = Artifacts.from_config(cfg.security)  # a bad key stops the run before anything is written
+    lead = jax.process_index() == 0  # several processes: only process 0 writes the run dir
+    if not lead and arts.key is not None:
+        raise ConfigError("[security] encryption_key with several processes is not supported "
+                          "(each process would encrypt with its own nonce); run it in one "
+                          "process or leave encryption out")
+    run = RunDir(Path(out_dir)) if lead else _ReadOnlyRun(Path(out_dir))
+    with run_lock(run.root, "run") if lead else contextlib.nullcontext():
+        if lead:
+            run.adopt()
+            _prepare_run_dir(run, cfg, config_text)
+        _sync("robustax-sweep-prepared")  # the others read what process 0 prepared
+        data = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir,
+                            train_examples=cfg.data.train_examples, base_dir=cfg.base_dir,
+                            stream=cfg.data.stream)
+        from bench.config import check_eps_range
+
+        for a in cfg.attacks:  # L2/L1 budgets need the image size
+            check_eps_range(a.eps, a.norm, f"attack {a.label!r}", tuple(data.image_shape))
+        plan = make_plan(cfg, data.fingerprint())
+        run.write_plan(plan.order())
+        n_eval = len(data.x_test) if cfg.data.eval_examples is None else min(
+            cfg.data.eval_examples, len(data.x_test))
+        x_eval, y_eval = data.x_test[:n_eval], data.y_test[:n_eval]
+        version = code_version()
+        ledger = Ledger(run.root) if lead else _NoLedger()
+        if lead:
+            ledger.append([{"type": "run", "config_id": cfg.config_id(),
+                            "code_version": version,
+                            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                            "signed_by": arts.signer.key_id if arts.signer else ""}],
+                          arts.signer)
+            _ledger_existing(run, plan, arts, ledger)
+
+        bar = tqdm(total=0, desc=cfg.name, unit="cell", disable=not progress or not lead,
+                   dynamic_ncols=True)
+        weights = _Weights(run, plan, data, bar, arts, ledger)
+        # Two passes at most: the second recomputes cells whose checkpoint this run had to
+        # train anew (deleted, say) and came out with other bytes than the one they were
+        # computed from.
+        for _ in range(2):
+            _sync("robustax-sweep-pass")  # every process sees the same cells on disk
+            todo = _cells_to_compute(run, plan, weights)
+            units = [u for u in plan.units if any(c.cell_id in todo for c in u.cells)
+                     or run.read_gradient(u.cells[0].cell_id) is None]
+            if not units:
+                break
+            n_train = len({t for u in units for t in u.trainings if not weights.exists(t)})
+            bar.total = bar.n + len(todo) + n_train
+            bar.refresh()
+            wrapped: dict = {}
+            for unit in units:
+                _evaluate_unit(unit, todo, weights, plan, x_eval, y_eval, version, run, bar,
+                               wrapped)
+                ledger.add_cells([c.cell_id for c in unit.cells], arts.signer)
+        bar.close()
+        _sync("robustax-sweep-done")  # process 0 has written every cell
+        records = run.read_records(only={c.cell_id for c in plan.cells})
+        if not records.empty:
+            records["run"] = cfg.name  # records.csv is this config's grid: one run name
+        run.store_text(run.records_csv, records.to_csv(index=False))
     return records
+
+
+def _cells_to_compute(run: RunDir, plan: Plan, weights: _Weights) -> set[str]:
+    """The plan's cells that are missing or fail verification (each of the latter with a
+    one-line warning naming the file): those the run (re)computes."""
+    todo = set()
+    for unit in plan.units:
+        shas = [weights.sha256.get(t) or weights.stored_digest(t) for t in unit.trainings]
+        expected = "+".join(shas) if all(shas) else None
+        for c in unit.cells:
+            problem, _ = run.cell_problem(c.cell_id, expected)
+            if problem is None:
+                continue
+            if problem != MISSING:
+                warn(f"{problem}; recomputing that cell")
+            todo.add(c.cell_id)
+    return todo
+
+
+class _ReadOnlyRun(RunDir):
+    """The run directory as processes other than 0 see it: they read it (to resume the
+    same cells and return the records) and write nothing; process 0 writes the same bytes."""
+
+    def store(self, path: Path, data: bytes) -> None:
+        pass
+
+    def write_cell(self, record: dict, mask) -> None:
+        pass
+
+    def adopt(self) -> None:
+        pass
+
+    def remove(self, path: Path) -> None:
+        pass
+
+    def set_aside(self, path: Path) -> Path:
+        return Path(path)
+
+
+class _NoLedger:
+    """The ledger of a process other than 0: process 0 keeps the run directory's ledger."""
+
+    def append(self, *args, **kwargs) -> None:
+        pass
+
+    def add_cells(self, *args, **kwargs) -> None:
+        pass
+
+    def add_checkpoint(self, *args, **kwargs) -> None:
+        pass
+
+
+def _sync(name: str) -> None:
+    """A barrier across processes (``jax.distributed``); nothing with one process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

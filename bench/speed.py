@@ -9,9 +9,12 @@ torchattacks' PGD is timed on the same inputs.
 
 from __future__ import annotations
 
+import functools
+import os
 import time
 from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +28,27 @@ def _best_time(fn: Callable[[], object], repeats: int) -> float:
         jax.block_until_ready(fn())
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def _paired(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Minimum wall time of each of ``fns`` over ``repeats`` rounds that call them in turn
+    (order reversed every other round), after one warm-up call each."""
+    for fn in fns:
+        jax.block_until_ready(_result(fn()))
+    best = [float("inf")] * len(fns)
+    for r in range(repeats):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+        for i in order:
+            t0 = time.perf_counter()
+            jax.block_until_ready(_result(fns[i]()))
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best
+
+
+def _result(value):
+    """JAX values as they are (to block on); anything else (torch tensors, numpy) as None."""
+    leaves = jax.tree.leaves(value)
+    return value if leaves and all(isinstance(v, jax.Array) for v in leaves) else None
 
 
 def measure(batch: int = 256, steps: int = 20, repeats: int = 5, seed: int = 0) -> dict:
@@ -119,35 +143,229 @@ def torch_best_time(fn: Callable[[], object], repeats: int, device: str | None =
     return best
 
 
-def main(batch: int = 256, steps: int = 20, repeats: int = 5, torchattacks: bool = False) -> dict:
-    """Prints the timings and ratios; returns them."""
-    r = measure(batch, steps, repeats)
-    module, params, x, y = r.pop("_model")
-    print(f"cnn 28x28x1, batch {batch}, L∞ PGD-{steps}, {r['backend']} ×{r['devices']}, "
-          f"min of {repeats} after warm-up")
-    print(f"  forward + input gradient         {r['fwd_bwd_s'] * 1e3:8.1f} ms")
-    print(f"  PGD-{steps} kernel (unrolled loop)   {r['pgd_s']:8.3f} s   ratio to {steps}×(fwd+grad): {r['ratio']:.2f}")
-    print(f"  PGD-{steps} kernel (rolled loop)     {r['pgd_rolled_s']:8.3f} s   ratio: {r['ratio_rolled']:.2f}")
-    print(f"  PGD-{steps} as run by a sweep        {r['sweep_pgd_s']:8.3f} s   ratio: {r['ratio_sweep']:.2f}")
-    print(f"  APGD-CE-{steps} kernel               {r['apgd_s']:8.3f} s   ratio: {r['ratio_apgd']:.2f}")
-    print(f"  forward only                     {r['fwd_s'] * 1e3:8.1f} ms")
-    print(f"  Square, {steps} queries (ε = 0)      {r['square_s']:8.3f} s   ratio to {steps}×fwd: "
-          f"{r['ratio_square']:.2f}")
-    if torchattacks:
-        try:
-            t = torchattacks_time(module, params, x, y, steps, repeats)
-        except ImportError as e:
-            print(f"  torchattacks: not installed ({e.name}); pip install torch==2.13.0 and "
-                  f"pip install --no-deps torchattacks")
-        else:
-            r["torchattacks_s"] = t
-            print(f"  torchattacks PGD-{steps} (same weights) {t:8.3f} s   robustax speed-up: "
-                  f"{t / r['pgd_s']:.2f}×")
-    return r
+class UserCNN(nn.Module):
+    """A model written the ordinary way, as users bring them: plain ``nn.Conv`` 3×3 (32, 64),
+    ``nn.max_pool`` 2×2, ``nn.Dense`` 128 and 10 (1.6 M parameters on 28×28×1)."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(nn.Conv(32, (3, 3))(x))
+        x = nn.relu(nn.Conv(64, (3, 3))(x))
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(128)(x))
+        return nn.Dense(10)(x)
+
+
+SUITE_EPS = (0.1, 0.2, 0.3, 0.4)  # the E ε values of the multi-ε comparison
+
+
+def suite(batch: int = 256, steps: int = 20, repeats: int = 3, torchattacks: bool = True,
+          models: tuple[str, ...] = ("cnn", "user-cnn"), seed: int = 0,
+          log: Callable[[str], None] = print) -> list[dict]:
+    """One run of every speed figure of ``robustax speed``, as rows (see :func:`main`).
+
+    Per model (robustax's ``cnn`` and a plain-Flax user CNN, both 28×28×1, random weights):
+    forward and forward + input gradient (the units); FGSM, PGD-k, APGD-CE-k as jitted kernels
+    through the Python API (over k × (fwd + grad)), Square-k at ε = 0 (over k × fwd); PGD-k
+    on the plain module with the fast path off; PGD-k through the sweep engine at one ε and
+    at E ε values in one compiled call (over E single calls); torchattacks FGSM and PGD-k on
+    a PyTorch twin (logits checked equal first). Times are minima over ``repeats`` after a
+    warm-up; compile time is measured apart."""
+    from attacks import APGD, FGSM, PGD, Square, fastpath
+    from bench import engine as ev
+    from models import CNN
+
+    rows = []
+    kx, ky, ka = jax.random.split(jax.random.key(seed + 1), 3)
+    x = jax.random.uniform(kx, (batch, 28, 28, 1))
+    y = jax.random.randint(ky, (batch,), 0, 10)
+    xs, ys = np.asarray(x), np.asarray(y)
+    eps = jnp.float32(0.3)
+
+    def add(model, path, what, k, seconds, unit=None, unit_name="", compile_s=None, **extra):
+        row = {"model": model, "path": path, "measure": what, "k": k, "seconds": seconds,
+               "compile_seconds": compile_s, "unit": unit_name,
+               "ratio_to_unit": None if unit is None else seconds / (k * unit), **extra}
+        rows.append(row)
+        ratio = "" if unit is None else f"  {row['ratio_to_unit']:.2f} × {k} × {unit_name}"
+        log(f"  {model:9s} {path:12s} {what:40s} {seconds * 1e3:9.1f} ms{ratio}")
+        return seconds
+
+    def compiled(fn, *args):
+        t0 = time.perf_counter()
+        c = jax.jit(fn).lower(*args).compile()
+        return c, time.perf_counter() - t0
+
+    for name in models:
+        module = (CNN(num_classes=10, mean=(0.13,), std=(0.31,)) if name == "cnn"
+                  else UserCNN())
+        params = module.init(jax.random.key(seed), x[:1])
+        logits_fn = lambda p, z, m=module: m.apply(p, z)  # noqa: E731  (what users write)
+        fast = fastpath.fast(logits_fn)
+        plain = lambda p, z: logits_fn(p, z)  # noqa: E731
+        plain.fast = False
+        log(f"{name}: {sum(a.size for a in jax.tree.leaves(params)):,} parameters")
+
+        def fwd_bwd(fn):
+            def loss(z, p):
+                logits = fn(p, z)
+                return -jnp.sum(jax.nn.log_softmax(logits)[jnp.arange(batch), y]), logits
+            return lambda p, z: jax.grad(loss, has_aux=True)(z, p)
+
+        def call(c, *args):
+            return lambda: c(*args)
+
+        # Every ratio compares times taken alternately in the same loop (_paired), so load
+        # that comes and goes on a shared machine hits both sides alike.
+        c_fwd, _ = compiled(fast, params, x)
+        c_unit, _ = compiled(fwd_bwd(fast), params, x)
+        c_plain, _ = compiled(fwd_bwd(plain), params, x)
+        fwd_f, unit_f = call(c_fwd, params, x), call(c_unit, params, x)
+        fwd, unit, unit_plain = _paired([fwd_f, unit_f, call(c_plain, params, x)], repeats)
+        add(name, "model", "forward", 1, fwd)
+        add(name, "model", "forward + input gradient", 1, unit)
+        add(name, "model", "forward + input gradient, fast path off", 1, unit_plain, unit,
+            "(fwd+grad)")
+
+        kernels = [("FGSM", 1, FGSM(norm="linf"), logits_fn, eps, False),
+                   (f"PGD-{steps}", steps, PGD(norm="linf", steps=steps), logits_fn, eps, False),
+                   (f"PGD-{steps}, fast path off", steps, PGD(norm="linf", steps=steps), plain,
+                    eps, False),
+                   (f"APGD-CE-{steps}", steps, APGD(norm="linf", steps=steps), logits_fn, eps,
+                    False),
+                   (f"Square-{steps} (ε = 0)", steps, Square(norm="linf", queries=steps),
+                    logits_fn, jnp.float32(0.0), True)]
+        api = {}
+        for what, k, attack, fn, e, per_fwd in kernels:
+            c, comp = compiled(lambda p, z, t, key, a=attack, f=fn, e=e: a(f, p, z, t, e, key),
+                               params, x, y, ka)
+            api[what] = call(c, params, x, y, ka)
+            t, u = _paired([api[what], fwd_f if per_fwd else unit_f], repeats)
+            add(name, "python api", what, k, t, u, "fwd" if per_fwd else "(fwd+grad)", comp)
+
+        def engine(eps_list):
+            attack = PGD(norm="linf", steps=steps)
+            _, _, comp = ev.attack_correct(attack, logits_fn, params, xs, ys, eps_list, ka,
+                                           batch)  # compiles once; later calls reuse it
+            return (lambda: ev.attack_correct(attack, logits_fn, params, xs, ys, eps_list, ka,
+                                              batch)), comp
+
+        one_f, comp_one = engine([0.3])
+        multi_f, comp_multi = engine(list(SUITE_EPS))
+        one, u = _paired([one_f, unit_f], repeats)
+        add(name, "sweep engine", f"PGD-{steps}, 1 ε (wall time)", steps, one, u, "(fwd+grad)",
+            comp_one)
+        multi, one = _paired([multi_f, one_f], repeats)
+        add(name, "sweep engine", f"PGD-{steps}, {len(SUITE_EPS)} ε in one call (wall time)",
+            len(SUITE_EPS), multi, one, "(PGD, 1 ε)", comp_multi)
+
+        if torchattacks:
+            try:
+                import torchattacks as ta
+
+                from bench.torch_twin import cnn_twin, user_cnn_twin
+            except ImportError as e:
+                log(f"  torchattacks: not installed ({e.name}); pip install torch and "
+                    f"pip install --no-deps torchattacks")
+                continue
+            net = cnn_twin(module, params, xs[:16]) if name == "cnn" else \
+                user_cnn_twin(params, xs[:16])
+            xt, yt = to_torch_batch(xs, ys)
+            for what, k, atk in (
+                    ("FGSM", 1, ta.FGSM(net, eps=0.3)),
+                    (f"PGD-{steps}", steps, ta.PGD(net, eps=0.3, alpha=2.5 * 0.3 / steps,
+                                                   steps=steps, random_start=True))):
+                fns = [lambda a=atk: a(xt, yt), api[what]] + ([one_f] if k == steps else [])
+                times = _paired(fns, repeats)
+                t, ours = times[0], times[1]
+                extra = {"robustax_api_over_torch": ours / t}
+                if k == steps:
+                    extra["robustax_sweep_over_torch"] = times[2] / t
+                add(name, "torchattacks", what, k, t, None, "", **extra)
+                log(f"    robustax / torchattacks (timed alternately): python api {ours / t:.2f}"
+                    + (f", sweep engine {times[2] / t:.2f}" if k == steps else ""))
+    return rows
+
+
+def to_torch_batch(x: np.ndarray, y: np.ndarray):
+    import torch
+
+    from bench.torch_twin import to_torch
+
+    return to_torch(x), torch.tensor(y.astype(np.int64))
+
+
+def write_suite(rows: list[dict], out: str, meta: dict) -> list:
+    """Writes ``speed.csv`` and ``speed.md`` (with the settings in ``meta``) under ``out``."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from bench.records import atomic_write_bytes
+
+    frame = pd.DataFrame(rows)
+    csv_path, md_path = Path(out) / "speed.csv", Path(out) / "speed.md"
+    atomic_write_bytes(csv_path, frame.to_csv(index=False).encode())
+    show = frame.copy()
+    show["ms"] = (show.pop("seconds") * 1e3).round(1)
+    show["compile_s"] = show.pop("compile_seconds").round(2)
+    for col in [c for c in show.columns if c.startswith("ratio") or c.startswith("robustax")]:
+        show[col] = show[col].round(3)
+    show = show.astype(object).where(show.notna(), "")
+    lines = ["# robustax speed", ""] + [f"- {k}: {v}" for k, v in meta.items()] + [
+        "", "Each ratio divides a row's time by its reference (`unit`; torchattacks for the "
+        "`robustax_*_over_torch` columns) timed alternately with it in one loop, minimum of "
+        "`repeats`; under changing load the `ms` of different rows are not comparable. "
+        "Sweep-engine rows are wall time of `engine.attack_correct`, which also scores every "
+        "point and runs the clean pass."] + [
+        "", show.to_markdown(index=False, missingval=""), ""]
+    atomic_write_bytes(md_path, "\n".join(lines).encode())
+    return [csv_path, md_path]
+
+
+def _cpu_name() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(batch: int = 256, steps: int = 20, repeats: int = 3, torchattacks: bool = False,
+         out: str | None = None, models: tuple[str, ...] = ("cnn", "user-cnn")) -> list[dict]:
+    """``robustax speed``: runs :func:`suite`, prints each figure as it is measured and,
+    with ``out``, writes ``speed.csv`` and ``speed.md`` there."""
+    import sys
+
+    log = functools.partial(print, flush=True)
+    meta = {"command": "robustax " + " ".join(sys.argv[1:]) if sys.argv[0].endswith(
+                ("robustax", "__main__.py", "cli.py")) else "bench.speed.main",
+            "device": f"{jax.default_backend()} × {jax.device_count()}: {_cpu_name()}, "
+                      f"{os.cpu_count()} cores",
+            "jax": jax.__version__, "batch": batch, "steps": steps, "repeats": repeats,
+            "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
+    try:
+        import torch
+        meta["torch"] = torch.__version__
+    except ImportError:
+        pass
+    log(f"robustax speed: batch {batch}, k = {steps}, min of {repeats} after warm-up, "
+        f"{meta['device']}")
+    rows = suite(batch, steps, repeats, torchattacks, models, log=log)
+    if out:
+        for path in write_suite(rows, out, meta):
+            log(f"wrote {path}")
+    return rows
 
 
 if __name__ == "__main__":  # python -m bench.speed: same as `robustax speed`
     from bench import xla
 
     xla.configure()
-    main()
+    main(torchattacks=True)

@@ -173,3 +173,46 @@ def to_torch(x: np.ndarray):
     import torch
 
     return torch.tensor(np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 3, 1, 2)))
+
+
+def user_cnn_twin(params: Any, x_check: np.ndarray, atol: float = 1e-3):
+    """``torch.nn.Module`` computing ``bench.speed.UserCNN`` (plain ``flax.linen``: two 3×3
+    SAME convs, 2×2 max pool, two dense layers) with ``params``; raises RuntimeError if its
+    logits on ``x_check`` differ from the Flax model's by more than ``atol``."""
+    import torch
+    from torch import nn
+
+    from bench.speed import UserCNN
+
+    p = params["params"]
+    k0, k1 = np.asarray(p["Conv_0"]["kernel"]), np.asarray(p["Conv_1"]["kernel"])
+    d0, d1 = np.asarray(p["Dense_0"]["kernel"]), np.asarray(p["Dense_1"]["kernel"])
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.convs = nn.ModuleList([nn.Conv2d(k0.shape[2], k0.shape[3], 3, padding=1),
+                                        nn.Conv2d(k1.shape[2], k1.shape[3], 3, padding=1)])
+            self.fc1 = nn.Linear(*d0.shape)
+            self.fc2 = nn.Linear(*d1.shape)
+
+        def forward(self, z):
+            for conv in self.convs:
+                z = torch.relu(conv(z))
+            z = torch.nn.functional.max_pool2d(z, 2)
+            z = z.permute(0, 2, 3, 1).flatten(1)  # NHWC flatten order, as in flax
+            return self.fc2(torch.relu(self.fc1(z)))
+
+    net = Net().eval()
+    with torch.no_grad():
+        for i, conv in enumerate(net.convs):
+            conv.weight.copy_(torch.tensor(np.array(p[f"Conv_{i}"]["kernel"]).transpose(3, 2, 0, 1)))
+            conv.bias.copy_(torch.tensor(np.array(p[f"Conv_{i}"]["bias"])))
+        for lin, name in ((net.fc1, "Dense_0"), (net.fc2, "Dense_1")):
+            lin.weight.copy_(torch.tensor(np.array(p[name]["kernel"]).T))
+            lin.bias.copy_(torch.tensor(np.array(p[name]["bias"])))
+        ours = _flax_logits(UserCNN(), params, x_check)
+        diff = np.abs(net(to_torch(x_check)).numpy() - ours).max()
+    if diff > atol:
+        raise RuntimeError(f"the PyTorch copy of the user CNN differs from the Flax model by {diff}")
+    return net

@@ -1,27 +1,39 @@
 """XLA settings for fast attacks on CPU; must run before JAX initialises its backend.
 
-``--xla_cpu_experimental_ynn_fusion_type=`` lets XLA:CPU run convolutions on all cores
-(measured here: ~2× on a 2-core machine). Entry points (CLI, benchmark, tests) call
-:func:`configure`; library code never touches flags.
+The flags and the rules live in ``attacks/xla_flags.py`` (applied on ``import attacks`` and
+``import bench``, so API users get the CLI's speed); entry points call :func:`configure` too.
+This module loads that file without importing the ``attacks`` package (which imports JAX).
 """
 
 from __future__ import annotations
 
-import os
+import importlib.util
+import pathlib
+import sys
 
-CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
+_PATH = pathlib.Path(__file__).resolve().parent.parent / "attacks" / "xla_flags.py"
 
 
-def configure(environ: dict | None = None) -> None:
+_MODULE = []
+
+
+def _flags_module():
+    mod = sys.modules.get("attacks.xla_flags")
+    if mod is None:
+        if not _MODULE:
+            spec = importlib.util.spec_from_file_location("_robustax_xla_flags", _PATH)
+            _MODULE.append(importlib.util.module_from_spec(spec))
+            spec.loader.exec_module(_MODULE[0])
+        mod = _MODULE[0]
+    return mod
+
+
+CPU_FLAGS = _flags_module().CPU_FLAGS
+
+
+def configure(environ: dict | None = None) -> bool:
     """Appends the CPU flags to ``XLA_FLAGS`` unless set there already or opted out.
 
     Set ``ROBUSTAX_XLA_DEFAULTS=0`` to leave ``XLA_FLAGS`` untouched.
     """
-    env = os.environ if environ is None else environ
-    if env.get("ROBUSTAX_XLA_DEFAULTS", "1") == "0":
-        return
-    flags = env.get("XLA_FLAGS", "")
-    for flag in CPU_FLAGS:
-        if flag.split("=")[0] not in flags:
-            flags = f"{flags} {flag}".strip()
-    env["XLA_FLAGS"] = flags
+    return _flags_module().configure(environ)

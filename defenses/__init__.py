@@ -24,7 +24,8 @@ trained by the shared loop ``fit``; every one also takes the augmentation settin
 
 from defenses.augment import Augment, Augmentation
 from defenses.base import InferenceWrapper, TrainingDefense, is_wrapper
-from defenses.checkpoint import checkpoint_bytes, variables_from_bytes
+from defenses.checkpoint import (checkpoint_bytes, checkpoint_parameter_digest, parameter_digest,
+                                 variables_from_bytes)
 from defenses.distillation import Distillation
 from defenses.fgsm_at import FGSMAT, FGSMRS
 from defenses.label_flip import LabelFlip, flip_labels
@@ -38,7 +39,8 @@ from defenses.random_transform import RandomTransform
 from defenses.squeeze import Squeeze
 
 __all__ = ["InferenceWrapper", "PGDAT", "Standard", "TrainSettings", "TrainingDefense",
-           "checkpoint_bytes", "fit", "is_wrapper", "variables_from_bytes"]
+           "checkpoint_bytes", "checkpoint_parameter_digest", "fit", "is_wrapper", "parameter_digest",
+           "variables_from_bytes"]
 __all__ += ["Augment", "Augmentation", "Distillation", "FGSMAT", "FGSMRS", "LabelFlip", "TRADES",
             "flip_labels"]
 __all__ += ["Ensemble", "Fusion", "RandomTransform", "Squeeze"]

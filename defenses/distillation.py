@@ -54,7 +54,7 @@ class Distillation(TrainSettings):
         self.check()
         checks.check_positive("temperature", self.temperature)
         if self.teacher_epochs is not None:
-            checks.check_positive("teacher_epochs", self.teacher_epochs)
+            checks.check_count("teacher_epochs", self.teacher_epochs, checks.MAX_EPOCHS)
 
     def hard_loss(self, logits_of, x, x_pert, y) -> jax.Array:
         """The teacher's loss: cross-entropy of the labels at temperature T."""

@@ -61,6 +61,7 @@ class FGSMAT(TrainSettings):
         self.check()
         checks.check_positive("eps", self.eps)
         checks.check_choice("norm", self.norm, threat.NORMS)
+        checks.check_eps("eps", self.eps, self.norm)
         checks.check_positive("rel_step_size", self.rel_step_size)
 
     def perturb(self, logits_fn, variables, x, y, key) -> jax.Array:

@@ -32,9 +32,10 @@ class PGDAT(TrainSettings):
 
     def __post_init__(self):
         self.check()
-        checks.check_positive("eps", self.eps)
-        checks.check_positive("steps", self.steps)
         checks.check_choice("norm", self.norm, NORMS)
+        checks.check_positive("eps", self.eps)
+        checks.check_eps("eps", self.eps, self.norm)
+        checks.check_count("steps", self.steps, checks.MAX_STEPS)
 
     def train(self, module, data, key, on_epoch=None) -> dict:
         """Returns adversarially trained variables for ``module`` on ``data``'s training set."""

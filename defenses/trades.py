@@ -54,7 +54,8 @@ class TRADES(TrainSettings):
         self.check()
         checks.check_positive("eps", self.eps)
         checks.check_choice("norm", self.norm, threat.NORMS)
-        checks.check_positive("steps", self.steps)
+        checks.check_eps("eps", self.eps, self.norm)
+        checks.check_count("steps", self.steps, checks.MAX_STEPS)
         if self.rel_step_size is not None:
             checks.check_positive("rel_step_size", self.rel_step_size)
         checks.check_positive("beta", self.beta, allow_zero=True)

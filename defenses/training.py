@@ -64,7 +64,7 @@ class TrainSettings:
     hflip: bool = False
 
     def check(self) -> None:
-        checks.check_positive("epochs", self.epochs)
+        checks.check_count("epochs", self.epochs, checks.MAX_EPOCHS)
         checks.check_positive("batch_size", self.batch_size)
         checks.check_positive("lr", self.lr)
         checks.check_positive("weight_decay", self.weight_decay, allow_zero=True)

@@ -232,7 +232,7 @@ def test_nan_logits_are_an_error(digits):
     ("pgd", {"norm": "l3"}, "norm = 'l3' is not allowed; choose one of: linf, l2, l1"),
     ("fgsm", {"loss": "hinge"}, "loss = 'hinge' is not allowed"),
     ("fgsm", {"start_frac": 1.0}, "start_frac = 1.0 is impossible; it must be in \\[0, 1\\)"),
-    ("pgdd", {}, "unknown attack 'pgdd'; choose one of: .*apgd-ce, apgd-dlr, apgd-t, autoattack, .*fab, fgsm, pgd"),
+    ("pgdd", {}, "unknown attack 'pgdd'; choose one of: .*apgd-ce, apgd-dlr, apgd-t, autoattack, .*fab, fgsm, noise, pgd"),
 ])
 def test_attack_option_errors(name, options, match):
     with pytest.raises(ConfigError, match="^\\[\\[attacks\\]\\] #2: .*" + match) as e:
@@ -380,7 +380,7 @@ def test_pgd_restarts_keep_every_success_per_example():
     x_adv = pgd(f, params, x, y, 0.03, key)
     keys = jax.random.split(jax.random.split(key)[1], 4)
     runs = [pgd._one_run(f, params, x, y, 0.03, k) for k in keys]
-    scores = np.stack([np.asarray(s) for _, s in runs])
+    scores = np.stack([np.asarray(r[1]) for r in runs])
     assert np.any(np.isinf(scores).any(0) & ~np.isinf(scores).all(0))  # restarts differ somewhere
     fooled_any = np.isinf(scores).any(0)
     fooled = np.asarray(jnp.argmax(f(params, x_adv), -1) != y)

@@ -27,8 +27,10 @@ TINY = {
     "cnn": {"width": 4, "dense": 16},
     "preact-resnet18": {"width": 8, "blocks": (1, 1, 1, 1)},
     "wide-resnet": {"depth": 10, "widen": 1},
+    "resnet18": {"width": 4, "blocks": (1, 1, 1, 1)},
+    "dm-wide-resnet": {"depth": 10, "widen": 1, "activation": "swish"},
 }
-BATCHNORM_MODELS = ["preact-resnet18", "wide-resnet"]
+BATCHNORM_MODELS = ["preact-resnet18", "wide-resnet", "resnet18", "dm-wide-resnet"]
 MEAN3, STD3 = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 NUM_CLASSES = 7
 
@@ -141,6 +143,8 @@ def test_model_options():
     assert model_options("cnn") == {"width": 32, "dense": 128}
     assert model_options("mlp") == {"width": 256, "depth": 2}
     assert model_options("wide-resnet") == {"depth": 28, "widen": 10}
+    assert model_options("dm-wide-resnet") == {"depth": 28, "widen": 10, "activation": "relu"}
+    assert model_options("resnet18") == {"width": 64, "blocks": (2, 2, 2, 2)}
     assert model_options("preact-resnet18") == {"width": 64, "blocks": (2, 2, 2, 2)}
 
 
@@ -169,7 +173,7 @@ def test_register_rejects_duplicates():
 @pytest.mark.parametrize(
     "name, options, message",
     [
-        ("resnet", {}, "unknown model 'resnet'; choose one of: cnn, mlp, preact-resnet18, wide-resnet"),
+        ("resnet", {}, "unknown model 'resnet'; choose one of: cnn, dm-wide-resnet, mlp, preact-resnet18, resnet18, wide-resnet"),
         ("cnn", {"widht": 3}, "model 'cnn' has no option 'widht'; options: dense, width"),
         ("cnn", {"width": "a"}, "width = 'a' has the wrong type; expected int"),
         ("cnn", {"width": 3.5}, "width = 3.5 has the wrong type; expected int"),

@@ -309,7 +309,9 @@ def test_sweep_runs_every_registered_model(tmp_path):
 
     tiny = {"mlp": {"width": 8, "depth": 1}, "cnn": {"width": 4, "dense": 8},
             "preact-resnet18": {"width": 4, "blocks": [1, 1, 1, 1]},
-            "wide-resnet": {"depth": 10, "widen": 1}}
+            "wide-resnet": {"depth": 10, "widen": 1},
+            "resnet18": {"width": 4, "blocks": [1, 1, 1, 1]},
+            "dm-wide-resnet": {"depth": 10, "widen": 1, "activation": "swish"}}
     assert set(tiny) == set(MODELS), "add a tiny variant of the new model here"
     raw = {"name": "models", "data": {"name": "digits", "eval_examples": 20, "train_examples": 64},
            "models": [{"name": n, **o} for n, o in tiny.items()],
