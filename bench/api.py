@@ -48,6 +48,31 @@ def _attack_specs(attacks: Sequence[Any], eps: Sequence[float] | None) -> list[t
     return specs
 
 
+def _trained(label: str, attack: Any, logits_fn: Callable, params: Any,
+             attack_logits_fn: Callable | None, data: Any, data_dir: str | None, seed: int) -> Any:
+    """A trainable attack (AdvGAN) fitted on the data set's training split against the model
+    (or its stand-in) and bound; other attacks as given. An unresolved ``transfer`` (a config
+    name without its crafter) is an error: pass ``attacks.Transfer.of(attack)``."""
+    from attacks import Transfer
+
+    if isinstance(attack, Transfer) and attack._crafter is None:
+        raise ConfigError(f"{label}: transfer needs its crafting attack; in Python pass "
+                          f"attacks.Transfer.of(attacks.PGD(...)) and the surrogate as "
+                          f"attack_logits_fn (a sweep config names both)")
+    if not getattr(attack, "trainable", False):
+        return attack
+    if not isinstance(data, str):
+        raise ConfigError(f"{label}: {type(attack).__name__} trains on a training split; pass "
+                          f"data as a data-set name, or an attack already trained with "
+                          f"attack.bind(attack.fit(logits_fn, params, x_train, y_train, key))")
+    from bench.data import load_dataset
+    from bench.plan import key_for
+
+    ds = load_dataset(data, data_dir=data_dir)
+    return attack.bind(attack.fit(attack_logits_fn or logits_fn, params, ds.x_train, ds.y_train,
+                                  key_for(seed, "generator", label, attack.norm)))
+
+
 _UNSET = object()
 
 
@@ -178,6 +203,8 @@ def evaluate(logits_fn: Callable, params: Any = _UNSET, data: str | tuple = _UNS
     specs = _attack_specs(attacks, eps)
     for label, attack, values in specs:
         check_eps_range(values, attack.norm, f"attack {label!r}", x.shape[1:])
+    specs = [(label, _trained(label, a, logits_fn, params, attack_logits_fn, data, data_dir, seed),
+              values) for label, a, values in specs]
     version = code_version()
     data_id = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()[:12]
     rows, masks = [], {}

@@ -263,6 +263,55 @@ def _members(names: tuple[str, ...], where: str, dname: str,
     return tuple(out)
 
 
+def _resolve_transfers(attack_cfgs: list[AttackConfig], wheres: list[tuple[str, bool]],
+                       models: list[ModelConfig],
+                       defenses: list[DefenseConfig]) -> list[AttackConfig]:
+    """Gives every ``transfer`` entry its crafting attack (the entry its ``attack`` names, by
+    ``label`` or ``label/norm``) and checks its surrogates (``<model>/<defense>`` labels of
+    this sweep). Without an explicit label a transfer row is labelled
+    ``transfer:<attack>@<surrogate>[+<surrogate>...]``, so tables say which surrogate."""
+    from attacks import Transfer
+
+    by_label: dict[str, list[AttackConfig]] = {}
+    for a in attack_cfgs:
+        if not isinstance(a.attack, Transfer):
+            by_label.setdefault(a.label, []).append(a)
+            by_label.setdefault(f"{a.label}/{a.norm}", []).append(a)
+    from bench.plan import defense_label, has_adaptive
+
+    units = [f"{m.label}/{defense_label(d.label, adaptive)}" for m in models for d in defenses
+             for adaptive in ((False, True) if d.is_wrapper and has_adaptive(d.defense)
+                              else (False,))]
+    out = []
+    for a, (where, explicit) in zip(attack_cfgs, wheres):
+        t = a.attack
+        if not isinstance(t, Transfer):
+            out.append(a)
+            continue
+        found = by_label.get(t.attack, [])
+        if len(found) != 1:
+            choices = ", ".join(k for k, v in by_label.items() if len(v) == 1) or "(none)"
+            what = "names several entries" if found else "is not the label of another attack here"
+            raise ConfigError(f"{where} (transfer): attack = {t.attack!r} {what}; choose one of: "
+                              f"{choices}")
+        if not t.surrogate:
+            raise ConfigError(f"{where} (transfer): surrogate = [] names no model; give one or "
+                              f"more <model>/<defense> labels, e.g. {units[0]!r}")
+        for i, s in enumerate(t.surrogate):
+            if s not in units:
+                raise ConfigError(f"{where} (transfer): surrogate[{i}] = {s!r} is not a "
+                                  f"<model>/<defense> label of this sweep; choose one of: "
+                                  f"{', '.join(units)}")
+        if len(set(t.surrogate)) != len(t.surrogate):
+            raise ConfigError(f"{where} (transfer): surrogate = {list(t.surrogate)} repeats a "
+                              f"label; list each surrogate once")
+        crafter = found[0]
+        label = a.label if explicit else f"transfer:{crafter.label}@{'+'.join(t.surrogate)}"
+        out.append(AttackConfig(a.name, label, dataclasses.replace(t, _crafter=crafter.attack),
+                                a.eps))
+    return out
+
+
 PRETRAINED = "pretrained"  # the defense row of models evaluated with the weights they load
 _NORMALISATION = ("mean", "std")
 
@@ -453,15 +502,18 @@ def parse_config(raw: Mapping[str, Any], base_dir: str | Path | None = None) -> 
         else:
             defenses.append(DefenseConfig(dname, label, d, training[d.base]))
 
-    attack_cfgs = []
+    attack_cfgs, wheres = [], []
     for where, entry in _tables(raw, "attacks"):
+        explicit = "label" in entry
         aname, label = _name_and_label(entry, where)
         if "eps" not in entry:
             raise ConfigError(f"{where} ({aname}) has no eps; add eps = [0.0, 0.1, ...]")
         eps = parse_eps(entry.pop("eps"), where)
-        attack = ATTACKS.build(aname, entry, where)
-        check_eps_range(eps, attack.norm, f"{where} ({aname})")
-        attack_cfgs.append(AttackConfig(aname, label, attack, eps))
+        attack_cfgs.append(AttackConfig(aname, label, ATTACKS.build(aname, entry, where), eps))
+        wheres.append((where, explicit))
+    attack_cfgs = _resolve_transfers(attack_cfgs, wheres, models, defenses)
+    for a, (where, _) in zip(attack_cfgs, wheres):  # after transfers know their crafter's norm
+        check_eps_range(a.eps, a.norm, f"{where} ({a.name})")
 
     _unique([f"{a.label}/{a.norm}" for a in attack_cfgs], "attacks")
     return SweepConfig(name, seed, data, tuple(models), tuple(defenses), tuple(attack_cfgs), ev,

@@ -234,6 +234,16 @@ def _row_model(d: DefenseConfig) -> ModelConfig:
                        None, ())
 
 
+def surrogate_unit(cfg: SweepConfig, label: str) -> tuple[ModelConfig, DefenseConfig]:
+    """The (model, defense) of a ``<model label>/<defense label>[ (adaptive)]`` surrogate
+    (checked by :mod:`bench.config`)."""
+    for m in cfg.models:
+        for d in cfg.defenses:
+            if label in (f"{m.label}/{d.label}", f"{m.label}/{defense_label(d.label, True)}"):
+                return m, d
+    raise KeyError(label)
+
+
 def make_plan(cfg: SweepConfig, data_fingerprint: str) -> Plan:
     """Every training, unit and cell of ``cfg`` on the data set with ``data_fingerprint``."""
     trainings: dict[tuple[str, str], Training] = {}
@@ -274,6 +284,8 @@ def make_plan(cfg: SweepConfig, data_fingerprint: str) -> Plan:
             def make(attack: AttackConfig | None, eps: float, base=base, row=row) -> Cell:
                 ident = {**base, "eps": eps, "attack": None if attack is None
                          else [attack.name, attack.attack]}
+                if attack is not None and getattr(attack.attack, "surrogate", ()):
+                    ident["surrogates"] = surrogate_identity(attack.attack.surrogate)
                 label = CLEAN if attack is None else attack.label
                 norm = "none" if attack is None else attack.norm
                 return Cell(attack, eps, cell_id(m.label, row, label, norm, eps, ident))
@@ -284,6 +296,16 @@ def make_plan(cfg: SweepConfig, data_fingerprint: str) -> Plan:
 
     def member_trainings(d: DefenseConfig, m: ModelConfig | None) -> tuple[Training, ...]:
         return tuple(trainings[(mem.model or m).label, mem.defense.label] for mem in d.members)
+
+    def surrogate_identity(labels: tuple[str, ...]) -> list:
+        """What determines a transfer attack's surrogates (``<model>/<defense>`` labels): their
+        defenses and weights digests, so retraining a surrogate gives new cells."""
+        out = []
+        for label in labels:
+            m, d = surrogate_unit(cfg, label)
+            ts = member_trainings(d, m) if d.members else (trainings[m.label, d.trained.label],)
+            out.append([label, [d.name, d.defense], [t.digest for t in ts]])
+        return out
 
     units, own_rows = [], []
     model_labels = {m.label for m in cfg.models}

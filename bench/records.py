@@ -149,13 +149,15 @@ def make_record(*, run: str, data: str, model: str, defense: str, attack: str, n
                 cell_id: str, config_id: str = "", checkpoint: str = "", code_version: str = "",
                 attack_options: Any = None, model_options: Any = None,
                 defense_options: Any = None, info: dict | None = None,
-                checkpoint_sha256: str = "") -> dict:
+                checkpoint_sha256: str = "", details: dict | None = None) -> dict:
     """The one record builder (sweeps and ``bench.evaluate``): a row of :data:`COLUMNS`.
 
     Options are dataclass instances or dicts, stored as sorted JSON ("" when absent);
     ``info`` is the attack's per-example info at this ε (see :func:`info_fields`).
     ``mask_sha256`` is the digest of the mask's bytes as stored (:func:`mask_bytes`);
-    ``checkpoint_sha256`` that of the checkpoint file(s) the cell evaluated (``+``-joined).
+    ``checkpoint_sha256`` that of the checkpoint file(s) the cell evaluated (``+``-joined);
+    ``details`` are cell facts merged into the ``details`` JSON (e.g. a generator's training
+    time, kept apart from the attack's ``seconds``).
     """
     def as_json(o):
         if o is None:
@@ -164,7 +166,7 @@ def make_record(*, run: str, data: str, model: str, defense: str, attack: str, n
             o = {f.name: getattr(o, f.name) for f in dataclasses.fields(o)}
         return json.dumps(o, sort_keys=True, default=str)
 
-    return {
+    record = {
         "run": run, "data": data, "model": model, "defense": defense, "attack": attack,
         "norm": norm, "eps": float(eps), **accuracy_fields(mask), "seconds": round(seconds, 4),
         "compile_seconds": round(compile_seconds, 4), "seed": seed, "cell_id": cell_id,
@@ -175,6 +177,10 @@ def make_record(*, run: str, data: str, model: str, defense: str, attack: str, n
                       if hasattr(attack_options, "stages") else ()),
         "mask_sha256": sha256_bytes(mask_bytes(mask)), "checkpoint_sha256": checkpoint_sha256,
     }
+    if details:
+        merged = {**(json.loads(record["details"]) if record["details"] else {}), **details}
+        record["details"] = json.dumps(merged, sort_keys=True)
+    return record
 
 
 LOCK_NAME = ".robustax.lock"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -27,7 +28,8 @@ from bench import engine as ev
 from bench.config import SweepConfig
 from bench.data import Dataset, load_dataset
 from bench.errors import ConfigError, RobustaxError, warn
-from bench.plan import CLEAN, Plan, Training, Unit, has_adaptive, key_for, make_plan
+from bench.plan import (CLEAN, Plan, Training, Unit, has_adaptive, key_for, make_plan, slug,
+                        stable_hash, train_version)
 from bench.records import MISSING, RunDir, make_record, run_lock
 from bench.weights import load as load_weights
 from bench.weights import shapes as weight_shapes
@@ -258,7 +260,7 @@ def _evaluate_unit(unit: Unit, todo: set[str], weights: _Weights, plan: Plan, x,
     score_key = key_for(cfg.seed, *unit.score_key_parts)
     tag = f"{m.label}/{unit.defense_label}"
 
-    def write(cell, mask, seconds, compile_s, info=None):
+    def write(cell, mask, seconds, compile_s, info=None, details=None):
         a = cell.attack
         if info:
             run.write_info(cell.cell_id, info)
@@ -269,7 +271,8 @@ def _evaluate_unit(unit: Unit, todo: set[str], weights: _Weights, plan: Plan, x,
             cell_id=cell.cell_id, config_id=cfg.config_id(), checkpoint=unit.checkpoint,
             code_version=version, attack_options=None if a is None else a.attack,
             model_options=_model_options(unit), defense_options=d.defense, info=info,
-            checkpoint_sha256="+".join(weights.sha256[t] for t in unit.trainings)), mask)
+            checkpoint_sha256="+".join(weights.sha256[t] for t in unit.trainings),
+            details=details), mask)
         bar.update(1)
 
     for cell in unit.cells:
@@ -289,13 +292,143 @@ def _evaluate_unit(unit: Unit, todo: set[str], weights: _Weights, plan: Plan, x,
         if not missing:
             continue
         bar.set_postfix_str(f"{tag} {a.label} {a.norm}", refresh=False)
+        attack, run_fn, run_params, run_attack_fn, key, details = _attack_setup(
+            a, unit, params, eval_fn, attack_fn, plan, weights, run, bar, wrapped)
         masks, seconds, compile_s, info = ev.attack_correct(
-            a.attack, eval_fn, params, x, y, [c.eps for c in missing],
-            key_for(cfg.seed, *unit.attack_key_parts(a)), cfg.eval.batch_size,
-            attack_logits_fn=attack_fn, with_info=True, score_key=score_key)
+            attack, run_fn, run_params, x, y, [c.eps for c in missing], key,
+            cfg.eval.batch_size, attack_logits_fn=run_attack_fn, with_info=True,
+            score_key=score_key)
         for i, (c, mask) in enumerate(zip(missing, masks)):
             write(c, mask, seconds / len(missing), compile_s / len(missing),
-                  {k: v[i] for k, v in info.items()})
+                  {k: v[i] for k, v in info.items()}, details)
+
+
+# ---- trained attacks (AdvGAN) and transfer attacks ------------------------------------------
+
+
+def _unit_ident(unit: Unit) -> dict:
+    """What determines the function a unit's attacks run on (for generator cache keys)."""
+    return {"unit": f"{unit.model.label}/{unit.defense_label}", "weights": unit.checkpoint,
+            "defense": [unit.defense.name, unit.defense.defense]}
+
+
+def generator_file(a, recipe, ident: dict, tag: str, plan: Plan) -> str:
+    """The cache file name of a trainable attack's generator: ``<target>.<attack>-<norm>.<digest>``
+    with a digest of the target (``ident``), the attack's options, the data, the seed and the
+    attack's source (:func:`bench.plan.train_version`)."""
+    cfg = plan.config
+    digest = stable_hash({**ident, "attack": [a.name, recipe], "data": plan.data_fingerprint,
+                          "train_examples": cfg.data.train_examples, "seed": cfg.seed,
+                          "version": train_version(type(recipe))})
+    return f"{slug(tag, 60)}.{slug(a.label)}-{a.norm}.{digest}.safetensors"
+
+
+def _generator(a, recipe, ident: dict, tag: str, fn, params, plan: Plan, weights: _Weights,
+               run: RunDir, bar) -> tuple[Any, dict]:
+    """``recipe`` (a trainable attack, e.g. AdvGAN) bound to its generator trained against
+    ``fn(params, ·)`` on the training split, and the cell details: the generator's file and
+    training seconds (kept apart from the attack's time). The generator is cached in
+    ``generators/`` under a digest of the target (``ident``: weights digest(s), defense), the
+    attack options, data, seed and the attack's source, so it is reused by every cell and
+    rerun that needs it and retrained when any of those changes."""
+    cfg, data = plan.config, weights.data
+    name = generator_file(a, recipe, ident, tag, plan)
+    path = run.root / "generators" / name
+    like = recipe.init(jax.random.key(0), data.x_train[:1])
+    if path.is_file():
+        data_bytes = path.read_bytes()
+        problem = run.manifest.problem(path, data_bytes)
+        if problem is not None:  # like a damaged checkpoint: set aside and train again
+            warn(f"generator {path.name}: {problem}; set aside as "
+                 f"{run.set_aside(path).name}, training it again")
+        else:
+            try:
+                variables, meta = variables_from_bytes(data_bytes, like=like)
+            except ValueError as e:
+                raise RobustaxError(f"generator {path} is damaged: {e}; delete it to "
+                                    f"retrain") from None
+            return recipe.bind(variables), {"generator": name, "generator_cached": True,
+                                            "generator_train_seconds": meta.get("train_seconds")}
+    bar.set_postfix_str(f"training the {a.label} generator against {tag}", refresh=False)
+    t0 = time.perf_counter()
+    try:
+        variables = recipe.fit(
+            fn, params, data.x_train, data.y_train,
+            key_for(cfg.seed, "generator", tag, a.label, a.norm),
+            on_epoch=lambda e, loss: bar.set_postfix_str(
+                f"{a.label} generator vs {tag} epoch {e + 1}/{recipe.epochs} loss {loss:.3f}",
+                refresh=False))
+    except ValueError as e:
+        raise ConfigError(f"training the {a.label} generator against {tag}: {e}") from None
+    seconds = time.perf_counter() - t0
+    run.store(path, checkpoint_bytes(variables, {"train_seconds": seconds, "against": tag,
+                                                 "attack": a.label}))
+    return recipe.bind(variables), {"generator": name, "generator_cached": False,
+                                    "generator_train_seconds": seconds}
+
+
+@functools.lru_cache(maxsize=64)
+def _pick(fn, i: int):
+    """``fn`` as a function of a params tuple, reading ``params[i]`` (keeps ``random``): a
+    transfer cell is scored on the target (params[0]) and crafted on the surrogate (params[1])
+    through the engine's ordinary ``attack_logits_fn`` path."""
+    if getattr(fn, "random", False):
+        def picked(params, x, key):
+            return fn(params[i], x, key)
+
+        picked.random = True
+        return picked
+
+    def picked(params, x):  # noqa: F811
+        return fn(params[i], x)
+
+    return picked
+
+
+def _attack_setup(a, unit: Unit, params, eval_fn, attack_fn, plan: Plan, weights: _Weights,
+                  run: RunDir, bar, wrapped: dict):
+    """(attack, scored function, params, attacked function, key, record details) of attack
+    config ``a`` on ``unit``: the attack itself; a trainable attack bound to its generator;
+    or, for ``transfer``, the crafting attack run on the surrogate(s) and scored on the unit.
+    A single surrogate crafts with the key of its own white-box cell of that attack, so a
+    model transferring to itself reproduces its white-box cell."""
+    from attacks import Transfer
+    from attacks.transfer import mean_logits
+
+    cfg = plan.config
+    key = key_for(cfg.seed, *unit.attack_key_parts(a))
+    tag = f"{unit.model.label}/{unit.defense_label}"
+    if not isinstance(a.attack, Transfer):
+        attack, details = a.attack, None
+        if getattr(attack, "trainable", False):
+            attack, details = _generator(a, attack, _unit_ident(unit), tag, attack_fn or eval_fn,
+                                         params, plan, weights, run, bar)
+        return attack, eval_fn, params, attack_fn, key, details
+    t = a.attack
+    crafter = next(c for c in cfg.attacks if c.attack is t.crafter)
+    sunits = [next(u for u in plan.units if f"{u.model.label}/{u.defense_label}" == s)
+              for s in t.surrogate]
+    fns, sparams = [], []
+    for su in sunits:
+        p, e, ad = _unit_functions(su, weights, wrapped)
+        fns.append(ad if su.adaptive else e)
+        sparams.append(p)
+    if len(sunits) == 1:
+        sfn, sp = fns[0], sparams[0]
+        key = key_for(cfg.seed, *sunits[0].attack_key_parts(crafter))
+    else:
+        if ("surrogates", t.surrogate) not in wrapped:  # one function object: compiles reused
+            wrapped["surrogates", t.surrogate] = mean_logits(fns)
+        sfn, sp = wrapped["surrogates", t.surrogate], tuple(sparams)
+        key = key_for(cfg.seed, "attack", "+".join(t.surrogate), crafter.label, crafter.norm)
+    attack, details = crafter.attack, {"surrogate": list(t.surrogate), "crafter": crafter.label}
+    if getattr(attack, "trainable", False):
+        ident = _unit_ident(sunits[0]) if len(sunits) == 1 else {
+            "units": [_unit_ident(u) for u in sunits]}
+        attack, more = _generator(crafter, attack, ident, "+".join(t.surrogate), sfn, sp, plan,
+                                  weights, run, bar)
+        details.update(more)
+    return attack, _pick(eval_fn, 0), (params, sp), _pick(sfn, 1), key, details
 
 
 def _ledger_existing(run: RunDir, plan: Plan, arts, ledger) -> None:

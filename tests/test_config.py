@@ -47,7 +47,7 @@ def mutate(fn):
     (lambda r: r["attacks"][0].update(stepz=3), r"\[\[attacks\]\] #1: attack 'fgsm' has no option 'stepz'"),
     (lambda r: r["defenses"][1].update(epohcs=3), r"\[\[defenses\]\] #2: defense 'pgd-at' has no option 'epohcs'"),
     (lambda r: r["models"][0].update(widht=3), r"\[\[models\]\] #1: .*has no option 'widht'"),
-    (lambda r: r["attacks"][0].update(name="fgms"), r"\[\[attacks\]\] #1: unknown attack 'fgms'; choose one of: apgd-ce, .*fgsm, pgd"),
+    (lambda r: r["attacks"][0].update(name="fgms"), r"\[\[attacks\]\] #1: unknown attack 'fgms'; choose one of: .*apgd-ce, .*fgsm, .*pgd"),
     (lambda r: r["defenses"][0].update(name="pgd_at"), "unknown defense 'pgd_at'; choose one of: .*pgd-at, .*standard"),
     (lambda r: r["models"][0].update(name="resnet"), "unknown model 'resnet'; choose one of"),
     (lambda r: r["data"].update(name="cifar11"), r"\[data\]: name = 'cifar11' is unknown; choose one of: digits"),
