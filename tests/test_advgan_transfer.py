@@ -168,7 +168,6 @@ def test_sweep_transfer_to_itself_equals_white_box_and_generators_are_cached(tmp
     out = tmp_path / "run"
     records = _sweep(out)
     run = RunDir(out)
-    plan = json.loads(run.plan_json.read_text())
     gens = sorted((out / "generators").iterdir())
     assert len(gens) == 2  # one per target row (mlp/standard, mlp/at); transfer reuses the first
 

@@ -1,8 +1,6 @@
 """APGD-CE, APGD-DLR and APGD-T against closed forms on linear models and against the
 reference implementation (torchattacks' port of fra31/auto-attack) on identical weights."""
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np

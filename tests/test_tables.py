@@ -13,7 +13,7 @@ import pytest
 from bench import tables
 from bench.cli import main
 from bench.errors import RobustaxError
-from bench.records import RunDir, atomic_write_json, make_record
+from bench.records import RunDir, make_record
 from bench.report import report_records, summary, table_order, write_tables
 
 N = 20
