@@ -485,18 +485,14 @@ def test_import_torch_unsafe_pickle_and_conflicting_normalisation(tmp_path, wrn_
 
 
 def readme_blocks():
-    """Code blocks of the section "Evaluate a model you already have": from README.md, or
-    (before it is pasted there) from the helper's notes file."""
-    for path in (ROOT / "README.md", Path("/tmp/wt-notes/byom/README.md")):
-        if path.is_file():
-            text = path.read_text()
-            start = text.find("## Evaluate a model you already have")
-            if start >= 0:
-                section = text[start:]
-                nxt = re.search(r"\n## (?!#)", section[3:])
-                section = section[:nxt.start() + 3] if nxt else section
-                return re.findall(r"```(\w+)\n(.*?)```", section, re.S)
-    pytest.skip("the README section 'Evaluate a model you already have' is not there yet")
+    """Code blocks of README.md's section "Evaluate a model you already have"."""
+    text = (ROOT / "README.md").read_text()
+    start = text.find("## Evaluate a model you already have")
+    assert start >= 0, "README.md lost its section 'Evaluate a model you already have'"
+    section = text[start:]
+    nxt = re.search(r"\n## (?!#)", section[3:])
+    section = section[:nxt.start() + 3] if nxt else section
+    return re.findall(r"```(\w+)\n(.*?)```", section, re.S)
 
 
 def run_shell(block, subs=()):
