@@ -8,6 +8,8 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
+from attacks import threat
+
 LogitsFn = Callable[[Any, jax.Array], jax.Array]
 """``logits_fn(params, x) -> logits``: a pure function of a params pytree and a batch."""
 
@@ -62,3 +64,33 @@ def best_over_restarts(xs: jax.Array, scores: jax.Array) -> jax.Array:
     """Per example, the restart with the highest score; ``xs`` is [R, B, ...], ``scores`` [R, B]."""
     idx = jnp.argmax(scores, axis=0)
     return jnp.take_along_axis(xs, idx.reshape((1, -1) + (1,) * (xs.ndim - 2)), axis=0)[0]
+
+
+
+def bisect_segment(x: jax.Array, x_adv: jax.Array, steps: int,
+                   still_adversarial: Callable[[jax.Array, int], jax.Array],
+                   project: Callable[[jax.Array], jax.Array] = lambda z: z) -> jax.Array:
+    """The point closest to ``x`` on the segment ``[x, x_adv]`` that ``still_adversarial(z,
+    i)`` (bool [B]; ``i``: the bisection step) accepts, after ``steps`` bisection steps on
+    t ∈ [0, 1], per example; ``x_adv`` itself (t = 1) must be accepted or equal ``x``.
+    Every probed point, and the result, goes through ``project``."""
+    step = x_adv - x
+
+    def body(i, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        ok = still_adversarial(project(x + threat.per_example(mid, x) * step), i)
+        return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
+
+    ones = jnp.ones(x.shape[:1], x.dtype)
+    _, hi = jax.lax.fori_loop(0, steps, body, (jnp.zeros_like(ones), ones))
+    return project(x + threat.per_example(hi, x) * step)
+
+
+def within_budget(x_adv: jax.Array, dist: jax.Array, x: jax.Array, eps: jax.Array,
+                  norm: str) -> jax.Array:
+    """A minimum-norm attack at a fixed budget: per example ``x_adv`` where both its recorded
+    ``dist`` and its ``norm`` distance to ``x`` are ≤ ε (scalar or [B]), else ``x``."""
+    e = threat.per_example(eps, x).reshape(-1)
+    inside = (dist <= e) & (threat.distance(x_adv, x, norm) <= e)
+    return jnp.where(inside.reshape((-1,) + (1,) * (x.ndim - 1)), x_adv, x)

@@ -126,19 +126,9 @@ class CW:
 
     def _refine(self, logits_fn, params, x, x_adv, y, key):
         """The point closest to x on [x, x_adv] whose margin still exceeds κ (bisection)."""
-        step = x_adv - x
-
-        def body(i, bounds):
-            lo, hi = bounds
-            mid = 0.5 * (lo + hi)
-            z = x + threat.per_example(mid, x) * step
-            logits = base.apply_logits(logits_fn, params, z, jax.random.fold_in(key, i))
-            ok = losses.margin(logits, y) > self.confidence
-            return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
-
-        ones = jnp.ones(x.shape[:1], x.dtype)
-        _, hi = jax.lax.fori_loop(0, self.refine, body, (jnp.zeros_like(ones), ones))
-        return x + threat.per_example(hi, x) * step
+        return base.bisect_segment(x, x_adv, self.refine, lambda z, i: losses.margin(
+            base.apply_logits(logits_fn, params, z, jax.random.fold_in(key, i)), y)
+            > self.confidence)
 
     def minimize(self, logits_fn, params, x, y, key, target=None):
         """Per example the closest adversarial example found and its L2 distance to x.
@@ -172,6 +162,4 @@ class CW:
 
     def __call__(self, logits_fn, params, x, y, eps, key, target=None):
         x_adv, dist = self.minimize(logits_fn, params, x, y, key, target)
-        e = threat.per_example(eps, x).reshape(-1)
-        inside = (dist <= e) & (threat.distance(x_adv, x, self.norm) <= e)
-        return jnp.where(inside.reshape((-1,) + (1,) * (x.ndim - 1)), x_adv, x)
+        return base.within_budget(x_adv, dist, x, eps, self.norm)

@@ -117,6 +117,4 @@ class DeepFool:
 
     def __call__(self, logits_fn, params, x, y, eps, key, target=None):
         x_adv, dist = self.minimize(logits_fn, params, x, y, key, target)
-        e = threat.per_example(eps, x).reshape(-1)
-        inside = (dist <= e) & (threat.distance(x_adv, x, self.norm) <= e)
-        return jnp.where(inside.reshape((-1,) + (1,) * (x.ndim - 1)), x_adv, x)
+        return base.within_budget(x_adv, dist, x, eps, self.norm)

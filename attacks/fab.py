@@ -288,19 +288,11 @@ class FAB:
     def _refine(self, logits_fn, params, x, x_adv, y, key):
         """The point closest to x on the segment [x, x_adv] that is still misclassified, by
         bisection on t ∈ [0, 1] (x_adv itself, t = 1, is misclassified or equal to x)."""
-        step = x_adv - x
-
-        def body(i, bounds):
-            lo, hi = bounds
-            mid = 0.5 * (lo + hi)
-            z = jnp.clip(x + threat.per_example(mid, x) * step, 0.0, 1.0)
-            logits = base.apply_logits(logits_fn, params, z, jax.random.fold_in(key, i))
-            fooled = jnp.argmax(logits, axis=-1) != y
-            return jnp.where(fooled, lo, mid), jnp.where(fooled, mid, hi)
-
-        ones = jnp.ones(x.shape[:1], x.dtype)
-        _, hi = jax.lax.fori_loop(0, self.refine, body, (jnp.zeros_like(ones), ones))
-        return jnp.clip(x + threat.per_example(hi, x) * step, 0.0, 1.0)
+        return base.bisect_segment(
+            x, x_adv, self.refine,
+            lambda z, i: jnp.argmax(base.apply_logits(
+                logits_fn, params, z, jax.random.fold_in(key, i)), axis=-1) != y,
+            project=lambda z: jnp.clip(z, 0.0, 1.0))
 
     # ---- public ------------------------------------------------------------------------
 
@@ -343,6 +335,4 @@ class FAB:
 
     def __call__(self, logits_fn, params, x, y, eps, key, target=None):
         x_adv, dist = self.minimize(logits_fn, params, x, y, key, target)
-        e = threat.per_example(eps, x).reshape(-1)
-        inside = (dist <= e) & (threat.distance(x_adv, x, self.norm) <= e)
-        return jnp.where(inside.reshape((-1,) + (1,) * (x.ndim - 1)), x_adv, x)
+        return base.within_budget(x_adv, dist, x, eps, self.norm)

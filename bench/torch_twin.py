@@ -13,6 +13,19 @@ from typing import Any
 import numpy as np
 
 
+
+def _copy_weights(net, p) -> None:
+    """Copies flax params ``p`` (Conv_i, Dense_0, Dense_1) into a twin with ``convs``,
+    ``fc1`` and ``fc2`` (kernels to PyTorch's layouts). Call under ``torch.no_grad()``."""
+    import torch
+
+    for i, conv in enumerate(net.convs):
+        conv.weight.copy_(torch.tensor(np.array(p[f"Conv_{i}"]["kernel"]).transpose(3, 2, 0, 1)))
+        conv.bias.copy_(torch.tensor(np.array(p[f"Conv_{i}"]["bias"])))
+    for lin, name in ((net.fc1, "Dense_0"), (net.fc2, "Dense_1")):
+        lin.weight.copy_(torch.tensor(np.array(p[name]["kernel"]).T))
+        lin.bias.copy_(torch.tensor(np.array(p[name]["bias"])))
+
 def cnn_twin(module: Any, params: Any, x_check: np.ndarray, atol: float = 1e-3):
     """``torch.nn.Module`` computing ``models.CNN`` ``module`` with ``params``; raises
     RuntimeError if its logits on ``x_check`` differ from the Flax model's by more than
@@ -47,12 +60,7 @@ def cnn_twin(module: Any, params: Any, x_check: np.ndarray, atol: float = 1e-3):
 
     net = Net().eval()
     with torch.no_grad():
-        for i, conv in enumerate(net.convs):
-            conv.weight.copy_(torch.tensor(np.array(p[f"Conv_{i}"]["kernel"]).transpose(3, 2, 0, 1)))
-            conv.bias.copy_(torch.tensor(np.array(p[f"Conv_{i}"]["bias"])))
-        for lin, name in ((net.fc1, "Dense_0"), (net.fc2, "Dense_1")):
-            lin.weight.copy_(torch.tensor(np.array(p[name]["kernel"]).T))
-            lin.bias.copy_(torch.tensor(np.array(p[name]["bias"])))
+        _copy_weights(net, p)
         ours = _flax_logits(module, params, x_check)
         diff = np.abs(net(to_torch(x_check)).numpy() - ours).max()
     if diff > atol:
@@ -205,12 +213,7 @@ def user_cnn_twin(params: Any, x_check: np.ndarray, atol: float = 1e-3):
 
     net = Net().eval()
     with torch.no_grad():
-        for i, conv in enumerate(net.convs):
-            conv.weight.copy_(torch.tensor(np.array(p[f"Conv_{i}"]["kernel"]).transpose(3, 2, 0, 1)))
-            conv.bias.copy_(torch.tensor(np.array(p[f"Conv_{i}"]["bias"])))
-        for lin, name in ((net.fc1, "Dense_0"), (net.fc2, "Dense_1")):
-            lin.weight.copy_(torch.tensor(np.array(p[name]["kernel"]).T))
-            lin.bias.copy_(torch.tensor(np.array(p[name]["bias"])))
+        _copy_weights(net, p)
         ours = _flax_logits(UserCNN(), params, x_check)
         diff = np.abs(net(to_torch(x_check)).numpy() - ours).max()
     if diff > atol:
