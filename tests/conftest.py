@@ -4,14 +4,20 @@ import os
 
 from bench import xla
 
-# Before JAX starts: the CLI's XLA settings, plus LLVM's cheapest optimisation level for the
-# tests. Their models are tiny, so compiling is most of their time: level 0 cut a serial
-# tests/test_attacks.py from 670 s to 435 s (cold cache, same load); the programs and their
-# results are the same ones the CLI compiles, only less optimised machine code.
-# ROBUSTAX_TEST_XLA_OPT=1 keeps XLA's default level.
-if os.environ.get("ROBUSTAX_TEST_XLA_OPT", "0") == "0" and "xla_backend_optimization_level" \
-        not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+# Before JAX starts: the CLI's XLA settings, plus the cheapest code generation for the tests.
+# Their models are tiny, so compiling is most of their time (a profile of the slowest attack
+# test: XLA compilation 68 % of the compiling thread, JAX tracing and lowering the rest):
+# - LLVM optimisation level 0 cut a serial tests/test_attacks.py from 670 s to 435 s;
+# - XLA:CPU's older loop emitters instead of its fusion emitters cut the same slowest test from
+#   22.4 to 16.7 s (cold cache). They run tiny programs as fast; on the benchmark's CNN they
+#   are slower (user CNN forward + gradient 147 -> 182 ms), hence tests only.
+# The programs and their results are the CLI's, only compiled to less optimised machine code.
+# ROBUSTAX_TEST_XLA_OPT=1 keeps XLA's defaults.
+_TEST_FLAGS = {"xla_backend_optimization_level": "0", "xla_cpu_use_fusion_emitters": "false"}
+if os.environ.get("ROBUSTAX_TEST_XLA_OPT", "0") == "0":
+    for _flag, _value in _TEST_FLAGS.items():
+        if _flag not in os.environ.get("XLA_FLAGS", ""):
+            os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --{_flag}={_value}".strip()
 xla.configure()
 
 import tempfile  # noqa: E402

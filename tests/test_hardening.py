@@ -290,7 +290,13 @@ def test_ctrl_c_inside_a_long_compiled_attack(tmp_path):
     # JAX_LOG_COMPILES tells when the attack's program (the one taking PRNG keys) has been
     # compiled: the signal then lands inside the compiled call, not in Python.
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_LOG_COMPILES": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", str(tmp_path / "long.toml"),
+    # The launcher restores SIGINT's default disposition before it becomes `python -m bench`:
+    # in the full suite the xdist worker had SIGINT (and SIGQUIT) ignored, which a child
+    # inherits as POSIX has it for background jobs (/proc/<pid>/status SigIgn 0x...1006), so
+    # the signal never reached robustax and the test failed after 6 s.
+    launcher = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                "os.execv(sys.executable, [sys.executable, '-m', 'bench', *sys.argv[1:]])")
+    proc = subprocess.Popen([sys.executable, "-c", launcher, "run", str(tmp_path / "long.toml"),
                              "--out", str(out), "--no-progress"], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
