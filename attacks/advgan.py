@@ -258,6 +258,7 @@ class TrainedAdvGAN:
         return (isinstance(other, TrainedAdvGAN) and self.recipe == other.recipe
                 and self.digest == other.digest)
 
+    @base.compiled
     def __call__(self, logits_fn, params, x, y, eps, key, target=None):
         del logits_fn, params, y, key, target
         return jax.lax.stop_gradient(self.recipe.perturb(self.variables, x, eps))

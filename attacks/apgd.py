@@ -288,6 +288,7 @@ class APGD(_APGDBase):
         super().__post_init__()
         checks.check_choice("loss", self.loss, APGD_LOSSES)
 
+    @base.compiled
     def run(self, logits_fn, params, x, y, eps, key, target=None):
         """``(x_adv, info)``; ``info`` has per-example ``success``, ``loss`` (the best
         objective) and ``halvings`` (step-size reductions) of the winning restart.
@@ -329,6 +330,7 @@ class APGDT(_APGDBase):
         super().__post_init__()
         checks.check_positive("n_target_classes", self.n_target_classes)
 
+    @base.compiled
     def run(self, logits_fn, params, x, y, eps, key, target=None):
         """``(x_adv, info)``; ``info`` as :meth:`APGD.run` plus ``target``, the winning
         run's target class."""

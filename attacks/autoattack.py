@@ -21,7 +21,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from attacks import checks, fastpath
+from attacks import base, checks, fastpath
 from attacks.apgd import APGD, APGDDLR, APGDT
 from attacks.fab import FAB
 from attacks.square import Square
@@ -75,6 +75,7 @@ class AutoAttack:
         return (("apgd-ce", APGD(norm=n, steps=s, eot_iter=self.eot_iter)),
                 ("apgd-dlr", APGDDLR(norm=n, steps=s, eot_iter=self.eot_iter)))
 
+    @base.compiled
     def run(self, logits_fn, params, x, y, eps, key, target=None):
         """Every stage on every point; per example the first success. ``info["stage"]``: the
         1-based stage that broke the example, 0 if none did, -1 if misclassified clean."""

@@ -130,6 +130,7 @@ class CW:
             base.apply_logits(logits_fn, params, z, jax.random.fold_in(key, i)), y)
             > self.confidence)
 
+    @base.compiled
     def minimize(self, logits_fn, params, x, y, key, target=None):
         """Per example the closest adversarial example found and its L2 distance to x.
 
@@ -160,6 +161,7 @@ class CW:
         dist = jnp.where(found | wrong, dist, jnp.inf)
         return jax.lax.stop_gradient(x_adv), jax.lax.stop_gradient(dist)
 
+    @base.compiled
     def __call__(self, logits_fn, params, x, y, eps, key, target=None):
         x_adv, dist = self.minimize(logits_fn, params, x, y, key, target)
         return base.within_budget(x_adv, dist, x, eps, self.norm)

@@ -80,6 +80,7 @@ class DeepFool:
             r = size[:, None] * jnp.sign(w_l)
         return out, r
 
+    @base.compiled
     def minimize(self, logits_fn, params, x, y, key, target=None):
         """Per example the adversarial example found and its ``norm`` distance to x.
 
@@ -115,6 +116,7 @@ class DeepFool:
         dist = jnp.where(fooled, dist, jnp.inf)
         return jax.lax.stop_gradient(x_adv), jax.lax.stop_gradient(dist)
 
+    @base.compiled
     def __call__(self, logits_fn, params, x, y, eps, key, target=None):
         x_adv, dist = self.minimize(logits_fn, params, x, y, key, target)
         return base.within_budget(x_adv, dist, x, eps, self.norm)

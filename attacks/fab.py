@@ -296,6 +296,7 @@ class FAB:
 
     # ---- public ------------------------------------------------------------------------
 
+    @base.compiled
     def minimize(self, logits_fn, params, x, y, key, target=None):
         """Per example the closest adversarial example found and its ``norm`` distance to x.
 
@@ -333,6 +334,7 @@ class FAB:
         dist = jnp.where(keep | wrong, dist, jnp.inf)
         return jax.lax.stop_gradient(x_adv), jax.lax.stop_gradient(dist)
 
+    @base.compiled
     def __call__(self, logits_fn, params, x, y, eps, key, target=None):
         x_adv, dist = self.minimize(logits_fn, params, x, y, key, target)
         return base.within_budget(x_adv, dist, x, eps, self.norm)

@@ -7,7 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from attacks import checks, fastpath, losses, threat
+from attacks import base, checks, fastpath, losses, threat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +36,7 @@ class FGSM:
         checks.check_choice("target", self.target, losses.TARGET_MODES)
         checks.check_range("start_frac", self.start_frac, 0.0, 1.0, closed_high=False)
 
+    @base.compiled
     def __call__(self, logits_fn, params, x, y, eps, key, target=None):
         logits_fn = fastpath.fast(logits_fn)
         k_start, k_target = jax.random.split(key)

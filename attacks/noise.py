@@ -33,6 +33,7 @@ class Noise:
         checks.check_choice("norm", self.norm, threat.NORMS)
         checks.check_positive("samples", self.samples)
 
+    @base.compiled
     def __call__(self, logits_fn, params, x, y, eps, key, target=None):
         del target
 

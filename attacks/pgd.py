@@ -99,6 +99,7 @@ class PGD:
         last = base.score(success, losses.objective(logits, labels, self.loss, self.targeted))
         return (*base.keep_better((x_best, s_best), (z, last)), first)
 
+    @base.compiled
     def run(self, logits_fn, params, x, y, eps, key, target=None):
         """``(x_adv, {"first_fooled_step": int32 [B]})``: per example, the first iterate that
         fooled the model (0: the start, ``k``: after ``k`` steps, the earliest over restarts;

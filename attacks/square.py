@@ -318,6 +318,7 @@ class Square:
 
     # -- public ------------------------------------------------------------------------
 
+    @base.compiled
     def run(self, logits_fn, params, x, y, eps, key, target=None):
         """``(x_adv, {"queries": int32 [B]})``: the adversarial batch and, per example, the
         model queries spent until success (all restarts' budgets for failures, 0 for

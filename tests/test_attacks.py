@@ -1,6 +1,7 @@
 """Attack kernels against hand-computed answers and invariants."""
 
 import dataclasses
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -75,6 +76,25 @@ def test_inside_ball_and_box(attack, linear_model4):
         assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
         zero = eps == 0
         np.testing.assert_allclose(np.asarray(x_adv)[zero], np.asarray(x)[zero], atol=1e-7)
+
+
+@pytest.mark.parametrize("attack", all_attacks())
+def test_python_calls_reuse_one_compiled_program(attack, linear_model4, caplog):
+    """Called from Python with concrete arrays, every attack compiles once per shape (the
+    next batch compiles nothing: run eagerly, JAX would compile the attack's loop anew at
+    every call) and returns what it returns inside jit."""
+    f, params = linear_model4
+    x1, x2 = jax.random.uniform(jax.random.key(1), (2, 8, 6, 6, 1))
+    y = jax.random.randint(jax.random.key(2), (8,), 0, 4)
+    eps, key = np.float32(0.1), jax.random.key(3)
+    attack(f, params, x1, y, eps, key)
+    with jax.log_compiles(), caplog.at_level(logging.DEBUG):
+        x_adv = attack(f, params, x2, y, eps, key)
+    compiles = [r.getMessage() for r in caplog.records if "ompil" in r.getMessage()]
+    assert not compiles, compiles[:3]
+    inside = jax.jit(lambda *a: attack(f, *a))(params, x2, y, eps, key)
+    # Equal up to float32 rounding: XLA fuses the two programs differently (1-ulp changes).
+    np.testing.assert_allclose(np.asarray(x_adv), np.asarray(inside), rtol=0, atol=1e-6)
 
 
 def test_fgsm_linf_closed_form(linear_model, images):
