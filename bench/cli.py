@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     speed.add_argument("--torchattacks", action="store_true",
                        help="also time torchattacks on PyTorch twins (same weights; needs torch)")
     speed.add_argument("--out", help="directory for speed.csv and speed.md")
+    speed.add_argument("--layers", action="store_true",
+                       help="also time the cnn's convolutions one by one (XLA, and PyTorch with "
+                            "--torchattacks): layers.csv and layers.md")
     speed.add_argument("--models", default="cnn,user-cnn",
                        help="comma-separated: cnn (robustax's), user-cnn (plain flax.linen)")
     cc = sub.add_parser("crosscheck", help="compare attacks with torchattacks on the same weights "
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
             speed_main(batch=args.batch, steps=args.steps, repeats=args.repeats,
                        torchattacks=args.torchattacks, out=args.out,
-                       models=_speed_models(args.models))
+                       models=_speed_models(args.models), layers=args.layers)
     except RobustaxError as e:
         print(f"robustax: error: {e}", file=sys.stderr)
         return 2

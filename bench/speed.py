@@ -243,6 +243,11 @@ def suite(batch: int = 256, steps: int = 20, repeats: int = 3, torchattacks: boo
             api[what] = call(c, params, x, y, ka)
             t, u = _paired([api[what], fwd_f if per_fwd else unit_f], repeats)
             add(name, "python api", what, k, t, u, "fwd" if per_fwd else "(fwd+grad)", comp)
+        # What a user writes without their own jax.jit: the attack compiles itself on the first
+        # call (attacks.base.compiled) and reuses the program for later batches.
+        direct = PGD(norm="linf", steps=steps)
+        t, u = _paired([lambda: direct(logits_fn, params, x, y, eps, ka), unit_f], repeats)
+        add(name, "python api", f"PGD-{steps}, called without jax.jit", steps, t, u, "(fwd+grad)")
 
         def engine(eps_list):
             attack = PGD(norm="linf", steps=steps)
@@ -286,6 +291,108 @@ def suite(batch: int = 256, steps: int = 20, repeats: int = 3, torchattacks: boo
                 log(f"    robustax / torchattacks (timed alternately): python api {ours / t:.2f}"
                     + (f", sweep engine {times[2] / t:.2f}" if k == steps else ""))
     return rows
+
+
+CNN_CONVS = (("conv1", 28, 1, 32), ("conv2", 28, 32, 32), ("conv3", 14, 32, 64),
+             ("conv4", 14, 64, 64))
+"""The ``cnn``'s 3×3 SAME convolutions on 28×28×1 (width 32): name, side, in, out channels."""
+
+
+def layer_profile(batch: int = 256, repeats: int = 5, torch_too: bool = True,
+                  log: Callable[[str], None] = print) -> list[dict]:
+    """Where the ``cnn``'s forward + input gradient goes: each convolution's forward and input
+    gradient (the fast rule of ``models.layers``) under XLA, and under PyTorch as torchattacks
+    runs it (NCHW, ``conv2d`` and ``grad.conv2d_input``), with GFLOP/s; then the whole model's
+    forward + input gradient and what is left after the convolutions (ReLU, pooling, dense
+    layers, loss). Rows in ms, minimum of ``repeats`` after a warm-up."""
+    from models import CNN, make_logits_fn
+    from models.layers import conv_general_dilated as conv
+
+    rows = []
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def jax_ms(fn, *args):
+        c = jax.jit(fn).lower(*args).compile()
+        return _best_time(lambda: c(*args), repeats) * 1e3
+
+    def torch_ms(fn):
+        import torch
+
+        with torch.no_grad():
+            return torch_best_time(fn, repeats) * 1e3
+
+    total = {"xla_fwd_ms": 0.0, "xla_grad_ms": 0.0, "torch_fwd_ms": 0.0, "torch_grad_ms": 0.0}
+    for name, side, cin, cout in CNN_CONVS:
+        k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+        x = jax.random.normal(k1, (batch, side, side, cin))
+        w = jax.random.normal(k2, (3, 3, cin, cout))
+        g = jax.random.normal(k3, (batch, side, side, cout))
+        f = functools.partial(conv, window_strides=(1, 1), padding="SAME", dimension_numbers=dn)
+        row = {"layer": f"{name} {cin}→{cout}, {side}×{side}",
+               "gflop": 2 * batch * side * side * 9 * cin * cout / 1e9,
+               "xla_fwd_ms": jax_ms(f, x, w),
+               "xla_grad_ms": jax_ms(lambda x, w, g: jax.vjp(lambda z: f(z, w), x)[1](g)[0], x, w, g)}
+        if torch_too:
+            import torch
+
+            xt, wt = torch.randn(batch, cin, side, side), torch.randn(cout, cin, 3, 3)
+            gt = torch.randn(batch, cout, side, side)
+            row["torch_fwd_ms"] = torch_ms(lambda: torch.nn.functional.conv2d(xt, wt, padding=1))
+            row["torch_grad_ms"] = torch_ms(
+                lambda: torch.nn.grad.conv2d_input(xt.shape, wt, gt, padding=1))
+        for k in total:
+            total[k] += row.get(k, 0.0)
+        rows.append(row)
+        log(f"  {row['layer']:24s} " + "  ".join(f"{k} {v:7.1f}" for k, v in row.items()
+                                                    if k.endswith("_ms")))
+    rows.append({"layer": "all convolutions", "gflop": sum(r["gflop"] for r in rows),
+                 **{k: v for k, v in total.items() if torch_too or k.startswith("xla")}})
+    module = CNN(num_classes=10, mean=(0.13,), std=(0.31,))
+    params = module.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    logits_fn = make_logits_fn(module)
+    x = jax.random.uniform(jax.random.key(1), (batch, 28, 28, 1))
+    y = jax.random.randint(jax.random.key(2), (batch,), 0, 10)
+
+    def fwd_grad(params, x, y):
+        return jax.grad(lambda z: -jnp.sum(
+            jax.nn.log_softmax(logits_fn(params, z))[jnp.arange(batch), y]))(x)
+
+    whole = jax_ms(fwd_grad, params, x, y)
+    rows.append({"layer": "whole cnn, forward + input gradient", "xla_fwd_ms": None,
+                 "xla_grad_ms": None, "xla_total_ms": whole})
+    rows.append({"layer": "rest (ReLU, pooling, dense, loss)", "xla_total_ms":
+                 whole - total["xla_fwd_ms"] - total["xla_grad_ms"]})
+    for row in rows:
+        for side in ("xla", "torch"):
+            if row.get(f"{side}_fwd_ms") is not None and row.get("gflop"):
+                row[f"{side}_gflop_per_s"] = 2 * row["gflop"] / (
+                    row[f"{side}_fwd_ms"] + row[f"{side}_grad_ms"]) * 1e3
+    log(f"  whole cnn forward + input gradient {whole:.1f} ms, of which convolutions "
+        f"{total['xla_fwd_ms'] + total['xla_grad_ms']:.1f} ms")
+    return rows
+
+
+def write_layers(rows: list[dict], out: str, meta: dict) -> list:
+    """Writes ``layers.csv`` and ``layers.md`` (the :func:`layer_profile` rows) under ``out``."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from bench.records import atomic_write_bytes
+
+    frame = pd.DataFrame(rows)
+    csv_path, md_path = Path(out) / "layers.csv", Path(out) / "layers.md"
+    atomic_write_bytes(csv_path, frame.to_csv(index=False).encode())
+    show = frame.round(2).astype(object)
+    show = show.where(frame.notna(), "")
+    lines = ["# robustax speed --layers: where the cnn's forward + input gradient goes", ""] + [
+        f"- {k}: {v}" for k, v in meta.items()] + [
+        "", "Each convolution (3×3, SAME) timed alone: forward and input gradient, under XLA "
+        "(the fast rule of `models.layers`) and under PyTorch as torchattacks runs it (NCHW). "
+        "GFLOP/s counts forward + input gradient (2 × `gflop`). Minimum of `repeats` after a "
+        "warm-up.", "", show.to_markdown(index=False, missingval=""), ""]
+    atomic_write_bytes(md_path, "\n".join(lines).encode())
+    return [csv_path, md_path]
 
 
 def to_torch_batch(x: np.ndarray, y: np.ndarray):
@@ -338,7 +445,8 @@ def _cpu_name() -> str:
 
 
 def main(batch: int = 256, steps: int = 20, repeats: int = 3, torchattacks: bool = False,
-         out: str | None = None, models: tuple[str, ...] = ("cnn", "user-cnn")) -> list[dict]:
+         out: str | None = None, models: tuple[str, ...] = ("cnn", "user-cnn"),
+         layers: bool = False) -> list[dict]:
     """``robustax speed``: runs :func:`suite`, prints each figure as it is measured and,
     with ``out``, writes ``speed.csv`` and ``speed.md`` there."""
     import sys
@@ -361,6 +469,12 @@ def main(batch: int = 256, steps: int = 20, repeats: int = 3, torchattacks: bool
     if out:
         for path in write_suite(rows, out, meta):
             log(f"wrote {path}")
+    if layers:
+        log("where the cnn's forward + input gradient goes:")
+        profile = layer_profile(batch, max(repeats, 3), torchattacks, log=log)
+        if out:
+            for path in write_layers(profile, out, meta):
+                log(f"wrote {path}")
     return rows
 
 

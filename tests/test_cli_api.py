@@ -121,6 +121,7 @@ def test_speed_benchmark_runs_and_reports_ratios(capsys):
     assert main(["speed", "--batch", "4", "--steps", "1", "--repeats", "1", "--models", "cnn"]) == 0
     out = capsys.readouterr().out
     assert "× 1 × (fwd+grad)" in out and "sweep engine PGD-1, 4 ε in one call" in out
+    assert "PGD-1, called without jax.jit" in out
 
 
 def test_xla_configure_appends_once_and_can_be_disabled():

@@ -53,3 +53,26 @@ def test_speed_cli_rejects_unknown_models(capsys):
 
     assert main(["speed", "--models", "resnet"]) == 2
     assert "choose from cnn, user-cnn" in capsys.readouterr().err
+
+
+def test_layer_profile_accounts_for_the_whole_model(tmp_path):
+    """`robustax speed --layers`: one row per convolution of the cnn (with PyTorch's times
+    when torch is installed), their sum, and the rest of the model's forward + input
+    gradient; written as CSV and Markdown (tiny batch, no timing asserted)."""
+    import importlib.util
+
+    import pandas as pd
+
+    from bench.speed import CNN_CONVS, layer_profile, write_layers
+
+    torch_too = importlib.util.find_spec("torch") is not None
+    rows = layer_profile(batch=2, repeats=1, torch_too=torch_too, log=lambda s: None)
+    convs = rows[:len(CNN_CONVS)]
+    total, whole, rest = rows[len(CNN_CONVS):]
+    assert [r["layer"].split()[0] for r in convs] == [c[0] for c in CNN_CONVS]
+    assert convs[1]["gflop"] == 2 * 2 * 28 * 28 * 9 * 32 * 32 / 1e9
+    for col in ["xla_fwd_ms", "xla_grad_ms"] + (["torch_fwd_ms", "torch_grad_ms"] if torch_too else []):
+        assert total[col] == sum(r[col] for r in convs) and all(r[col] > 0 for r in convs)
+    assert rest["xla_total_ms"] == whole["xla_total_ms"] - total["xla_fwd_ms"] - total["xla_grad_ms"]
+    csv_path, md_path = write_layers(rows, tmp_path, {"device": "test"})
+    assert len(pd.read_csv(csv_path)) == len(rows) and "all convolutions" in md_path.read_text()
