@@ -61,17 +61,28 @@ def cnn_twin(module: Any, params: Any, x_check: np.ndarray, atol: float = 1e-3):
     net = Net().eval()
     with torch.no_grad():
         _copy_weights(net, p)
-        ours = _flax_logits(module, params, x_check)
-        diff = np.abs(net(to_torch(x_check)).numpy() - ours).max()
-    if diff > atol:
-        raise RuntimeError(f"the PyTorch copy of the cnn differs from the Flax model by {diff}")
-    return net
+    return _checked(net, _flax_logits(module, params, x_check), x_check, atol, "the cnn")
 
 
 def _channel_vector(values):
     import torch
 
     return torch.tensor(np.asarray(values, np.float32)).reshape(1, -1, 1, 1)
+
+
+def _checked(net, ours: np.ndarray, x_check: np.ndarray, bound: float, what: str):
+    """``net`` (a twin in eval mode) if its logits on ``x_check`` are within ``bound`` of
+    ``ours`` (the Flax model's, :func:`_flax_logits`), with the largest difference kept in
+    ``net.check_diff``; RuntimeError otherwise (a NaN difference fails too)."""
+    import torch
+
+    with torch.no_grad():
+        diff = float(np.abs(net(to_torch(x_check)).numpy() - ours).max())
+    if not diff <= bound:
+        raise RuntimeError(f"the PyTorch copy of {what} differs from the Flax model by {diff} "
+                           f"(allowed {bound:.3g}; max |logit| {np.abs(ours).max():.3g})")
+    net.check_diff = diff
+    return net
 
 
 def _flax_logits(module: Any, variables: Any, x: np.ndarray) -> np.ndarray:
@@ -164,16 +175,9 @@ def preact_twin(module: Any, variables: Any, x_check: np.ndarray, rtol: float = 
             z = torch.relu(self.bn(z)).mean(dim=(2, 3))
             return self.fc(z)
 
-    net = Net().eval()
     ours = _flax_logits(module, variables, x_check)
-    with torch.no_grad():
-        theirs = net(to_torch(x_check)).numpy()
-    diff = float(np.abs(theirs - ours).max())
-    if not diff <= rtol * (1 + float(np.abs(ours).max())):
-        raise RuntimeError(f"the PyTorch copy of {type(module).__name__} differs from the Flax "
-                           f"model by {diff} (max |logit| {np.abs(ours).max():.3g})")
-    net.check_diff = diff
-    return net
+    return _checked(Net().eval(), ours, x_check, rtol * (1 + float(np.abs(ours).max())),
+                    type(module).__name__)
 
 
 def to_torch(x: np.ndarray):
@@ -214,8 +218,4 @@ def user_cnn_twin(params: Any, x_check: np.ndarray, atol: float = 1e-3):
     net = Net().eval()
     with torch.no_grad():
         _copy_weights(net, p)
-        ours = _flax_logits(UserCNN(), params, x_check)
-        diff = np.abs(net(to_torch(x_check)).numpy() - ours).max()
-    if diff > atol:
-        raise RuntimeError(f"the PyTorch copy of the user CNN differs from the Flax model by {diff}")
-    return net
+    return _checked(net, _flax_logits(UserCNN(), params, x_check), x_check, atol, "the user CNN")

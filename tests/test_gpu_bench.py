@@ -75,6 +75,36 @@ def test_cnn_twin_moves_with_its_normalisation():
     assert {"mean", "std"} <= dict(net.named_buffers()).keys()  # .to(device) moves them
 
 
+@pytest.mark.parametrize("twin", ["cnn", "user-cnn", "preact"])
+def test_a_twin_that_differs_from_the_flax_model_is_refused(twin, monkeypatch):
+    """Every twin checks its logits against the Flax model before it is used: off by 1 (or
+    NaN) in the reference, it raises naming the model instead of returning a wrong twin."""
+    from bench import torch_twin
+    from bench.speed import UserCNN
+
+    x = np.random.default_rng(1).uniform(size=(2, 28, 28, 1)).astype(np.float32)
+    if twin == "preact":
+        module = PreActResNet18(num_classes=10, width=4, blocks=(1, 1, 1, 1))
+        variables = random_variables(module, (28, 28, 1))
+        make = lambda: torch_twin.preact_twin(module, variables, x)  # noqa: E731
+        name = "PreActResNet18"
+    elif twin == "cnn":
+        module = CNN(num_classes=10, width=4, dense=8)
+        variables = random_variables(module, (28, 28, 1))
+        make = lambda: torch_twin.cnn_twin(module, variables, x)  # noqa: E731
+        name = "the cnn"
+    else:
+        variables = UserCNN().init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+        make = lambda: torch_twin.user_cnn_twin(variables, x)  # noqa: E731
+        name = "the user CNN"
+    assert make().check_diff >= 0
+    flax_logits = torch_twin._flax_logits
+    for shift in (1.0, np.nan):
+        monkeypatch.setattr(torch_twin, "_flax_logits", lambda *a, s=shift: flax_logits(*a) + s)
+        with pytest.raises(RuntimeError, match=f"PyTorch copy of {name} differs"):
+            make()
+
+
 def test_randomized_variables_perturb_every_batchnorm_parameter():
     variables = {"params": {"Conv_0": {"kernel": jnp.ones((3, 3, 1, 2))}},
                  "batch_stats": {"BatchNorm_0": {"mean": jnp.zeros(2), "var": jnp.ones(2)}}}
