@@ -100,6 +100,16 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def loads_canonical(data: bytes) -> dict | None:
+    """The JSON object in ``data`` when ``data`` is exactly its :func:`canonical_json` form
+    (so no byte can change unnoticed); None for anything else."""
+    try:
+        obj = json.loads(data)
+        return obj if isinstance(obj, dict) and canonical_json(obj) == data else None
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return None
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -306,12 +316,8 @@ def read_header(data: bytes, where: str = "the file") -> tuple[dict, bytes, int]
     raw = data[start:start + n]
     if n > 65536 or len(raw) != n:
         raise SecurityError("header", f"{where} has a damaged header length")
-    try:
-        header = json.loads(raw)
-        ok = isinstance(header, dict) and canonical_json(header) == raw
-    except (ValueError, TypeError, UnicodeDecodeError):
-        ok = False
-    if not ok:
+    header = loads_canonical(raw)
+    if header is None:
         raise SecurityError("header", f"{where} has a damaged header (not canonical JSON)")
     if header.get("format") != FORMAT or header.get("aead") != AEAD_NAME:
         raise SecurityError("header", f"{where} has format {header.get('format')!r} / "
@@ -465,13 +471,10 @@ def envelope_bytes(envelope: dict) -> bytes:
 def parse_envelope(data: bytes, where: str) -> dict:
     """A signature envelope from its file bytes, which must be exactly canonical (so no byte
     of the file can change without failing)."""
-    try:
-        env = json.loads(data)
-        ok = (isinstance(env, dict) and set(env) == {"statement", "key_id", "signature"}
-              and isinstance(env["statement"], dict) and envelope_bytes(env) == data
-              and isinstance(env["signature"], str) and isinstance(env["key_id"], str))
-    except (ValueError, TypeError, UnicodeDecodeError):
-        ok = False
+    env = loads_canonical(data[:-1]) if data.endswith(b"\n") else None  # envelope_bytes' form
+    ok = (env is not None and set(env) == {"statement", "key_id", "signature"}
+          and isinstance(env["statement"], dict) and isinstance(env["signature"], str)
+          and isinstance(env["key_id"], str))
     if not ok:
         raise SecurityError("signature", f"{where} is damaged (not a canonical signature "
                                          f"envelope)")

@@ -27,8 +27,8 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from bench.crypto import (SecurityError, SigningKey, canonical_json, envelope_bytes,
-                          parse_envelope, sha256_file, utc_now, verify_envelope,
-                          write_new)
+                          loads_canonical, parse_envelope, sha256_file, utc_now,
+                          verify_envelope, write_new)
 from bench.errors import RobustaxError
 
 LEDGER = "ledger.jsonl"
@@ -201,12 +201,8 @@ def verify_chain(ledger: Ledger) -> list[dict]:
     lines = ledger.lines()
     entries, prev = [], GENESIS
     for i, line in enumerate(lines):
-        try:
-            e = json.loads(line)
-            ok = isinstance(e, dict) and canonical_json(e) == line
-        except (ValueError, TypeError, UnicodeDecodeError):
-            ok = False
-        if not ok:
+        e = loads_canonical(line)
+        if e is None:
             raise SecurityError("chain", f"ledger entry {i} (line {i + 1}) is not canonical JSON: "
                                          f"it was edited")
         if e.get("seq") != i:
