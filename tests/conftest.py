@@ -82,6 +82,13 @@ def linear_logits(params, x):
     return x.reshape(x.shape[0], -1) @ w + b
 
 
+def quadratic_logits(params, x):
+    """A non-linear model: linear in the squared pixels, so one linearised step can fall short."""
+    w, b = params
+    flat = x.reshape(x.shape[0], -1)
+    return (flat * flat) @ w + b
+
+
 @pytest.fixture(scope="session")
 def digits():
     from bench.data import load_dataset

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from attacks import cw as cw_lib, deepfool as df_lib, threat
-from tests.conftest import linear_logits
+from tests.conftest import linear_logits, quadratic_logits
 
 DUAL = {"linf": 1, "l2": 2}
 
@@ -76,19 +76,13 @@ def test_cw_reaches_the_closed_form_distance_on_a_linear_model():
     np.testing.assert_allclose(dist[easy], best[easy], rtol=1e-3)
 
 
-def _quadratic(params, x):
-    w, b = params
-    flat = x.reshape(x.shape[0], -1)
-    return (flat * flat) @ w + b
-
-
 @pytest.fixture(scope="module")
 def four_class():
     """A non-linear 4-class model on 6×6 images; the first two examples misclassified."""
     kw, kx = jax.random.split(jax.random.key(5))
     params = (2.0 * jax.random.normal(kw, (36, 4)), jnp.zeros(4))
     x = jax.random.uniform(kx, (10, 6, 6, 1))
-    y = jnp.argmax(_quadratic(params, x), -1).astype(jnp.int32)
+    y = jnp.argmax(quadratic_logits(params, x), -1).astype(jnp.int32)
     return params, x, y.at[:2].set((y[:2] + 1) % 4)
 
 
@@ -104,21 +98,21 @@ def test_minimum_norm_contract(attack, four_class):
     key gives the same result; batch of 10 = the engine's per-example batches of one."""
     params, x, y = four_class
     key = jax.random.key(3)
-    run = jax.jit(lambda x, y, k: attack.minimize(_quadratic, params, x, y, k))
+    run = jax.jit(lambda x, y, k: attack.minimize(quadratic_logits, params, x, y, k))
     x_adv, dist = run(x, y, key)
     x_adv2, dist2 = run(x, y, key)
     np.testing.assert_array_equal(np.asarray(x_adv), np.asarray(x_adv2))
     np.testing.assert_array_equal(np.asarray(dist), np.asarray(dist2))
     dist = np.asarray(dist)
     assert dist.dtype == np.float32 and np.all(dist[:2] == 0)
-    fooled = np.argmax(_quadratic(params, x_adv), -1) != np.asarray(y)
+    fooled = np.argmax(quadratic_logits(params, x_adv), -1) != np.asarray(y)
     np.testing.assert_array_equal(np.isfinite(dist), fooled)
     assert np.isfinite(dist[2:]).any()
     np.testing.assert_array_equal(np.asarray(x_adv)[~fooled], np.asarray(x)[~fooled])
     np.testing.assert_allclose(dist[fooled], np.asarray(
         threat.distance(x_adv, x, attack.norm))[fooled], rtol=1e-6)
     assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
-    call = jax.jit(lambda e: attack(_quadratic, params, x, y, e, key))
+    call = jax.jit(lambda e: attack(quadratic_logits, params, x, y, e, key))
     for eps in (0.0, float(np.median(dist[np.isfinite(dist) & (dist > 0)])), 1e3):
         out = np.asarray(call(jnp.float32(eps)))
         assert np.all(np.asarray(threat.distance(out, x, attack.norm)) <= eps * (1 + 1e-6))
@@ -130,7 +124,7 @@ def test_minimum_norm_contract(attack, four_class):
                                        atol=1e-6)
     keys = jax.random.split(key, x.shape[0])
     _, d_one = jax.jit(jax.vmap(lambda xi, yi, k: attack.minimize(
-        _quadratic, params, xi[None], yi[None], k)))(x, y, keys)
+        quadratic_logits, params, xi[None], yi[None], k)))(x, y, keys)
     if isinstance(attack, df_lib.DeepFool):  # no randomness: the same per example
         np.testing.assert_allclose(np.asarray(d_one)[:, 0], dist, rtol=1e-5)
 
@@ -149,12 +143,12 @@ def test_cw_confidence_reaches_the_margin(four_class):
     """With κ > 0 every example found has max_{j≠y} z_j − z_y > κ (not just misclassified)."""
     params, x, y = four_class
     attack = cw_lib.CW(steps=60, search_steps=4, confidence=0.5)
-    x_adv, dist = attack.minimize(_quadratic, params, x[2:], y[2:], jax.random.key(0))
+    x_adv, dist = attack.minimize(quadratic_logits, params, x[2:], y[2:], jax.random.key(0))
     found = np.isfinite(np.asarray(dist))
     assert found.any()
     from attacks import losses
 
-    margin = np.asarray(losses.margin(_quadratic(params, x_adv), y[2:]))
+    margin = np.asarray(losses.margin(quadratic_logits(params, x_adv), y[2:]))
     assert np.all(margin[found] > 0.5)
 
 
@@ -195,8 +189,8 @@ def test_cw_eps_zero_through_the_engine_is_clean(four_class):
 
     params, x, y = four_class
     x, y = np.asarray(x), np.asarray(y)
-    clean = engine.clean_correct(_quadratic, params, x, y)
-    masks, _, _ = engine.attack_correct(cw_lib.CW(steps=20, search_steps=2), _quadratic, params,
+    clean = engine.clean_correct(quadratic_logits, params, x, y)
+    masks, _, _ = engine.attack_correct(cw_lib.CW(steps=20, search_steps=2), quadratic_logits, params,
                                         x, y, [0.0, 0.2, 10.0], jax.random.key(0))
     np.testing.assert_array_equal(masks[0], clean)
     assert masks[2].sum() < masks[1].sum() <= clean.sum()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from attacks import fab, threat
-from tests.conftest import linear_logits
+from tests.conftest import linear_logits, quadratic_logits
 
 NORMS = ("linf", "l2", "l1")
 DUAL = {"linf": 1, "l2": 2, "l1": np.inf}
@@ -170,13 +170,6 @@ def test_closed_form_minimal_distance(norm, targeted):
 
 
 # ---- the attack contract ---------------------------------------------------------------
-
-
-def quadratic_logits(params, x):
-    """A non-linear model: linear in the squared pixels, so one FAB step can fall short."""
-    w, b = params
-    flat = x.reshape(x.shape[0], -1)
-    return (flat * flat) @ w + b
 
 
 @pytest.fixture(scope="module")
