@@ -395,24 +395,18 @@ class ResNetBench:
     def fwd_grad(self, prec: str, batch: int | None = None, ours: bool = True):
         """(robustax, torch) seconds of forward + input gradient of the summed CE; with
         ``ours=False`` PyTorch only (robustax None)."""
-        import jax
         import jax.numpy as jnp
         import torch
         import torch.nn.functional as F
 
-        from bench.speed import torch_best_time
+        from bench.speed import input_gradient, torch_best_time
 
         n = batch or self.batch
         x, y = jnp.asarray(self.x[:n]), jnp.asarray(self.y[:n])
-        lf = self.logits_fn
-
-        def loss(v, z, y):
-            logits = lf(v, z)
-            return -jnp.sum(jax.nn.log_softmax(logits)[jnp.arange(z.shape[0]), y])
 
         with precision(prec):
             if ours:
-                compiled, c = self._compile(jax.grad(loss, argnums=1), self.variables, x, y)
+                compiled, c = self._compile(input_gradient(self.logits_fn), self.variables, x, y)
                 ours = self._time_jax(compiled, (self.variables, x, y), self.repeats)
             else:
                 ours = c = None

@@ -51,6 +51,16 @@ def _result(value):
     return value if leaves and all(isinstance(v, jax.Array) for v in leaves) else None
 
 
+def input_gradient(logits_fn: Callable) -> Callable:
+    """``(params, x, y) -> (input gradient of the summed cross-entropy, logits)``: one forward
+    and one input gradient, the unit every ratio of this module is measured in."""
+    def loss(z, params, y):
+        logits = logits_fn(params, z)
+        return -jnp.sum(jax.nn.log_softmax(logits)[jnp.arange(y.shape[0]), y]), logits
+
+    return lambda params, x, y: jax.grad(loss, has_aux=True)(x, params, y)
+
+
 def measure(batch: int = 256, steps: int = 20, repeats: int = 5, seed: int = 0) -> dict:
     """Times the ``cnn`` (28×28×1, 10 classes) forward+input-gradient and PGD-``steps`` L∞."""
     from attacks import APGD, PGD, Square
@@ -65,12 +75,7 @@ def measure(batch: int = 256, steps: int = 20, repeats: int = 5, seed: int = 0) 
     y = jax.random.randint(ky, (batch,), 0, 10)
     eps = jnp.float32(0.3)
 
-    @jax.jit
-    def fwd_bwd(params, x, y):
-        def loss(z):
-            logits = logits_fn(params, z)
-            return -jnp.sum(jax.nn.log_softmax(logits)[jnp.arange(batch), y]), logits
-        return jax.grad(loss, has_aux=True)(x)
+    fwd_bwd = jax.jit(input_gradient(logits_fn))
 
     results = {"batch": batch, "steps": steps, "backend": jax.default_backend(),
                "devices": jax.device_count()}
@@ -207,22 +212,16 @@ def suite(batch: int = 256, steps: int = 20, repeats: int = 3, torchattacks: boo
         plain.fast = False
         log(f"{name}: {sum(a.size for a in jax.tree.leaves(params)):,} parameters")
 
-        def fwd_bwd(fn):
-            def loss(z, p):
-                logits = fn(p, z)
-                return -jnp.sum(jax.nn.log_softmax(logits)[jnp.arange(batch), y]), logits
-            return lambda p, z: jax.grad(loss, has_aux=True)(z, p)
-
         def call(c, *args):
             return lambda: c(*args)
 
         # Every ratio compares times taken alternately in the same loop (_paired), so load
         # that comes and goes on a shared machine hits both sides alike.
         c_fwd, _ = compiled(fast, params, x)
-        c_unit, _ = compiled(fwd_bwd(fast), params, x)
-        c_plain, _ = compiled(fwd_bwd(plain), params, x)
-        fwd_f, unit_f = call(c_fwd, params, x), call(c_unit, params, x)
-        fwd, unit, unit_plain = _paired([fwd_f, unit_f, call(c_plain, params, x)], repeats)
+        c_unit, _ = compiled(input_gradient(fast), params, x, y)
+        c_plain, _ = compiled(input_gradient(plain), params, x, y)
+        fwd_f, unit_f = call(c_fwd, params, x), call(c_unit, params, x, y)
+        fwd, unit, unit_plain = _paired([fwd_f, unit_f, call(c_plain, params, x, y)], repeats)
         add(name, "model", "forward", 1, fwd)
         add(name, "model", "forward + input gradient", 1, unit)
         add(name, "model", "forward + input gradient, fast path off", 1, unit_plain, unit,
@@ -352,12 +351,7 @@ def layer_profile(batch: int = 256, repeats: int = 5, torch_too: bool = True,
     logits_fn = make_logits_fn(module)
     x = jax.random.uniform(jax.random.key(1), (batch, 28, 28, 1))
     y = jax.random.randint(jax.random.key(2), (batch,), 0, 10)
-
-    def fwd_grad(params, x, y):
-        return jax.grad(lambda z: -jnp.sum(
-            jax.nn.log_softmax(logits_fn(params, z))[jnp.arange(batch), y]))(x)
-
-    whole = jax_ms(fwd_grad, params, x, y)
+    whole = jax_ms(input_gradient(logits_fn), params, x, y)
     rows.append({"layer": "whole cnn, forward + input gradient", "xla_fwd_ms": None,
                  "xla_grad_ms": None, "xla_total_ms": whole})
     rows.append({"layer": "rest (ReLU, pooling, dense, loss)", "xla_total_ms":
