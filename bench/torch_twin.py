@@ -218,4 +218,5 @@ def user_cnn_twin(params: Any, x_check: np.ndarray, atol: float = 1e-3):
     net = Net().eval()
     with torch.no_grad():
         _copy_weights(net, p)
-    return _checked(net, _flax_logits(UserCNN(), params, x_check), x_check, atol, "the user CNN")
+    module = UserCNN(features=(k0.shape[3], k1.shape[3]), dense=d0.shape[1])
+    return _checked(net, _flax_logits(module, params, x_check), x_check, atol, "the user CNN")

@@ -8,19 +8,7 @@ import pytest
 
 import attacks
 from attacks import fastpath
-
-
-class UserCNN(nn.Module):
-    """A model written the ordinary way: plain nn.Conv, nn.max_pool, nn.Dense."""
-
-    @nn.compact
-    def __call__(self, x):
-        x = nn.relu(nn.Conv(8, (3, 3))(x))
-        x = nn.relu(nn.Conv(16, (3, 3))(x))
-        x = nn.max_pool(x, (2, 2), (2, 2))
-        x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(32)(x))
-        return nn.Dense(10)(x)
+from bench.speed import UserCNN
 
 
 def primitives(closed):
@@ -37,7 +25,7 @@ def primitives(closed):
 
 @pytest.fixture(scope="module")
 def user_cnn():
-    module = UserCNN()
+    module = UserCNN(features=(8, 16), dense=32)  # plain nn.Conv, nn.max_pool, nn.Dense
     x = jax.random.uniform(jax.random.key(1), (6, 12, 12, 1))
     y = jnp.arange(6) % 10
     params = module.init(jax.random.key(0), x[:1])
