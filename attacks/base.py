@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -127,3 +127,17 @@ def within_budget(x_adv: jax.Array, dist: jax.Array, x: jax.Array, eps: jax.Arra
     e = threat.per_example(eps, x).reshape(-1)
     inside = (dist <= e) & (threat.distance(x_adv, x, norm) <= e)
     return jnp.where(inside.reshape((-1,) + (1,) * (x.ndim - 1)), x_adv, x)
+
+
+class MinimumNorm:
+    """Mixin of the minimum-norm attacks (C&W, DeepFool, FAB). They define
+    ``minimize(logits_fn, params, x, y, key, target=None) -> (x_adv, dist)``; called as a
+    fixed-budget attack they return :func:`within_budget` of it. The sweep engine runs
+    ``minimize`` once and scores every ε from the one minimal example (``minimum_norm``)."""
+
+    minimum_norm: ClassVar[bool] = True
+
+    @compiled
+    def __call__(self, logits_fn, params, x, y, eps, key, target=None):
+        x_adv, dist = self.minimize(logits_fn, params, x, y, key, target)
+        return within_budget(x_adv, dist, x, eps, self.norm)

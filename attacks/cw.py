@@ -20,7 +20,6 @@ Cost: search_steps × steps × (one forward + input-gradient pass), plus ``refin
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +52,7 @@ def search_update(found: jax.Array, const: jax.Array, lower: jax.Array, upper: j
 
 
 @dataclasses.dataclass(frozen=True)
-class CW:
+class CW(base.MinimumNorm):
     """Carlini & Wagner L2: minimal L2 adversarial examples by Adam in tanh space.
 
     A minimum-norm attack: :meth:`minimize` returns, per example, the closest adversarial
@@ -73,8 +72,6 @@ class CW:
         the hinge's kink, so the closest iterate lies slightly beyond the boundary; the
         bisection pulls it back along its own direction.
     """
-
-    minimum_norm: ClassVar[bool] = True
 
     norm: str = "l2"
     steps: int = 100
@@ -160,8 +157,3 @@ class CW:
         dist = threat.distance(x_adv, x, "l2").astype(jnp.float32)
         dist = jnp.where(found | wrong, dist, jnp.inf)
         return jax.lax.stop_gradient(x_adv), jax.lax.stop_gradient(dist)
-
-    @base.compiled
-    def __call__(self, logits_fn, params, x, y, eps, key, target=None):
-        x_adv, dist = self.minimize(logits_fn, params, x, y, key, target)
-        return base.within_budget(x_adv, dist, x, eps, self.norm)

@@ -17,7 +17,6 @@ example of the batch is fooled (usually 2–4 steps).
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +33,7 @@ def _dual_norm(g: jax.Array, norm: str) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class DeepFool:
+class DeepFool(base.MinimumNorm):
     """DeepFool: repeated steps to the nearest linearised decision boundary (L2 or L∞).
 
     A minimum-norm attack: :meth:`minimize` returns, per example, the adversarial example
@@ -45,8 +44,6 @@ class DeepFool:
       steps: at most this many linearisation steps.
       overshoot: the accumulated step is scaled by 1 + overshoot (the reference's 0.02).
     """
-
-    minimum_norm: ClassVar[bool] = True
 
     norm: str = "l2"
     steps: int = 50
@@ -115,8 +112,3 @@ class DeepFool:
         dist = threat.distance(x_adv, x, self.norm).astype(jnp.float32)
         dist = jnp.where(fooled, dist, jnp.inf)
         return jax.lax.stop_gradient(x_adv), jax.lax.stop_gradient(dist)
-
-    @base.compiled
-    def __call__(self, logits_fn, params, x, y, eps, key, target=None):
-        x_adv, dist = self.minimize(logits_fn, params, x, y, key, target)
-        return base.within_budget(x_adv, dist, x, eps, self.norm)

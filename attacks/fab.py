@@ -21,7 +21,6 @@ for the success check, two box-constrained projections, ~24 elementwise passes e
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -158,7 +157,7 @@ def _row_norm(d: jax.Array, norm: str) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class FAB:
+class FAB(base.MinimumNorm):
     """FAB (Croce & Hein, 2020): minimally distorted adversarial examples; FAB-T by default.
 
     A minimum-norm attack: :meth:`minimize` returns, per example, the closest adversarial
@@ -183,8 +182,6 @@ class FAB:
         boundary (1.0052·d* on a linear model with the defaults); 12 steps bring it within
         2⁻¹² of the segment's crossing.
     """
-
-    minimum_norm: ClassVar[bool] = True
 
     norm: str = "linf"
     targeted: bool = True
@@ -333,8 +330,3 @@ class FAB:
         dist = threat.distance(x_adv, x, self.norm).astype(jnp.float32)
         dist = jnp.where(keep | wrong, dist, jnp.inf)
         return jax.lax.stop_gradient(x_adv), jax.lax.stop_gradient(dist)
-
-    @base.compiled
-    def __call__(self, logits_fn, params, x, y, eps, key, target=None):
-        x_adv, dist = self.minimize(logits_fn, params, x, y, key, target)
-        return base.within_budget(x_adv, dist, x, eps, self.norm)
