@@ -15,6 +15,19 @@ from pathlib import Path
 
 from bench import xla
 from bench.errors import ConfigError, RobustaxError
+from bench.pytorch.crosscheck import main as crosscheck_main
+from bench.pytorch.speed import main as speed_main
+from bench.pytorch.torch_import import import_torch
+from bench.reports.compare import main as compare_main
+from bench.reports.report import checklist_text, summary, write_report
+from bench.security import commands as security_cli
+from bench.security.commands import apply_run_flags
+from bench.store.io import slug
+from bench.sweep.config import load_config, read_config_text
+from bench.sweep.data import describe_datasets
+from bench.sweep.distributed import initialize
+from bench.sweep.registry import ATTACKS, DEFENSES, MODELS
+from bench.sweep.runner import run_sweep
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,11 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="TOML sweep config, e.g. bench/configs/default.toml")
     run.add_argument("--out", help="run directory (default: runs/<config name>)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    from bench import security_cli
 
     security_cli.add_run_flags(run)
     run.add_argument("--distributed", action="store_true",
-                     help="join a multi-process run (jax.distributed; see bench/distributed.py)")
+                     help="join a multi-process run (jax.distributed; see bench/sweep/distributed.py)")
     rep = sub.add_parser("report", help="rebuild records.csv, tables and plots of a run directory")
     rep.add_argument("run_dir")
     rep.add_argument("--baseline", help="a baseline run directory: adds the regression "
@@ -92,14 +104,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="activation of DeepMind WideResNets (DMWideResNet); default relu")
     imp.add_argument("--check-inputs", type=int, default=8,
                      help="random 32x32 inputs on which the logits must agree (default 8)")
-    from bench import security_cli
 
     security_cli.add_parsers(sub)
     return p
 
 
 def _import_torch(args) -> None:
-    from bench.torch_import import import_torch
 
     if args.check_inputs < 1:
         raise RobustaxError(f"--check-inputs {args.check_inputs} is impossible; give at least 1")
@@ -123,16 +133,11 @@ def _toml(v) -> str:
 
 
 def _run(args) -> None:
-    from bench.config import load_config, read_config_text
-    from bench.report import checklist_text, summary, write_report
-    from bench.runner import run_sweep
 
     text = read_config_text(args.config)
     cfg = load_config(args.config, text)
-    from bench.security_cli import apply_run_flags
 
     cfg = apply_run_flags(cfg, args)
-    from bench.plan import slug
 
     out = Path(args.out) if args.out else Path("runs") / slug(cfg.name)
     if out.exists() and not out.is_dir():
@@ -140,7 +145,6 @@ def _run(args) -> None:
                             f"existing run directory")
     lead = True
     if getattr(args, "distributed", False):
-        from bench.distributed import initialize
 
         lead = initialize()[0] == 0
     records = run_sweep(cfg, out, config_text=text, progress=not args.no_progress)
@@ -185,8 +189,6 @@ def _width() -> int:
 
 
 def _list() -> None:
-    from bench.data import describe_datasets
-    from bench.registry import ATTACKS, DEFENSES, MODELS
 
     for title, rows in (("data sets", describe_datasets()), ("models", MODELS.describe()),
                         ("defenses", DEFENSES.describe()), ("attacks", ATTACKS.describe())):
@@ -211,7 +213,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             _run(args)
         elif args.command == "report":
-            from bench.report import checklist_text, summary, write_report
 
             if not Path(args.run_dir, "cells").is_dir():
                 raise RobustaxError(f"{args.run_dir} is not a run directory (no cells/); pass the "
@@ -226,22 +227,18 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "list":
             _list()
         elif args.command == "compare":
-            from bench.compare import main as compare_main
 
             return compare_main(args.baseline, args.new, tolerance=args.tolerance,
                                 alpha=args.alpha, fail_on=args.fail_on, by=args.by,
                                 out=args.out)
         elif args.command == "crosscheck":
-            from bench.crosscheck import main as crosscheck_main
 
             crosscheck_main(args.run_dir, args.examples, args.seed, args.attack, args.eps,
                             args.defense)
         elif args.command in ("keys", "sign", "verify", "encrypt", "decrypt"):
-            from bench import security_cli
 
             security_cli.main(args)
         elif args.command == "speed":
-            from bench.speed import main as speed_main
 
             speed_main(batch=args.batch, steps=args.steps, repeats=args.repeats,
                        torchattacks=args.torchattacks, out=args.out,

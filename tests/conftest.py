@@ -91,7 +91,7 @@ def quadratic_logits(params, x):
 
 @pytest.fixture(scope="session")
 def digits():
-    from bench.data import load_dataset
+    from bench.sweep.data import load_dataset
 
     return load_dataset("digits")
 
@@ -124,3 +124,21 @@ def images():
     x = jax.random.uniform(kx, (16, 6, 6, 1), minval=0.3, maxval=0.7)
     y = jax.random.randint(ky, (16,), 0, 3)
     return np.asarray(x), np.asarray(y)
+
+
+def synthetic_record(*, mask, attack_options=None, defense_options=None, model_options=None,
+                     **fields):
+    """A cell record for a hand-made run directory (tables, checklist and gate tests), built
+    through the store's record builder like the sweep's (:func:`bench.sweep.unit.record_of`)."""
+    import json
+
+    from bench.store.records import make_record
+
+    def as_json(o):
+        return "" if o is None else json.dumps(o, sort_keys=True, default=str)
+
+    base = {"seconds": 0.0, "compile_seconds": 0.0, "seed": 0, "config_id": "", "checkpoint": "",
+            "code_version": "", "checkpoint_sha256": ""}
+    return make_record({**base, **fields, "attack_options": as_json(attack_options),
+                        "defense_options": as_json(defense_options),
+                        "model_options": as_json(model_options)}, mask)

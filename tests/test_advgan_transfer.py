@@ -11,9 +11,9 @@ import pytest
 
 import attacks
 from attacks import advgan, threat
-from bench import engine
-from bench.config import parse_config
 from bench.errors import ConfigError
+from bench.sweep import engine
+from bench.sweep.config import parse_config
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,7 @@ SWEEP = textwrap.dedent("""
 
 
 def _sweep(out, epochs=2, lr=1e-3, gan_eps="[0.1]"):
-    from bench.runner import run_sweep
+    from bench.sweep.runner import run_sweep
 
     cfg = parse_config(__import__("tomllib").loads(
         SWEEP.format(epochs=epochs, lr=lr, gan_eps=gan_eps)))
@@ -165,7 +165,7 @@ def test_sweep_transfer_to_itself_equals_white_box_and_generators_are_cached(tmp
     mask (PGD, and AdvGAN with the same generator file); the target row pgd-at differs from
     its own white-box PGD; the ensemble row names both surrogates. Rerunning with a new ε reuses
     the generators (no training, same files; its cells record the cached training time)."""
-    from bench.records import RunDir
+    from bench.store.records import RunDir
 
     out = tmp_path / "run"
     records = _sweep(out)
@@ -192,15 +192,15 @@ def test_sweep_transfer_to_itself_equals_white_box_and_generators_are_cached(tmp
 
     # The pgd-at row's transfer cell scores the very examples crafted for the surrogate's own
     # white-box cell (its key), recomputed here by hand through the engine.
-    from bench.plan import key_for, make_plan
-    from bench.runner import _Weights, _pick
+    from bench.sweep.plan import key_for, make_plan
+    from bench.sweep.runner import _pick, _Weights
 
     class Bar:
         def set_postfix_str(self, *a, **k):
             pass
 
     cfg = parse_config(__import__("tomllib").loads(SWEEP.format(epochs=2, lr=1e-3, gan_eps="[0.1]")))
-    from bench.data import load_dataset
+    from bench.sweep.data import load_dataset
 
     data = load_dataset("digits", train_examples=256)
     plan_obj = make_plan(cfg, data.fingerprint())
@@ -227,8 +227,8 @@ def test_generator_cache_key_follows_options_weights_and_data():
     target), the seed and the data; not with the ε list or an unrelated attack."""
     import tomllib
 
-    from bench.plan import make_plan
-    from bench.runner import _unit_ident, generator_file
+    from bench.sweep.plan import make_plan
+    from bench.sweep.runner import _unit_ident, generator_file
 
     def name(fingerprint="fp", **fmt):
         cfg = parse_config(tomllib.loads(SWEEP.format(**{"epochs": 2, "lr": 1e-3,
@@ -249,7 +249,7 @@ def test_generator_cache_key_follows_options_weights_and_data():
 def test_transfer_cells_are_keyed_by_the_surrogate_weights():
     """Retraining only the surrogate changes the transfer cells' ids on another row, not the
     white-box ones there."""
-    from bench.plan import make_plan
+    from bench.sweep.plan import make_plan
 
     def cells(epochs):
         cfg = parse_config(__import__("tomllib").loads(SWEEP.format(epochs=epochs, lr=1e-3,

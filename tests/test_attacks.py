@@ -10,9 +10,9 @@ import pytest
 
 import attacks
 from attacks import losses, threat
-from bench import engine
 from bench.errors import ConfigError
-from bench.registry import ATTACKS
+from bench.sweep import engine
+from bench.sweep.registry import ATTACKS
 
 NORMS = attacks.NORMS
 

@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from attacks import cw as cw_lib, deepfool as df_lib, threat
+from attacks import cw as cw_lib
+from attacks import deepfool as df_lib
+from attacks import threat
 from tests.conftest import linear_logits, quadratic_logits
 
 DUAL = {"linf": 1, "l2": 2}
@@ -165,7 +167,7 @@ def small_cnn(digits):
 def test_distance_ordering_on_a_small_cnn(small_cnn, digits, capsys):
     """The literature's ordering of minimal L2 distances on a trained CNN: C&W ≤ DeepFool in
     median (DeepFool's linearisation overshoots, C&W optimises)."""
-    from bench import engine
+    from bench.sweep import engine
 
     f, params = small_cnn
     x, y = digits.x_test[:32], digits.y_test[:32]
@@ -185,7 +187,7 @@ def test_distance_ordering_on_a_small_cnn(small_cnn, digits, capsys):
 def test_cw_eps_zero_through_the_engine_is_clean(four_class):
     """C&W is L2-only, so the every-attack L∞ engine test does not reach it: ε = 0 through the
     engine gives exactly the clean mask, and robust accuracy falls with ε."""
-    from bench import engine
+    from bench.sweep import engine
 
     params, x, y = four_class
     x, y = np.asarray(x), np.asarray(y)
@@ -205,7 +207,7 @@ def test_matches_torchattacks_on_identical_weights(capsys):
     import torch
     import torchattacks
 
-    from bench.crosscheck import torch_attack
+    from bench.pytorch.crosscheck import torch_attack
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -6,7 +6,7 @@ import pytest
 
 import attacks
 import bench
-from bench import engine
+from bench.sweep import engine
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +112,8 @@ def test_torch_twin_and_the_crosscheck_mapping():
     also has maps to it with the same budget."""
     pytest.importorskip("torch")
     pytest.importorskip("torchattacks")
-    from bench.crosscheck import torch_attack
-    from bench.torch_twin import cnn_twin
+    from bench.pytorch.crosscheck import torch_attack
+    from bench.pytorch.torch_twin import cnn_twin
     from models import CNN, init_variables
 
     module = CNN(num_classes=10, mean=(0.4,), std=(0.3,), width=4, dense=8)
@@ -133,7 +133,7 @@ def test_torch_twin_and_the_crosscheck_mapping():
     assert torch_attack("pgd", attacks.PGD(norm="l1"), net, 0.1, 10, 0) is None
     import torch
 
-    from bench.torch_twin import to_torch
+    from bench.pytorch.torch_twin import to_torch
     from models import make_logits_fn
 
     with torch.no_grad():

@@ -16,10 +16,10 @@ from safetensors.numpy import save_file
 
 import bench
 from bench.cli import main
-from bench.config import parse_config
-from bench.data import load_dataset
 from bench.errors import ConfigError, DataError, RobustaxError
-from bench.runner import run_sweep
+from bench.sweep.config import parse_config
+from bench.sweep.data import load_dataset
+from bench.sweep.runner import run_sweep
 from defenses import checkpoint_bytes
 from models import CNN, make_logits_fn
 
@@ -43,7 +43,7 @@ def flat_file(variables, path, prefix=True, drop=None):
 @pytest.fixture(scope="module")
 def cnn_variables():
     """A tiny CNN and random variables (drawn in numpy from the shapes: no init compile)."""
-    from bench.weights import shapes
+    from bench.sweep.weights import shapes
 
     module = CNN(num_classes=10, mean=MEAN, std=STD, **CNN_OPTS)
     rng = np.random.default_rng(5)
@@ -68,7 +68,7 @@ def test_three_formats_load_the_same_variables(tmp_path, cnn_variables):
     directory of the same variables load to the same arrays."""
     import orbax.checkpoint as ocp
 
-    from bench.weights import load, shapes
+    from bench.sweep.weights import load, shapes
 
     module, variables = cnn_variables
     (tmp_path / "own.safetensors").write_bytes(checkpoint_bytes(variables, {"model": "cnn"}))
@@ -91,7 +91,7 @@ def test_config_weights_evaluated_as_they_are(tmp_path, cnn_variables, digits):
     records carry the digest and the normalisation."""
     import orbax.checkpoint as ocp
 
-    from bench.weights import digest
+    from bench.sweep.weights import digest
 
     module, variables = cnn_variables
     ck = ocp.StandardCheckpointer()
@@ -320,7 +320,9 @@ def test_evaluate_linen_module_with_variables(cnn_variables, digits):
     by_hand = np.asarray(module.apply(variables, data[0], train=False)).argmax(1) == data[1]
     assert got["correct"].tolist()[:2] == [by_hand.sum()] * 2  # clean, and FGSM at ε = 0
     assert got["correct"].iloc[2] <= by_hand.sum() and by_hand.sum() > 0
-    from bench.api import _module_logits  # the function evaluate attacks: exactly the module's
+    from bench.sweep.api import (
+        _module_logits,  # the function evaluate attacks: exactly the module's
+    )
 
     fn, params, _, _ = _module_logits(module, variables, data, attacks)
     np.testing.assert_array_equal(np.asarray(fn(params, data[0])),
@@ -367,8 +369,8 @@ def test_import_torch_twin_logits_agree(kind):
     pytest.importorskip("torch")
     import torch
 
-    from bench import torch_models as tm
-    from bench.torch_import import convert, parse_arch
+    from bench.pytorch import torch_models as tm
+    from bench.pytorch.torch_import import convert, parse_arch
 
     arch, opts, cls, twin_opts, act = TWINS[kind]
     torch.manual_seed(0)
@@ -400,7 +402,7 @@ def test_import_torch_twin_logits_agree(kind):
 @pytest.fixture(scope="module")
 def wrn_file(tmp_path_factory):
     torch = pytest.importorskip("torch")
-    from bench import torch_models as tm
+    from bench.pytorch import torch_models as tm
 
     tmp = tmp_path_factory.mktemp("wrn")
     net = randomised(tm.WideResNet(depth=10, widen=1))
@@ -412,8 +414,8 @@ def test_import_torch_refuses_other_logits(monkeypatch):
     """The verification gate: a conversion that computes other logits (here one BatchNorm's
     running mean and variance swapped, as a mapping bug would) is refused."""
     pytest.importorskip("torch")
-    from bench import torch_import as ti
-    from bench import torch_models as tm
+    from bench.pytorch import torch_import as ti
+    from bench.pytorch import torch_models as tm
 
     mapped = ti._flax_variables
 
@@ -448,8 +450,8 @@ def test_import_torch_errors_exit_2(tmp_path, wrn_file, capsys, argv, match):
 
 def test_import_torch_shape_mismatch_names_key():
     pytest.importorskip("torch")
-    from bench import torch_models as tm
-    from bench.torch_import import convert, parse_arch
+    from bench.pytorch import torch_models as tm
+    from bench.pytorch.torch_import import convert, parse_arch
 
     with pytest.raises(RobustaxError) as e:
         convert(parse_arch("wrn-10-3"), state(tm.WideResNet(depth=10, widen=2)))
@@ -531,7 +533,7 @@ def test_readme_route_3_torch(tmp_path, monkeypatch, capsys):
     """The README's import-torch command and config, shrunk to a WRN-10-1 twin with random
     weights (wrn-28-10 -> wrn-10-1, depth/widen in the config likewise) and a random .npz."""
     torch = pytest.importorskip("torch")
-    from bench import torch_models as tm
+    from bench.pytorch import torch_models as tm
     from defenses import variables_from_bytes
 
     code = [body for _, body in readme_blocks()]
@@ -564,7 +566,7 @@ def test_readme_section_blocks():
 def test_plan_mixes_trained_and_pretrained_models(tmp_path, cnn_variables):
     """A grid with a model trained here and one with weights: training defenses and wrappers
     apply to the first only; the second has one 'pretrained' row keyed by the file's digest."""
-    from bench.plan import make_plan
+    from bench.sweep.plan import make_plan
 
     _, variables = cnn_variables
     (tmp_path / "w.safetensors").write_bytes(checkpoint_bytes(variables))

@@ -15,8 +15,8 @@ from bench.errors import ConfigError, DataError
 def test_list_names_everything(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    from bench.data import DATASETS
-    from bench.registry import ATTACKS, DEFENSES, MODELS
+    from bench.sweep.data import DATASETS
+    from bench.sweep.registry import ATTACKS, DEFENSES, MODELS
 
     for name in [*ATTACKS, *DEFENSES, *MODELS, *DATASETS]:
         assert name in out

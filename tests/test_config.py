@@ -4,8 +4,8 @@ import tomllib
 
 import pytest
 
-from bench.config import load_config, parse_config
 from bench.errors import ConfigError
+from bench.sweep.config import load_config, parse_config
 from tests.conftest import TINY_TOML
 
 
@@ -94,7 +94,7 @@ def test_bad_toml_and_missing_file(tmp_path):
 
 
 def test_registries_reject_duplicates_and_list_names():
-    from bench.registry import ATTACKS, DEFENSES, MODELS, Registry
+    from bench.sweep.registry import ATTACKS, DEFENSES, MODELS, Registry
 
     for registry in (ATTACKS, DEFENSES, MODELS):
         name = next(iter(registry))

@@ -1,11 +1,11 @@
-"""Tests for bench.data: embedded sets, fixed splits, TFDS loading (mocked) and errors."""
+"""Tests for bench.sweep.data: embedded sets, fixed splits, TFDS loading (mocked) and errors."""
 
 import numpy as np
 import pytest
 
-from bench import data
-from bench.data import DATASETS, Dataset, describe_datasets, load_dataset
 from bench.errors import DataError, RobustaxError
+from bench.sweep import data
+from bench.sweep.data import DATASETS, Dataset, describe_datasets, load_dataset
 
 EMBEDDED = {
     # name: (n_train, n_test, image shape)

@@ -13,11 +13,23 @@ import pytest
 
 import attacks
 from attacks import threat
-from bench.config import parse_config
 from bench.errors import ConfigError
-from bench.registry import DEFENSES
-from defenses import (PGDAT, TRADES, Augment, Augmentation, Distillation, FGSMAT, FGSMRS, LabelFlip,
-                      Standard, TrainSettings, fit, flip_labels)
+from bench.sweep.config import parse_config
+from bench.sweep.registry import DEFENSES
+from defenses import (
+    FGSMAT,
+    FGSMRS,
+    PGDAT,
+    TRADES,
+    Augment,
+    Augmentation,
+    Distillation,
+    LabelFlip,
+    Standard,
+    TrainSettings,
+    fit,
+    flip_labels,
+)
 from defenses.trades import kl_divergence
 from models import MLP, init_variables, make_logits_fn
 
@@ -27,7 +39,7 @@ TRAINING = sorted(n for n, c in DEFENSES.items() if getattr(c, "kind", "training
 
 @pytest.fixture(scope="module")
 def data():
-    from bench.data import load_dataset
+    from bench.sweep.data import load_dataset
 
     return load_dataset("digits", train_examples=256)
 

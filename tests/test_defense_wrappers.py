@@ -1,7 +1,7 @@
 """The shipped inference wrappers: squeeze (BPDA), random-transform (EOT), ensemble, fusion.
 
 Hand-checked properties of each wrapper on tiny functions, then small sweeps through
-``bench.config`` / ``plan`` / ``runner`` on the embedded digits: naive and adaptive rows,
+``bench.sweep.config`` / ``plan`` / ``runner`` on the embedded digits: naive and adaptive rows,
 member wrappers reading every member's checkpoint, config errors, determinism of random
 defenses for a seed.
 """
@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 
 from attacks import APGD, PGD
-from bench import engine
-from bench.config import parse_config
 from bench.errors import ConfigError
+from bench.sweep import engine
+from bench.sweep.config import parse_config
 from defenses import Ensemble, Fusion, RandomTransform, Squeeze
 from defenses.random_transform import eot, resize_and_pad
 from defenses.squeeze import median_filter, reduce_bit_depth
@@ -257,7 +257,7 @@ INPUT_SWEEP = sweep([STANDARD, {"name": "squeeze", "label": "bits", "bits": 2},
 @pytest.fixture(scope="module")
 def input_run(tmp_path_factory):
     """standard, squeeze (bit depth, median) and random-transform (noise) on one MLP."""
-    from bench import runner
+    from bench.sweep import runner
 
     out = tmp_path_factory.mktemp("inputs") / "run"
     return out, runner.run_sweep(parse_config(INPUT_SWEEP), out, progress=False)
@@ -293,7 +293,7 @@ def test_random_defense_sweep_is_deterministic_for_a_seed(input_run, tmp_path):
     """A second run of the random rows into a fresh directory, same seed, gives identical
     records (every key derives from the seed and names; the cells of a unit do not depend
     on the other entries of the config)."""
-    from bench import runner
+    from bench.sweep import runner
 
     first_dir, first = input_run
     shutil.copytree(first_dir / "checkpoints", tmp_path / "checkpoints")  # skip training
@@ -317,7 +317,7 @@ TWO_MODELS = (MODEL, {"name": "mlp", "label": "wide", "width": 48, "depth": 1})
 
 @pytest.fixture(scope="module")
 def member_run(tmp_path_factory):
-    from bench import runner
+    from bench.sweep import runner
     from defenses import PGDAT, Standard
 
     trains = []
@@ -358,7 +358,7 @@ def test_member_wrappers_rows_and_checkpoints(member_run):
 
 
 def test_member_wrapper_rerun_reuses_everything(member_run, monkeypatch):
-    from bench import runner
+    from bench.sweep import runner
     from defenses import PGDAT, Standard
 
     cfg, out, records, _ = member_run
@@ -375,7 +375,7 @@ def test_member_wrapper_rerun_reuses_everything(member_run, monkeypatch):
 def test_ensemble_cell_ids_change_with_a_members_weights():
     """Retraining one member (another PGD-AT setting: new weights digest, same model and
     same wrapper options) gives every wrapper that reads it new cell ids, and nothing else."""
-    from bench.plan import make_plan
+    from bench.sweep.plan import make_plan
 
     def ids(pgd_at_epochs):
         defenses = [STANDARD, {**PGD_AT, "epochs": pgd_at_epochs}, *MEMBERS[2:]]
@@ -422,7 +422,7 @@ def test_wrapper_config_errors_are_one_line_with_location(entry, match):
 
 
 def test_members_toml_syntax(tmp_path):
-    from bench.config import load_config
+    from bench.sweep.config import load_config
 
     path = tmp_path / "c.toml"
     path.write_text(textwrap.dedent("""

@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 
 import attacks
-from bench import engine
 from bench.errors import ConfigError
-from bench.registry import DEFENSES, MODELS
+from bench.sweep import engine
+from bench.sweep.registry import DEFENSES, MODELS
 from defenses import PGDAT, Standard, checkpoint_bytes, is_wrapper, variables_from_bytes
 from models import MLP, PreActResNet18, init_variables, make_logits_fn
 
 
 @pytest.fixture(scope="module")
 def small_digits():
-    from bench.data import load_dataset
+    from bench.sweep.data import load_dataset
 
     return load_dataset("digits", train_examples=256)
 

@@ -40,12 +40,12 @@ CONFIG = textwrap.dedent("""
 
 WORKER = textwrap.dedent("""
     import sys
-    from bench import distributed
+    from bench.sweep import distributed
     distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
     import jax
     assert jax.device_count() == 2 and jax.local_device_count() == 1, jax.devices()
-    from bench.config import load_config
-    from bench.runner import run_sweep
+    from bench.sweep.config import load_config
+    from bench.sweep.runner import run_sweep
     records = run_sweep(load_config(sys.argv[3]), sys.argv[4], progress=False)
     print("RECORDS", len(records), jax.process_index())
 """)
@@ -58,8 +58,8 @@ def _free_port() -> int:
 
 
 def test_two_processes_give_the_records_of_one(tmp_path):
-    from bench.config import load_config
-    from bench.runner import run_sweep
+    from bench.sweep.config import load_config
+    from bench.sweep.runner import run_sweep
 
     cfg_path = tmp_path / "dist.toml"
     cfg_path.write_text(CONFIG)

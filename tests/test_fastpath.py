@@ -8,7 +8,7 @@ import pytest
 
 import attacks
 from attacks import fastpath
-from bench.speed import UserCNN
+from bench.pytorch.speed import UserCNN
 
 
 def primitives(closed):

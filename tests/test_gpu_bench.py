@@ -1,7 +1,7 @@
-"""bench.gpu_bench's pieces that can go wrong without a GPU: the PyTorch twins of the ResNets
+"""bench.pytorch.gpu_bench's pieces that can go wrong without a GPU: the PyTorch twins of the ResNets
 (BatchNorm in eval mode with the Flax statistics) and the result files. The whole script's
 ``--small`` path takes minutes on CPU (it compiles every attack on four models), so it is not
-run here; ``python -m bench.gpu_bench --small --out DIR`` is the smoke test."""
+run here; ``python -m bench.pytorch.gpu_bench --small --out DIR`` is the smoke test."""
 
 import csv
 
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bench import gpu_bench
+from bench.pytorch import gpu_bench
 from models import CNN, PreActResNet18, WideResNet, make_logits_fn
 
 torch = pytest.importorskip("torch")
@@ -42,7 +42,7 @@ def random_variables(module, shape, seed=0):
     WideResNet(num_classes=10, mean=(0.5,), std=(0.25,), depth=10, widen=1),
 ], ids=["preact18-w4", "wrn-10-1"])
 def test_resnet_twin_matches_logits_and_input_gradient(module):
-    from bench.torch_twin import preact_twin, to_torch
+    from bench.pytorch.torch_twin import preact_twin, to_torch
 
     key = jax.random.key(0)
     variables = random_variables(module, (32, 32, 3))
@@ -66,7 +66,7 @@ def test_resnet_twin_matches_logits_and_input_gradient(module):
 
 
 def test_cnn_twin_moves_with_its_normalisation():
-    from bench.torch_twin import cnn_twin
+    from bench.pytorch.torch_twin import cnn_twin
 
     module = CNN(num_classes=10, mean=(0.13,), std=(0.31,), width=4, dense=8)
     params = random_variables(module, (8, 8, 1))
@@ -79,8 +79,8 @@ def test_cnn_twin_moves_with_its_normalisation():
 def test_a_twin_that_differs_from_the_flax_model_is_refused(twin, monkeypatch):
     """Every twin checks its logits against the Flax model before it is used: off by 1 (or
     NaN) in the reference, it raises naming the model instead of returning a wrong twin."""
-    from bench import torch_twin
-    from bench.speed import UserCNN
+    from bench.pytorch import torch_twin
+    from bench.pytorch.speed import UserCNN
 
     x = np.random.default_rng(1).uniform(size=(2, 28, 28, 1)).astype(np.float32)
     if twin == "preact":

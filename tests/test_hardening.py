@@ -21,10 +21,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import cli, runner
-from bench.config import load_config, parse_config
+from bench import cli
 from bench.errors import ConfigError, DataError, RobustaxError
-from bench.records import RunDir
+from bench.store.records import RunDir
+from bench.sweep import runner
+from bench.sweep.config import load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 VOLATILE = ["seconds", "compile_seconds", "code_version"]
@@ -80,7 +81,7 @@ def _one_line_exit_2(argv, capsys):
 # -- 1. Names never become paths ---------------------------------------------------------------
 
 def test_slug_is_a_file_name_and_one_to_one():
-    from bench.plan import slug
+    from bench.store.io import slug
 
     hostile = ["../../evil", "a/b", "a_b", ".hidden", "..", "x\x01y", "ünïcode", "é" * 300,
                "a" * 300, "a" * 299 + "b", "", " ", "squeeze (adaptive)", "mlp+cnn"]
@@ -126,7 +127,7 @@ def test_hostile_labels_and_run_name_stay_inside_the_run_directory(tmp_path, mon
 # -- 2. Every artifact is verified on read -----------------------------------------------------
 
 def test_manifest_lists_every_artifact_with_its_digest(base):
-    from bench.manifest import Manifest, sha256_bytes
+    from bench.store.manifest import Manifest, sha256_bytes
 
     _, out, records = base
     m = Manifest(out)
@@ -184,7 +185,7 @@ def test_edited_count_and_changed_mask_byte_are_recomputed(base, tmp_path, capsy
 
 
 def test_report_names_a_damaged_cell(base, tmp_path):
-    from bench.report import write_report
+    from bench.reports.report import write_report
 
     _, copy, records = _copy(base, tmp_path)
     cell = copy / "cells" / f"{records['cell_id'][0]}.json"
@@ -222,7 +223,7 @@ def test_damaged_files_are_repaired_by_a_rerun(base, tmp_path, capsys):
     pd.testing.assert_frame_equal(records.drop(columns=VOLATILE), again.drop(columns=VOLATILE))
     assert (copy / "config.json.corrupt").is_file()
     assert json.loads((copy / "config.json").read_text())["config_id"] == cfg.config_id()
-    from bench import engine
+    from bench.sweep import engine
 
     calls = []
     real = engine.attack_correct
@@ -262,7 +263,7 @@ def test_directory_without_manifest_is_adopted(base, tmp_path, capsys):
     consistent cells: nothing is recomputed, one warning says what happened."""
     cfg, copy, records = _copy(base, tmp_path)
     (copy / "manifest.json").unlink()
-    from bench import engine
+    from bench.sweep import engine
 
     calls = []
     real = engine.attack_correct
@@ -444,14 +445,14 @@ def test_out_in_a_location_that_cannot_be_written(tmp_path, capsys):
 
 
 def test_full_disk(tmp_path, capsys, monkeypatch):
-    import bench.records
+    import bench.store.records
 
     (tmp_path / "h.toml").write_text(BASE_TOML)
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(bench.records.os, "fsync", full)
+    monkeypatch.setattr(bench.store.records.os, "fsync", full)
     out = tmp_path / "run"
     err = _one_line_exit_2(["run", str(tmp_path / "h.toml"), "--out", str(out)], capsys)
     assert str(out) in err and "disk is full" in err
@@ -479,7 +480,7 @@ def test_second_process_is_told_who_holds_the_run_directory(base, tmp_path, caps
     import socket
 
     _, copy, _ = _copy(base, tmp_path)
-    code = ("import sys, time; from bench.records import run_lock\n"
+    code = ("import sys, time; from bench.store.records import run_lock\n"
             "with run_lock(sys.argv[1], 'run'):\n"
             "    print('held', flush=True); time.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(copy)], cwd=ROOT, text=True,
@@ -496,7 +497,7 @@ def test_second_process_is_told_who_holds_the_run_directory(base, tmp_path, caps
     finally:
         holder.kill()
         holder.wait()
-    from bench.records import run_lock
+    from bench.store.records import run_lock
 
     with run_lock(copy, "run"):  # released when its holder died
         pass

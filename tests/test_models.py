@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from bench.errors import ConfigError
-from bench.options import fields_of
-from bench.registry import MODELS
+from bench.sweep.options import fields_of
+from bench.sweep.registry import MODELS
 from models import init_variables, make_logits_fn, max_pool_2x2
 
 

@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import runner
-from bench.config import load_config
 from bench.errors import RobustaxError
-from bench.records import COLUMNS, RunDir
-from bench.report import write_report
+from bench.reports.report import write_report
+from bench.store.records import COLUMNS, RunDir
+from bench.sweep import runner
+from bench.sweep.config import load_config
 
 VOLATILE = ["seconds", "compile_seconds", "code_version"]
 
@@ -76,7 +76,7 @@ def test_run_directory_contents(tiny_run):
 
 def test_worst_case_over_attacks_per_example(tiny_run):
     """The worst-case column counts an example robust only if FGSM and PGD both failed on it."""
-    from bench.report import WORST, worst_case
+    from bench.reports.report import WORST, worst_case
 
     _, out, records = tiny_run
     run = RunDir(out)
@@ -101,7 +101,7 @@ def test_same_seed_identical_records(tiny_run, tmp_path):
 
 def test_rerun_skips_finished_cells_and_training(tiny_run, monkeypatch):
     cfg, out, first = tiny_run
-    from bench import engine
+    from bench.sweep import engine
     from defenses import PGDAT, Standard
 
     def boom(*a, **k):
@@ -156,7 +156,7 @@ def test_interrupted_sweep_resumes(tiny_run, tmp_path, monkeypatch):
     before = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     assert len(before) == 4
 
-    from bench import engine
+    from bench.sweep import engine
     calls = []
     real_attack = engine.attack_correct
     monkeypatch.setattr(engine, "attack_correct",
@@ -176,8 +176,8 @@ def test_changed_config_reuses_cells_and_reports_current_grid(tiny_run, tmp_path
     import shutil
     import tomllib
 
-    from bench import engine
-    from bench.config import parse_config
+    from bench.sweep import engine
+    from bench.sweep.config import parse_config
     from tests.conftest import TINY_TOML
 
     _, out, first = tiny_run
@@ -221,7 +221,7 @@ def test_tfds_sweep_under_mock_data(tmp_path):
 
     import tensorflow_datasets as tfds
 
-    from bench.config import parse_config
+    from bench.sweep.config import parse_config
     from tests.conftest import TINY_TOML
 
     raw = tomllib.loads(TINY_TOML)
@@ -259,8 +259,8 @@ import json, sys
 from bench import xla; xla.configure()
 import jax, numpy as np
 import attacks
-from bench import engine
-from bench.data import load_dataset
+from bench.sweep import engine
+from bench.sweep.data import load_dataset
 from models import MLP, init_variables, make_logits_fn
 assert jax.device_count() == 8, jax.devices()
 d = load_dataset("digits")
@@ -283,8 +283,8 @@ def test_sharded_over_eight_cpu_devices_matches_one(tmp_path):
     import jax
 
     import attacks
-    from bench import engine
-    from bench.data import load_dataset
+    from bench.sweep import engine
+    from bench.sweep.data import load_dataset
     from models import MLP, init_variables, make_logits_fn
 
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
@@ -304,8 +304,8 @@ def test_sharded_over_eight_cpu_devices_matches_one(tmp_path):
 def test_sweep_runs_every_registered_model(tmp_path):
     """Every registered model (tiny variants, BatchNorm ones included) through the whole
     sweep: train, checkpoint, attack, records; ε = 0 equals clean for each."""
-    from bench.config import parse_config
-    from bench.registry import MODELS
+    from bench.sweep.config import parse_config
+    from bench.sweep.registry import MODELS
 
     tiny = {"mlp": {"width": 8, "depth": 1}, "cnn": {"width": 4, "dense": 8},
             "preact-resnet18": {"width": 4, "blocks": [1, 1, 1, 1]},

@@ -10,13 +10,17 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from bench import crypto
-from bench.artifacts import verify_run
 from bench.cli import main
-from bench.crypto import EncryptionKey, SecurityError, SigningKey
-from bench.ledger import GENESIS, Ledger, line_hash
-from defenses import (checkpoint_bytes, checkpoint_parameter_digest, parameter_digest,
-                      variables_from_bytes)
+from bench.security import crypto
+from bench.security.artifacts import verify_run
+from bench.security.crypto import EncryptionKey, SecurityError, SigningKey
+from bench.security.ledger import GENESIS, Ledger, line_hash
+from defenses import (
+    checkpoint_bytes,
+    checkpoint_parameter_digest,
+    parameter_digest,
+    variables_from_bytes,
+)
 
 CHUNK = 16
 FAST_ARGON = {"name": "argon2id", "memory_kib": 64, "iterations": 1, "lanes": 1}
@@ -326,7 +330,7 @@ def _fake_run(root, n=6):
 
 def _remanifest(root):
     """What someone who edits files and then the (unsigned) manifest would do."""
-    from bench.manifest import Manifest
+    from bench.store.manifest import Manifest
 
     (root / "manifest.json").unlink(missing_ok=True)
     Manifest(root).record({p: p.read_bytes() for d in ("cells", "masks")
@@ -554,8 +558,8 @@ def test_cli_keys_sign_verify_encrypt_decrypt(tmp_path, capsys, monkeypatch):
 
 def test_run_flags_set_the_security_table_without_changing_the_config_id():
     from bench.cli import _parser
-    from bench.config import load_config
-    from bench.security_cli import apply_run_flags
+    from bench.security.commands import apply_run_flags
+    from bench.sweep.config import load_config
 
     cfg = load_config("bench/configs/default.toml")
     args = _parser().parse_args(["run", "x.toml", "--signing-key", "k/signing.key", "--trust",
@@ -590,8 +594,8 @@ eps = [0.1]
 signing_key = "{kd / 'signing.key'}"
 encryption_key = "{kd / 'encryption.key'}"
 """)
-    from bench.config import load_config
-    from bench.runner import run_sweep
+    from bench.sweep.config import load_config
+    from bench.sweep.runner import run_sweep
 
     out = tmp_path / "run"
     run_sweep(load_config(cfg), out, progress=False)  # (the CLI's `run` adds only the report)

@@ -35,7 +35,7 @@ def test_import_bench_sets_the_flags_without_importing_jax():
 
 
 def test_write_suite_csv_and_markdown(tmp_path):
-    from bench.speed import write_suite
+    from bench.pytorch.speed import write_suite
 
     rows = [{"model": "cnn", "path": "model", "measure": "forward + input gradient", "k": 1,
              "seconds": 0.1, "compile_seconds": None, "unit": "", "ratio_to_unit": None},
@@ -63,7 +63,7 @@ def test_layer_profile_accounts_for_the_whole_model(tmp_path):
 
     import pandas as pd
 
-    from bench.speed import CNN_CONVS, layer_profile, write_layers
+    from bench.pytorch.speed import CNN_CONVS, layer_profile, write_layers
 
     torch_too = importlib.util.find_spec("torch") is not None
     rows = layer_profile(batch=2, repeats=1, torch_too=torch_too, log=lambda s: None)

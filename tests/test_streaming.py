@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import attacks
-from bench import data, engine
+from bench.sweep import data, engine
 
 tfds = pytest.importorskip("tensorflow_datasets")
 

@@ -38,15 +38,15 @@ def test_library_packages_do_not_import_upwards(package):
 def test_the_import_walker_sees_lazy_imports(tmp_path):
     """The check above must catch an import hidden inside a function (mutation guard)."""
     f = tmp_path / "m.py"
-    f.write_text("def f():\n    from bench.errors import ConfigError\n    import bench.registry\n")
+    f.write_text("def f():\n    from bench.errors import ConfigError\n    import bench.sweep.registry\n")
     assert [n for _, n in imported_packages(f)] == ["bench", "bench"]
 
 
 def test_one_atomic_writer():
-    """Every file robustax writes goes through records.atomic_write_bytes."""
+    """Every file robustax writes goes through bench.store.io.atomic_write_bytes."""
     offenders = []
-    for p in sorted(ROOT.glob("*/*.py")):
-        if p.parts[-2] not in OURS or p.name == "records.py":
+    for p in sorted(ROOT.glob("*/**/*.py")):
+        if p.relative_to(ROOT).parts[0] not in OURS or p.relative_to(ROOT) == Path("bench/store/io.py"):
             continue
         text = p.read_text()
         for needle in ("tempfile.mkstemp", "os.replace(", ".write_bytes(", ".write_text(", "save_file("):
@@ -55,17 +55,117 @@ def test_one_atomic_writer():
     assert not offenders, offenders
 
 
-def test_training_version_covers_what_training_imports():
-    """Checkpoints are keyed by the source their weights depend on, found by following
-    imports: PGD-AT depends on PGD and the losses, not on Square; standard training not on PGD."""
-    import defenses
-    import models
-    from bench.plan import train_version, training_sources
 
-    rel = lambda classes: {str(p.relative_to(ROOT)) for p in training_sources(*classes)}
-    pgd_at = rel((defenses.PGDAT, models.CNN))
-    assert {"attacks/pgd.py", "attacks/losses.py", "defenses/training.py", "models/cnn.py",
-            "models/layers.py", "models/base.py"} <= pgd_at
-    assert "attacks/square.py" not in pgd_at and "bench/plan.py" not in pgd_at
-    assert "attacks/pgd.py" not in rel((defenses.Standard, models.MLP))
-    assert train_version(defenses.PGDAT, models.CNN) != train_version(defenses.Standard, models.CNN)
+
+BENCH_PARTS = ("store", "security", "sweep", "reports", "pytorch")
+
+
+def _declared_imports(part: str) -> set[str]:
+    """The ``Imports:`` line of a bench subpackage's docstring."""
+    doc = ast.get_docstring(ast.parse((ROOT / "bench" / part / "__init__.py").read_text()))
+    lines = [line for line in doc.splitlines() if line.startswith("Imports:")]
+    assert len(lines) == 1, f"bench/{part}/__init__.py must state its imports in one line"
+    return {n.strip().rstrip(".") for n in lines[0][len("Imports:"):].split(",")}
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """(line, dotted module) of every import of ours in a file, inside functions included;
+    ``from bench import xla`` counts as ``bench.xla``."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module in ("bench", "attacks", "models", "defenses"):
+                out += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+            else:
+                out.append((node.lineno, node.module))
+    return [(n, m) for n, m in out if m.split(".")[0] in OURS]
+
+
+def _allowed(module: str, allowed: set[str]) -> bool:
+    return any(module == a or module.startswith(a + ".") for a in allowed)
+
+
+@pytest.mark.parametrize("part", BENCH_PARTS)
+def test_bench_parts_import_only_what_their_docstring_declares(part):
+    allowed = _declared_imports(part) | {f"bench.{part}"}
+    files = sorted((ROOT / "bench" / part).glob("*.py"))
+    assert len(files) > 1
+    bad = [f"{p.relative_to(ROOT)}:{line} imports {m}" for p in files
+           for line, m in imported_modules(p) if not _allowed(m, allowed)]
+    assert not bad, f"bench/{part} declares {sorted(allowed)}; " + "; ".join(bad)
+
+
+def test_nothing_depends_on_the_pytorch_tooling():
+    users = [f"{p.relative_to(ROOT)}:{line}" for p in sorted(ROOT.glob("*/**/*.py"))
+             if p.relative_to(ROOT).parts[0] in OURS and "pytorch" not in p.parts
+             and p.name != "cli.py"
+             for line, m in imported_modules(p) if m.startswith("bench.pytorch")]
+    assert not users, users
+
+
+def test_no_import_circles_and_no_function_level_imports_of_ours():
+    """The module graph of our packages (imports inside functions counted) has no cycle, and
+    no function imports a module of ours (only optional third-party ones such as torch)."""
+    modules = {}
+    for p in sorted(ROOT.glob("*/**/*.py")):
+        rel = p.relative_to(ROOT)
+        if rel.parts[0] not in OURS or rel.parts[0] == "tests":
+            continue
+        name = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = p
+    lazy = []
+    graph: dict[str, set[str]] = {}
+    for name, p in modules.items():
+        tree = ast.parse(p.read_text())
+        top = {id(n) for n in tree.body}
+        deps = set()
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            for line, m in imported_modules_of(node):
+                target = m if m in modules else m.rsplit(".", 1)[0]
+                if target in modules and target != name:
+                    deps.add(target)
+                    if id(node) not in top and not _in_toplevel_block(tree, node):
+                        lazy.append(f"{name}:{line} imports {m} inside a function")
+        graph[name] = deps
+    assert not lazy, lazy
+    seen, stack, cycles = set(), [], []
+
+    def visit(n):
+        if n in stack:
+            cycles.append(stack[stack.index(n):] + [n])
+            return
+        if n in seen:
+            return
+        seen.add(n)
+        stack.append(n)
+        for d in sorted(graph[n]):
+            visit(d)
+        stack.pop()
+
+    for n in sorted(graph):
+        visit(n)
+    assert not cycles, " ; ".join(" -> ".join(c) for c in cycles)
+
+
+def imported_modules_of(node) -> list[tuple[int, str]]:
+    if isinstance(node, ast.Import):
+        return [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] in OURS]
+    if node.level or not node.module or node.module.split(".")[0] not in OURS:
+        return []
+    if node.module in ("bench", "attacks", "models", "defenses", "bench.sweep", "bench.store",
+                       "bench.reports", "bench.security", "bench.pytorch"):
+        return [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+    return [(node.lineno, node.module)]
+
+
+def _in_toplevel_block(tree, node) -> bool:
+    """An import under a module-level ``if``/``try`` (not in a def or class) counts as top level."""
+    for top in tree.body:
+        if isinstance(top, (ast.If, ast.Try)) and any(n is node for n in ast.walk(top)):
+            return not any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                           and any(m is node for m in ast.walk(n)) for n in ast.walk(top))
+    return False

@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import tables
 from bench.cli import main
 from bench.errors import RobustaxError
-from bench.records import RunDir, make_record
-from bench.report import report_records, summary, table_order, write_tables
+from bench.reports import tables
+from bench.reports.report import report_records, summary, table_order, write_tables
+from bench.store.records import RunDir
+from tests.conftest import synthetic_record
 
 N = 20
 MODELS, DEFENSES = ["mlp", "cnn"], ["standard", "pgd-at"]
@@ -59,7 +60,7 @@ def make_run(root, models=MODELS, defenses=DEFENSES, attacks=ATTACKS, clean_k=No
                 cid = f"{m}.{d}.{a}-{norm}.eps{e:g}"
                 opts = None if a == "clean" else {"norm": norm, **(
                     {"steps": 20} if a == "pgd" else {})}
-                run.write_cell(make_record(run="t", data=data, model=m, defense=d, attack=a,
+                run.write_cell(synthetic_record(run="t", data=data, model=m, defense=d, attack=a,
                                            norm=norm, eps=e, mask=mask, seconds=0.0,
                                            compile_seconds=0.0, seed=0, cell_id=cid,
                                            attack_options=opts), mask)
@@ -74,7 +75,7 @@ def written(tmp_path_factory):
     """The hand-made run with its tables written (shared: tests only read it)."""
     run = make_run(tmp_path_factory.mktemp("tables") / "run")
     records = report_records(run)
-    write_tables(records, run)
+    write_tables(records, run, table_order(records, run))
     return run, records
 
 
@@ -160,15 +161,15 @@ def test_summary_fits_narrow_terminals_and_cuts_labels_only_there(tmp_path):
     assert tables.shorten("squeeze-median (adaptive)", 12) == "↳ adaptive"
     assert tables.shorten("squeeze-median", 12) == "squeeze-med…"
     records = report_records(run)
-    write_tables(records, run)
+    write_tables(records, run, table_order(records, run))
     md = (run.tables / "robust_accuracy.md").read_text()
     assert "wide-resnet-28-10-extra-long" in md and "squeeze-bits (adaptive)" in md
 
 
 def test_cli_report_prints_the_summary(run, capsys, monkeypatch):
-    from bench import report
+    from bench.reports import report
 
-    monkeypatch.setattr(report, "write_plots", lambda records, run: [])  # tables are the point
+    monkeypatch.setattr(report, "write_plots", lambda records, run, order: [])  # tables are the point
     assert main(["report", str(run.root)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("Robust accuracy (%) on digits, 20 test images")
@@ -217,7 +218,7 @@ def test_stale_table_files_of_an_earlier_grid_are_removed(run):
     records = report_records(run)
     (run.tables / "robust_accuracy_apgd_linf.md").write_text("old")
     (run.tables / "notes.md").write_text("mine")
-    write_tables(records, run)
+    write_tables(records, run, table_order(records, run))
     assert not (run.tables / "robust_accuracy_apgd_linf.md").exists()
     assert (run.tables / "notes.md").read_text() == "mine"
 
@@ -336,7 +337,7 @@ def test_a_grid_with_only_eps_zero_still_reports_clean_accuracy(tmp_path):
     run = make_run(tmp_path / "r", attacks=[("pgd", "linf", [0.0])],
                    k={("pgd", "linf"): {key: [] for key in CLEAN_K}}, special={})
     records = report_records(run)
-    write_tables(records, run)
+    write_tables(records, run, table_order(records, run))
     text = (run.tables / "summary.txt").read_text()
     assert re.search(r"mlp\s+standard\s+90\.0\n", text) and "ε=" not in text
     assert not list(run.tables.glob("robust_accuracy_*.tex"))

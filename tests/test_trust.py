@@ -7,8 +7,8 @@ checklist and the curves read.
 """
 
 import json
-import tomllib
 import textwrap
+import tomllib
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +17,13 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bench import checklist, cli, compare, engine
-from bench.records import RunDir, atomic_write_json, clopper_pearson, make_record
-from bench.report import report_records
+from bench import cli
+from bench.reports import checklist, compare
+from bench.reports.report import report_records
+from bench.store.io import atomic_write_json
+from bench.store.records import RunDir, clopper_pearson
+from bench.sweep import engine
+from tests.conftest import synthetic_record
 
 N = 40
 PGD = {"norm": "linf", "steps": 20, "restarts": 1}
@@ -43,7 +47,7 @@ def write_run(root, cells, *, data="digits", seed=0, names=None, defense_options
     for c in cells:
         a = c["attack"]
         cid = f"{c['model']}.{c['defense']}.{a}-{c['norm']}.eps{c['eps']:g}"
-        rec = make_record(run="t", data=data, model=c["model"], defense=c["defense"], attack=a,
+        rec = synthetic_record(run="t", data=data, model=c["model"], defense=c["defense"], attack=a,
                           norm=c["norm"], eps=c["eps"], mask=c["mask"], seconds=0.0,
                           compile_seconds=0.0, seed=seed, cell_id=cid, checkpoint="w0",
                           attack_options=c["options"], defense_options=defense_options)
@@ -419,7 +423,7 @@ def test_budget_curve_by_hand():
 
 
 def test_report_writes_checklist_plots_latex_and_report_md(tmp_path):
-    from bench.report import checklist_text, write_report
+    from bench.reports.report import checklist_text, write_report
     from tests.test_tables import check_latex_structure
 
     first = np.where(prefix(20), -1, np.arange(N) % 5)
@@ -454,7 +458,7 @@ def test_heatmap_eps_prefers_shared_telling_budgets(tmp_path):
 
 
 def figures_eps(records):
-    from bench.figures import heatmap_eps
+    from bench.reports.figures import heatmap_eps
 
     return heatmap_eps(records, "linf")
 
@@ -494,8 +498,8 @@ def test_run_records_steps_and_gradients(tmp_path):
     """The runner: per-example first fooling steps (the steps curve ends at the cell's
     accuracy and agrees with the mask), a gradient record per row: a 1-bit squeezer's is
     zero everywhere (flagged), its BPDA row's is not."""
-    from bench.config import parse_config
-    from bench.runner import run_sweep
+    from bench.sweep.config import parse_config
+    from bench.sweep.runner import run_sweep
 
     run_sweep(parse_config(tomllib.loads(SWEEP)), tmp_path / "run", progress=False)
     run = RunDir(tmp_path / "run")

@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from bench.config import parse_config
 from bench.errors import ConfigError
-from bench.registry import DEFENSES
+from bench.sweep.config import parse_config
+from bench.sweep.registry import DEFENSES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,7 @@ def config(**quantize):
 
 
 def test_wrapper_naive_and_adaptive_rows(quantize_registered, tmp_path, monkeypatch):
-    from bench import runner
+    from bench.sweep import runner
     from defenses import Standard
 
     trains = []

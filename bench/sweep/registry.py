@@ -4,7 +4,7 @@ Adding an attack, defense or model is one file in its package and one ``register
 here. Lookups of unknown names raise a one-line :class:`ConfigError` listing what exists;
 registering a name twice is a programming error (``ValueError``). :func:`build` turns a name
 and user options into a checked instance through the one option validator
-(:mod:`bench.options`).
+(:mod:`bench.sweep.options`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from typing import Any
 import attacks
 import defenses
 import models
-from bench import options as opts
 from bench.errors import ConfigError
-from models.dm_wide_resnet import DMWideResNet  # not in models/__init__ (see that module)
+from bench.sweep import options as opts
+from models.dm_wide_resnet import (
+    DMWideResNet,  # not in models/__init__ (see that module)
+)
 from models.resnet import ResNet18
 
 

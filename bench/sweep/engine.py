@@ -28,9 +28,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from attacks import fastpath, threat
+from attacks import fastpath, losses, threat
 from bench.errors import DataError, RobustaxError
 
 # Float32 slack for the ball check: projections are exact up to rounding.
@@ -425,7 +426,7 @@ def _run_attack(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y:
         k = jax.random.wrap_key_data(put(_pad(keys[s:e], b)), impl=impl)
         extra = () if score_data is None else (
             jax.random.wrap_key_data(put(_pad(score_data[s:e], b)), impl=score_impl),)
-        # np.asarray: a streamed split (bench.data.StreamedImages) is read here, one batch
+        # np.asarray: a streamed split (bench.sweep.data.StreamedImages) is read here, one batch
         return params, put(_pad(np.asarray(x[s:e]), b)), put(_pad(y[s:e], b)), k, eps_arr, *extra
 
     compiled, compile_s = _compiled(fn, args(0, min(b, n)))
@@ -529,7 +530,6 @@ def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _gradient_fn(logits_fn: Callable) -> Callable:
-    from attacks import losses
 
     def run(params, x, y, keys=None):
         def loss(z):

@@ -1,8 +1,8 @@
 """report.md: one page a paper can cite from (written by ``robustax report`` and ``run``).
 
 Config and environment as run, the robust-accuracy tables with exact 95% intervals, every
-plot, the sanity checklist (:mod:`bench.checklist`) and, given a baseline run, the regression
-verdict (:mod:`bench.compare`). Beside it: ``tables/intervals_<norm>.tex``, booktabs tables
+plot, the sanity checklist (:mod:`bench.reports.checklist`) and, given a baseline run, the regression
+verdict (:mod:`bench.reports.compare`). Beside it: ``tables/intervals_<norm>.tex``, booktabs tables
 whose cells carry their Clopper–Pearson interval.
 """
 
@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import checklist, compare, figures, tables
-from bench.records import RunDir
-
+from bench.reports import checklist, compare, figures, tables
+from bench.store.records import RunDir
 
 INTERVAL_EPS = 4
 """ε columns per interval LaTeX table (more are split into parts)."""
@@ -154,16 +153,13 @@ def write(records: pd.DataFrame, run: RunDir, order: tables.Order, plot_paths: l
     return paths + [path]
 
 
-def write_all(records: pd.DataFrame, run: RunDir, plot_paths: list[Path],
+def write_all(records: pd.DataFrame, run: RunDir, order: tables.Order, plot_paths: list[Path],
               baseline: str | Path | None = None) -> tuple[list[Path], list[checklist.Item]]:
     """The trust layer of a report: new plots, interval LaTeX, checklist files and report.md.
     Returns the paths written and the checklist."""
-    from bench.report import table_order
-
-    order = table_order(records, run)
     run.plots.mkdir(parents=True, exist_ok=True)
     new_plots = figures.write_budget_plots(records, run, order) + figures.write_heatmaps(
-        records, run)
+        records, run, order)
     items = checklist.checklist(run, records)
     paths = new_plots + write_interval_latex(records, run, order) + checklist.write(items, run)
     paths += write(records, run, order, plot_paths + new_plots, items, baseline)

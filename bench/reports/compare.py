@@ -30,7 +30,8 @@ import pandas as pd
 from scipy import stats
 
 from bench.errors import RobustaxError
-from bench.records import CLEAN, RunDir, atomic_write_text
+from bench.store.io import atomic_write_text
+from bench.store.records import CLEAN, RunDir
 
 KEYS = {
     "label": ("model", "defense", "attack", "norm", "eps"),

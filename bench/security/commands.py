@@ -1,6 +1,6 @@
 """``robustax keys new | sign | verify | encrypt | decrypt``: artifact security commands.
 
-Every failure is a one-line :class:`~bench.crypto.SecurityError` naming its stage (key,
+Every failure is a one-line :class:`~bench.security.crypto.SecurityError` naming its stage (key,
 header, tag, signature, digest, chain), printed by the CLI with exit status 2.
 """
 
@@ -8,6 +8,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from bench.errors import RobustaxError
+from bench.security import crypto
+from bench.security.artifacts import (
+    describe_statement,
+    load_encryption_key,
+    load_signing_key,
+    verify_run,
+)
+from bench.security.crypto import ENV_ENCRYPTION_KEY, EncryptionKey, SecurityError
+from bench.store.manifest import FILE_NAME, Manifest
+from bench.store.provenance import code_version
 
 COMMANDS = ("keys", "sign", "verify", "encrypt", "decrypt")
 
@@ -76,8 +88,6 @@ def apply_run_flags(cfg, args):
 
 
 def _encryption_key(spec: str | None, passphrase: bool = False):
-    from bench.artifacts import load_encryption_key
-    from bench.crypto import ENV_ENCRYPTION_KEY, EncryptionKey, SecurityError
 
     import os
 
@@ -92,7 +102,6 @@ def _encryption_key(spec: str | None, passphrase: bool = False):
 
 
 def _file(path: str, what: str = "file") -> Path:
-    from bench.errors import RobustaxError
 
     p = Path(path)
     if not p.is_file():
@@ -101,8 +110,6 @@ def _file(path: str, what: str = "file") -> Path:
 
 
 def main(args: argparse.Namespace) -> None:
-    from bench import crypto
-    from bench.artifacts import describe_statement, load_signing_key, verify_run
 
     if args.command == "keys":
         _keys_new(Path(args.dir), args.passphrase)
@@ -110,7 +117,6 @@ def main(args: argparse.Namespace) -> None:
         path = _file(args.path, "checkpoint")
         signer = load_signing_key(args.key) if args.key else crypto.SigningKey.from_env()
         key = _encryption_key(args.encryption_key) if args.encryption_key else None
-        from bench.runner import code_version
 
         env = crypto.sign_checkpoint(path, signer, key=key, ids=_run_ids(path),
                                      code_version=code_version())
@@ -158,7 +164,6 @@ def main(args: argparse.Namespace) -> None:
 
 def _record_in_manifest(path: Path) -> None:
     """A file added to a run directory's checkpoints/ goes into its manifest."""
-    from bench.manifest import FILE_NAME, Manifest
 
     root = path.resolve().parent.parent
     if path.resolve().parent.name == "checkpoints" and (root / FILE_NAME).is_file():
@@ -182,7 +187,6 @@ def _keys_new(d: Path, passphrase: bool) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from bench import crypto
 
     targets = [d / "signing.key", d / "signing.pub", d / "encryption.key"]
     for t in targets:

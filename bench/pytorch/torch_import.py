@@ -1,7 +1,7 @@
 """``robustax import-torch``: a PyTorch ``state_dict`` → robustax's Flax model, verified.
 
 Architectures are those RobustBench's leaderboards use most, with the state-dict layout of its
-model zoo (see :mod:`bench.torch_models`): ``preact-resnet18``, ``resnet18`` and
+model zoo (see :mod:`bench.pytorch.torch_models`): ``preact-resnet18``, ``resnet18`` and
 ``wrn-<depth>-<widen>`` (``wrn-28-10``, ``wrn-34-10``, ``wrn-70-16``; the TRADES layout of
 ``wide_resnet.py``, converted to ``wide-resnet``, or DeepMind's ``dm_wide_resnet.py``, converted
 to ``dm-wide-resnet``, told apart by the keys). Loading uses
@@ -29,6 +29,13 @@ import numpy as np
 from flax import traverse_util
 
 from bench.errors import RobustaxError
+from bench.pytorch import torch_models as tm
+from bench.store.io import atomic_write_bytes
+from bench.sweep.weights import match, shapes
+from defenses import checkpoint_bytes
+from models import PreActResNet18, WideResNet, make_logits_fn
+from models.dm_wide_resnet import DMWideResNet
+from models.resnet import ResNet18
 
 ARCHS = ("preact-resnet18", "resnet18", "wrn-28-10", "wrn-34-10", "wrn-70-16")
 TOLERANCE = 1e-4
@@ -147,10 +154,6 @@ def _normalisation(sd: dict, mean, std, source: str) -> tuple[dict, tuple, tuple
 
 def _models(arch: Arch, sd: dict, mean, std, activation: str):
     """(PyTorch module, Flax module, layout) for ``arch``, sized by ``sd``'s head and stem."""
-    from bench import torch_models as tm
-    from models import PreActResNet18, WideResNet
-    from models.dm_wide_resnet import DMWideResNet
-    from models.resnet import ResNet18
 
     o = arch.options
     layout = "dm" if "init_conv.weight" in sd else "trades"
@@ -294,8 +297,6 @@ def convert(arch: Arch | str, state_dict: dict[str, np.ndarray], *, mean=None, s
     """Converts and verifies; RobustaxError (nothing returned) if any check fails."""
     import jax
 
-    from bench.weights import match, shapes
-    from models import make_logits_fn
 
     torch = _torch()
     arch = parse_arch(arch) if isinstance(arch, str) else arch
@@ -328,8 +329,6 @@ def convert(arch: Arch | str, state_dict: dict[str, np.ndarray], *, mean=None, s
 def import_torch(arch: str, state_dict: str | Path, out: str | Path, *, mean=None, std=None,
                  activation: str = "relu", check_inputs: int = 8) -> Converted:
     """``robustax import-torch``: load, convert, verify, then write ``out`` (atomically)."""
-    from bench.records import atomic_write_bytes
-    from defenses import checkpoint_bytes
 
     arch_ = parse_arch(arch)  # a wrong name fails before anything is read
     out = Path(out)

@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from bench.pytorch.usercnn import UserCNN
+from models import PreActResNet18, WideResNet, make_logits_fn
+from models.wide_resnet import blocks_per_stage
 
 
 def _copy_weights(net, p) -> None:
@@ -89,7 +92,6 @@ def _flax_logits(module: Any, variables: Any, x: np.ndarray) -> np.ndarray:
     """The Flax model's logits in full float32 (no TF32 on GPUs), the twins' reference."""
     import jax
 
-    from models import make_logits_fn
 
     with jax.default_matmul_precision("highest"):
         return np.asarray(jax.jit(make_logits_fn(module))(variables, x))
@@ -97,8 +99,6 @@ def _flax_logits(module: Any, variables: Any, x: np.ndarray) -> np.ndarray:
 
 def _block_strides(module: Any) -> list[int]:
     """Stride of each ``PreActBlock`` of a ``PreActResNet18`` or ``WideResNet``, in order."""
-    from models import PreActResNet18, WideResNet
-    from models.wide_resnet import blocks_per_stage
 
     if isinstance(module, PreActResNet18):
         return [2 if stage > 0 and i == 0 else 1
@@ -188,13 +188,12 @@ def to_torch(x: np.ndarray):
 
 
 def user_cnn_twin(params: Any, x_check: np.ndarray, atol: float = 1e-3):
-    """``torch.nn.Module`` computing ``bench.speed.UserCNN`` (plain ``flax.linen``: two 3×3
+    """``torch.nn.Module`` computing ``bench.pytorch.speed.UserCNN`` (plain ``flax.linen``: two 3×3
     SAME convs, 2×2 max pool, two dense layers) with ``params``; raises RuntimeError if its
     logits on ``x_check`` differ from the Flax model's by more than ``atol``."""
     import torch
     from torch import nn
 
-    from bench.speed import UserCNN
 
     p = params["params"]
     k0, k1 = np.asarray(p["Conv_0"]["kernel"]), np.asarray(p["Conv_1"]["kernel"])

@@ -12,75 +12,38 @@ import contextlib
 import dataclasses
 import functools
 import json
-import os
-import platform
-import subprocess
-import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import jax
 import pandas as pd
 
-from bench import engine as ev
-from bench.config import SweepConfig
-from bench.data import Dataset, load_dataset
+from attacks import Transfer
+from attacks.transfer import mean_logits
 from bench.errors import ConfigError, RobustaxError, warn
-from bench.plan import (CLEAN, Plan, Training, Unit, has_adaptive, key_for, make_plan, slug,
-                        stable_hash, train_version)
-from bench.records import MISSING, RunDir, make_record, run_lock
-from bench.weights import load as load_weights
-from bench.weights import shapes as weight_shapes
+from bench.security.artifacts import Artifacts, checkpoint_files
+from bench.security.ledger import Ledger
+from bench.store.io import slug
+from bench.store.provenance import code_version, environment
+from bench.store.records import MISSING, RunDir, run_lock
+from bench.sweep import engine as ev
+from bench.sweep.config import SweepConfig, check_eps_range
+from bench.sweep.data import Dataset, load_dataset
+from bench.sweep.plan import (
+    Plan,
+    Training,
+    Unit,
+    has_adaptive,
+    key_for,
+    make_plan,
+    stable_hash,
+)
+from bench.sweep.unit import AttackRun, Context, Target, evaluate_unit, record_of
+from bench.sweep.weights import load as load_weights
+from bench.sweep.weights import shapes as weight_shapes
 from defenses import checkpoint_bytes, variables_from_bytes
 from models import init_variables, make_logits_fn
-
-
-def code_version() -> str:
-    """The robustax version, plus the git commit when run from a checkout."""
-    try:
-        version = metadata.version("robustax")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    root = Path(__file__).resolve().parent.parent
-    try:
-        top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"],
-                             capture_output=True, text=True, timeout=5).stdout.strip()
-        if not top or Path(top).resolve() != root:  # installed inside someone else's repo
-            return version
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
-                                "attacks", "models", "defenses", "bench"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "", ""
-    if commit:
-        version += f"+g{commit}" + (".dirty" if dirty else "")
-    return version
-
-
-def environment() -> dict:
-    """Versions, devices and flags: what anyone needs to tell how a number was produced."""
-    pkgs = {}
-    for name in ("robustax", "jax", "jaxlib", "flax", "optax", "numpy", "pandas",
-                 "tensorflow-datasets", "safetensors", "scikit-learn", "mlxtend"):
-        try:
-            pkgs[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pkgs[name] = None
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "packages": pkgs,
-        "code_version": code_version(),
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-    }
 
 
 def _read_json_state(run: RunDir, name: str, default: Any, kind: type) -> Any:
@@ -129,7 +92,6 @@ class _Weights:
     else trained and saved (one module per model, so compiled attacks are reused)."""
 
     def __init__(self, run: RunDir, plan: Plan, data: Dataset, bar, arts=None, ledger=None):
-        from bench.artifacts import Artifacts
 
         self.run, self.plan, self.data, self.bar = run, plan, data, bar
         self.arts = Artifacts.from_config(plan.config.security) if arts is None else arts
@@ -242,65 +204,31 @@ def _unit_functions(unit: Unit, weights: _Weights, wrapped: dict) -> tuple:
     return params, eval_fn, adaptive_fn
 
 
-def _model_options(unit: Unit) -> dict:
-    """The row model's options, or per member model when the row spans several models."""
-    models = {t.model.label: t.model for t in unit.trainings}
-    if len(models) == 1 and unit.model.label in models:
-        return dict(unit.model.options)
-    return {label: dict(m.options) for label, m in models.items()}
-
-
-def _evaluate_unit(unit: Unit, todo: set[str], weights: _Weights, plan: Plan, x, y,
-                   version: str, run: RunDir, bar, wrapped: dict) -> None:
-    """Computes and writes the unfinished cells of one model × defense (× adaptive)."""
-    cfg = plan.config
-    m, d = unit.model, unit.defense
+def _evaluate_unit(unit: Unit, todo: set[str], weights: _Weights, plan: Plan, run: RunDir,
+                   ctx: Context, wrapped: dict) -> None:
+    """Computes and writes the unfinished cells of one model × defense (× adaptive) through
+    the one unit evaluator, and the row's clean-gradient record for the checklist."""
     params, eval_fn, adaptive_fn = _unit_functions(unit, weights, wrapped)
-    attack_fn = adaptive_fn if unit.adaptive else None
-    score_key = key_for(cfg.seed, *unit.score_key_parts)
-    tag = f"{m.label}/{unit.defense_label}"
+    target = Target(params, eval_fn, adaptive_fn if unit.adaptive else None)
+    sha = "+".join(weights.sha256[t] for t in unit.trainings)
 
-    def write(cell, mask, seconds, compile_s, info=None, details=None):
-        a = cell.attack
-        if info:
-            run.write_info(cell.cell_id, info)
-        run.write_cell(make_record(
-            run=cfg.name, data=cfg.data.name, model=m.label, defense=unit.defense_label,
-            attack=CLEAN if a is None else a.label, norm="none" if a is None else a.norm,
-            eps=cell.eps, mask=mask, seconds=seconds, compile_seconds=compile_s, seed=cfg.seed,
-            cell_id=cell.cell_id, config_id=cfg.config_id(), checkpoint=unit.checkpoint,
-            code_version=version, attack_options=None if a is None else a.attack,
-            model_options=_model_options(unit), defense_options=d.defense, info=info,
-            checkpoint_sha256="+".join(weights.sha256[t] for t in unit.trainings),
-            details=details), mask)
-        bar.update(1)
+    def emit(cell, result):
+        if result.info:
+            run.write_info(cell.cell_id, result.info)
+        run.write_cell(record_of(ctx, unit, cell, result, sha), result.mask)
+        ctx.progress.update(1)
 
-    for cell in unit.cells:
-        if cell.attack is None and cell.cell_id in todo:
-            bar.set_postfix_str(f"{tag} clean", refresh=False)
-            t0 = time.perf_counter()
-            mask = ev.clean_correct(eval_fn, params, x, y, cfg.eval.batch_size, key=score_key)
-            write(cell, mask, time.perf_counter() - t0, 0.0)
+    def prepare(ctx, unit, a, target):
+        return _attack_setup(a, unit, target, plan, weights, run, ctx.progress, wrapped)
+
+    evaluate_unit(unit, todo, target, ctx, emit, prepare)
     clean_id = unit.cells[0].cell_id
     if run.read_gradient(clean_id) is None:  # for the checklist: do gradients vanish?
-        fn = attack_fn or eval_fn
-        counts = ev.zero_gradients(fn, params, x, y, cfg.eval.batch_size, key=score_key)
+        counts = ev.zero_gradients(target.attack_fn or eval_fn, params, ctx.x, ctx.y,
+                                   ctx.batch_size, key=key_for(ctx.seed, *unit.score_key_parts))
         run.store_json(run.gradient_path(clean_id), {
-            "loss": "ce", "function": "adaptive stand-in" if attack_fn else "model", **counts})
-    for a in cfg.attacks:
-        missing = [c for c in unit.cells if c.attack is a and c.cell_id in todo]
-        if not missing:
-            continue
-        bar.set_postfix_str(f"{tag} {a.label} {a.norm}", refresh=False)
-        attack, run_fn, run_params, run_attack_fn, key, details = _attack_setup(
-            a, unit, params, eval_fn, attack_fn, plan, weights, run, bar, wrapped)
-        masks, seconds, compile_s, info = ev.attack_correct(
-            attack, run_fn, run_params, x, y, [c.eps for c in missing], key,
-            cfg.eval.batch_size, attack_logits_fn=run_attack_fn, with_info=True,
-            score_key=score_key)
-        for i, (c, mask) in enumerate(zip(missing, masks)):
-            write(c, mask, seconds / len(missing), compile_s / len(missing),
-                  {k: v[i] for k, v in info.items()}, details)
+            "loss": "ce", "function": "adaptive stand-in" if target.attack_fn else "model",
+            **counts})
 
 
 # ---- trained attacks (AdvGAN) and transfer attacks ------------------------------------------
@@ -315,11 +243,10 @@ def _unit_ident(unit: Unit) -> dict:
 def generator_file(a, recipe, ident: dict, tag: str, plan: Plan) -> str:
     """The cache file name of a trainable attack's generator: ``<target>.<attack>-<norm>.<digest>``
     with a digest of the target (``ident``), the attack's options, the data, the seed and the
-    attack's source (:func:`bench.plan.train_version`)."""
+    attack's numerics version (in its options' hash)."""
     cfg = plan.config
     digest = stable_hash({**ident, "attack": [a.name, recipe], "data": plan.data_fingerprint,
-                          "train_examples": cfg.data.train_examples, "seed": cfg.seed,
-                          "version": train_version(type(recipe))})
+                          "train_examples": cfg.data.train_examples, "seed": cfg.seed})
     return f"{slug(tag, 60)}.{slug(a.label)}-{a.norm}.{digest}.safetensors"
 
 
@@ -329,7 +256,7 @@ def _generator(a, recipe, ident: dict, tag: str, fn, params, plan: Plan, weights
     ``fn(params, ·)`` on the training split, and the cell details: the generator's file and
     training seconds (kept apart from the attack's time). The generator is cached in
     ``generators/`` under a digest of the target (``ident``: weights digest(s), defense), the
-    attack options, data, seed and the attack's source, so it is reused by every cell and
+    attack options and numerics version, data and seed, so it is reused by every cell and
     rerun that needs it and retrained when any of those changes."""
     cfg, data = plan.config, weights.data
     name = generator_file(a, recipe, ident, tag, plan)
@@ -385,17 +312,16 @@ def _pick(fn, i: int):
     return picked
 
 
-def _attack_setup(a, unit: Unit, params, eval_fn, attack_fn, plan: Plan, weights: _Weights,
-                  run: RunDir, bar, wrapped: dict):
-    """(attack, scored function, params, attacked function, key, record details) of attack
-    config ``a`` on ``unit``: the attack itself; a trainable attack bound to its generator;
+def _attack_setup(a, unit: Unit, target: Target, plan: Plan, weights: _Weights,
+                  run: RunDir, bar, wrapped: dict) -> AttackRun:
+    """Attack config ``a`` made runnable on ``unit``: the attack itself; a trainable attack
+    bound to its generator;
     or, for ``transfer``, the crafting attack run on the surrogate(s) and scored on the unit.
     A single surrogate crafts with the key of its own white-box cell of that attack, so a
     model transferring to itself reproduces its white-box cell."""
-    from attacks import Transfer
-    from attacks.transfer import mean_logits
 
     cfg = plan.config
+    params, eval_fn, attack_fn = target
     key = key_for(cfg.seed, *unit.attack_key_parts(a))
     tag = f"{unit.model.label}/{unit.defense_label}"
     if not isinstance(a.attack, Transfer):
@@ -403,7 +329,7 @@ def _attack_setup(a, unit: Unit, params, eval_fn, attack_fn, plan: Plan, weights
         if getattr(attack, "trainable", False):
             attack, details = _generator(a, attack, _unit_ident(unit), tag, attack_fn or eval_fn,
                                          params, plan, weights, run, bar)
-        return attack, eval_fn, params, attack_fn, key, details
+        return AttackRun(attack, eval_fn, params, attack_fn, key, details)
     t = a.attack
     crafter = next(c for c in cfg.attacks if c.attack is t.crafter)
     sunits = [next(u for u in plan.units if f"{u.model.label}/{u.defense_label}" == s)
@@ -428,13 +354,12 @@ def _attack_setup(a, unit: Unit, params, eval_fn, attack_fn, plan: Plan, weights
         attack, more = _generator(crafter, attack, ident, "+".join(t.surrogate), sfn, sp, plan,
                                   weights, run, bar)
         details.update(more)
-    return attack, _pick(eval_fn, 0), (params, sp), _pick(sfn, 1), key, details
+    return AttackRun(attack, _pick(eval_fn, 0), (params, sp), _pick(sfn, 1), key, details)
 
 
 def _ledger_existing(run: RunDir, plan: Plan, arts, ledger) -> None:
     """Records in the ledger what a run directory already holds from runs before it (or from a
     killed run): checkpoints and finished cells not yet in it as they are."""
-    from bench.artifacts import checkpoint_files
 
     known = ledger.latest()
     for p in checkpoint_files(run.root):
@@ -449,12 +374,10 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
     """Runs (or resumes) a sweep into ``out_dir`` and returns the records frame.
 
     Writes config.json/config.toml, environment.json, plan.json, checkpoints/, cells/,
-    masks/ and records.csv; tables and plots come from :func:`bench.report.write_report`.
+    masks/ and records.csv; tables and plots come from :func:`bench.reports.report.write_report`.
     """
     from tqdm.auto import tqdm
 
-    from bench.artifacts import Artifacts
-    from bench.ledger import Ledger
 
     arts = Artifacts.from_config(cfg.security)  # a bad key stops the run before anything is written
     lead = jax.process_index() == 0  # several processes: only process 0 writes the run dir
@@ -471,7 +394,6 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
         data = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir,
                             train_examples=cfg.data.train_examples, base_dir=cfg.base_dir,
                             stream=cfg.data.stream)
-        from bench.config import check_eps_range
 
         for a in cfg.attacks:  # L2/L1 budgets need the image size
             check_eps_range(a.eps, a.norm, f"attack {a.label!r}", tuple(data.image_shape))
@@ -507,9 +429,10 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
             bar.total = bar.n + len(todo) + n_train
             bar.refresh()
             wrapped: dict = {}
+            ctx = Context(cfg.name, cfg.data.name, cfg.seed, x_eval, y_eval,
+                          cfg.eval.batch_size, version, cfg.config_id(), bar)
             for unit in units:
-                _evaluate_unit(unit, todo, weights, plan, x_eval, y_eval, version, run, bar,
-                               wrapped)
+                _evaluate_unit(unit, todo, weights, plan, run, ctx, wrapped)
                 ledger.add_cells([c.cell_id for c in unit.cells], arts.signer)
         bar.close()
         _sync("robustax-sweep-done")  # process 0 has written every cell

@@ -14,7 +14,6 @@ import io
 import json
 import os
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,13 @@ import pandas as pd
 from scipy import stats
 
 from bench.errors import RobustaxError, warn
-from bench.manifest import Manifest, sha256_bytes
+from bench.store.io import (
+    atomic_write_bytes,
+    json_bytes,
+    mask_bytes,
+    move_aside,
+)
+from bench.store.manifest import Manifest, sha256_bytes
 
 CLEAN = "clean"
 """The attack name of the clean-accuracy cell of each model × defense."""
@@ -39,66 +44,6 @@ COLUMNS = (
 
 REQUIRED = ("cell_id", "model", "defense", "attack", "norm", "eps", "examples", "correct")
 """Fields without which a cell file is not a record (it is recomputed)."""
-
-def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None,
-                       overwrite: bool = True) -> None:
-    """The one writer of every artifact (checkpoints, cells, masks, records, tables, plots):
-    readers see the old file or the new, never half of one, and the new one survives a crash
-    (file and directory entry are fsync'd). An OSError names ``path`` (a full disk says
-    so on ``write``, with no file name of its own). ``mode``: the new file's permissions (keys:
-    0600, set before a byte is written); ``overwrite=False`` raises ``FileExistsError`` instead
-    of replacing an existing ``path`` (which is then left untouched)."""
-    try:
-        _atomic_write(path, data, mode, overwrite)
-    except OSError as e:
-        if e.filename is None or str(e.filename).endswith(".tmp"):
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
-        raise
-
-
-def _atomic_write(path: Path, data: bytes, mode: int | None, overwrite: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        if mode is not None:
-            os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # atomic, and fails if path exists
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def mask_bytes(mask: np.ndarray) -> bytes:
-    """The .npy bytes of a per-example mask as stored in masks/ (bool, no pickle)."""
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(mask, dtype=bool), allow_pickle=False)
-    return buf.getvalue()
-
-
-def json_bytes(obj: Any) -> bytes:
-    """The bytes robustax writes for a JSON artifact (sorted keys, indented, newline)."""
-    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
-
 
 def clopper_pearson(correct: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Exact binomial confidence interval for an accuracy of ``correct`` / ``n``."""
@@ -144,43 +89,21 @@ def info_fields(mask: np.ndarray, info: dict | None, stage_names: tuple[str, ...
     return out
 
 
-def make_record(*, run: str, data: str, model: str, defense: str, attack: str, norm: str,
-                eps: float, mask: np.ndarray, seconds: float, compile_seconds: float, seed: int,
-                cell_id: str, config_id: str = "", checkpoint: str = "", code_version: str = "",
-                attack_options: Any = None, model_options: Any = None,
-                defense_options: Any = None, info: dict | None = None,
-                checkpoint_sha256: str = "", details: dict | None = None) -> dict:
-    """The one record builder (sweeps and ``bench.evaluate``): a row of :data:`COLUMNS`.
-
-    Options are dataclass instances or dicts, stored as sorted JSON ("" when absent);
-    ``info`` is the attack's per-example info at this ε (see :func:`info_fields`).
-    ``mask_sha256`` is the digest of the mask's bytes as stored (:func:`mask_bytes`);
-    ``checkpoint_sha256`` that of the checkpoint file(s) the cell evaluated (``+``-joined);
-    ``details`` are cell facts merged into the ``details`` JSON (e.g. a generator's training
-    time, kept apart from the attack's ``seconds``).
-    """
-    def as_json(o):
-        if o is None:
-            return ""
-        if dataclasses.is_dataclass(o):
-            o = {f.name: getattr(o, f.name) for f in dataclasses.fields(o)}
-        return json.dumps(o, sort_keys=True, default=str)
-
-    record = {
-        "run": run, "data": data, "model": model, "defense": defense, "attack": attack,
-        "norm": norm, "eps": float(eps), **accuracy_fields(mask), "seconds": round(seconds, 4),
-        "compile_seconds": round(compile_seconds, 4), "seed": seed, "cell_id": cell_id,
-        "config_id": config_id, "checkpoint": checkpoint, "code_version": code_version,
-        "attack_options": as_json(attack_options), "model_options": as_json(model_options),
-        "defense_options": as_json(defense_options),
-        **info_fields(mask, info, tuple(n for n, _ in attack_options.stages())
-                      if hasattr(attack_options, "stages") else ()),
-        "mask_sha256": sha256_bytes(mask_bytes(mask)), "checkpoint_sha256": checkpoint_sha256,
-    }
+def make_record(fields: dict, mask: np.ndarray, info: dict | None = None,
+                stages: tuple[str, ...] = (), details: dict | None = None) -> dict:
+    """A row of :data:`COLUMNS`: the descriptive ``fields`` (labels, ε, timing, identity and
+    provenance; built by :func:`bench.sweep.unit.record_of`, the one record constructor), the
+    accuracy and interval of ``mask``, the attack's per-example ``info`` at this ε (see
+    :func:`info_fields`; ``stages``: a cascade's stage names) and the digest of the mask's
+    bytes as stored (:func:`mask_bytes`). ``details`` are cell facts merged into the
+    ``details`` JSON (e.g. a generator's training time, kept apart from ``seconds``)."""
+    record = {**fields, **accuracy_fields(mask), **info_fields(mask, info, stages),
+              "mask_sha256": sha256_bytes(mask_bytes(mask))}
     if details:
         merged = {**(json.loads(record["details"]) if record["details"] else {}), **details}
         record["details"] = json.dumps(merged, sort_keys=True)
-    return record
+    return {c: record[c] for c in COLUMNS if c in record} | {
+        k: v for k, v in record.items() if k not in COLUMNS}
 
 
 LOCK_NAME = ".robustax.lock"
@@ -234,7 +157,7 @@ MISSING = "missing"
 class RunDir:
     """The layout of a run directory, and the one way files get into it and out of it.
 
-    Every write records the file's sha256 in the run's :class:`~bench.manifest.Manifest`
+    Every write records the file's sha256 in the run's :class:`~bench.store.manifest.Manifest`
     first; every read of a cell, mask or checkpoint checks it (see :meth:`cell_problem`).
     """
 
@@ -290,13 +213,12 @@ class RunDir:
     def set_aside(self, path: Path) -> Path:
         """Renames a corrupt file to ``<name>.corrupt`` (kept for a look, never read again)
         and drops its manifest entry; returns the new path."""
-        aside = Path(path).with_name(Path(path).name + ".corrupt")
         self.manifest.record({Path(path): None})
-        os.replace(path, aside)
+        aside = move_aside(Path(path))
         return aside
 
     def write_plan(self, order: dict) -> None:
-        """The current grid's order and cell ids, for reports (see :meth:`bench.plan.Plan.order`)."""
+        """The current grid's order and cell ids, for reports (see :meth:`bench.sweep.plan.Plan.order`)."""
         self.store_json(self.plan_json, order)
 
     def read_plan(self) -> dict | None:
@@ -479,7 +401,7 @@ class RunDir:
         if prior == "ok":
             return
         if prior == "corrupt":
-            os.replace(m.path, m.path.with_name(m.path.name + ".corrupt"))
+            move_aside(m.path)
         m.files, m.state = {}, "missing"  # problem() now checks consistency only
         files = [p for p in self.root.rglob("*") if p.is_file()
                  and not any(part.startswith(".") for part in p.relative_to(self.root).parts)

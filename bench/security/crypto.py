@@ -40,12 +40,17 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from bench.errors import RobustaxError
+from bench.store.io import atomic_write_bytes
+from defenses.checkpoint import _metadata, checkpoint_parameter_digest
 
 try:  # cryptography >= 44
     from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
@@ -130,7 +135,6 @@ def write_new(path: str | Path, data: bytes, *, mode: int = 0o644, overwrite: bo
     """Writes ``data`` to ``path`` in one step (the one atomic writer, with ``mode`` set before
     any byte is written), refusing an existing ``path`` unless ``overwrite``. A failure leaves
     no partial file and an existing destination untouched."""
-    from bench.records import atomic_write_bytes
 
     try:
         atomic_write_bytes(Path(path), data, mode=mode, overwrite=overwrite)
@@ -537,7 +541,6 @@ def sign_checkpoint(path: str | Path, signer: SigningKey, *, key: EncryptionKey 
                     ids: dict | None = None, code_version: str = "",
                     data: bytes | None = None, parameters_sha256: str | None = None) -> dict:
     """Signs a checkpoint file and writes ``<path>.sig`` (replacing an older one)."""
-    from defenses.checkpoint import _metadata, checkpoint_parameter_digest
 
     path = Path(path)
     data = path.read_bytes() if data is None else data
@@ -568,7 +571,6 @@ def verify_checkpoint(path: str | Path, trusted: list[Ed25519PublicKey], *,
     ``data`` and ``signature``: the file's and its ``.sig``'s bytes, if read already.
     Returns (statement, plaintext or None). Never writes anything.
     """
-    from defenses.checkpoint import checkpoint_parameter_digest
 
     path = Path(path)
     sig = signature_path(path)

@@ -6,7 +6,7 @@ the allowed choices. Every entry becomes a typed, checked instance (attack, defe
 module), and wrappers hold a reference to the training defense whose weights they wrap (or,
 for member wrappers such as ``ensemble`` and ``fusion``, to every (model, training defense)
 member they combine), so nothing downstream compares label strings or trusts user input.
-:mod:`bench.plan` turns the config into the grid of cells.
+:mod:`bench.sweep.plan` turns the config into the grid of cells.
 """
 
 from __future__ import annotations
@@ -21,10 +21,24 @@ from typing import Any
 
 import numpy as np
 
-from bench import options as opts
+from attacks import Transfer, checks
 from bench.errors import ConfigError
-from bench.registry import ATTACKS, DEFENSES, MODELS
+from bench.sweep import options as opts
+from bench.sweep import weights as wts
+from bench.sweep.data import DATASETS
+from bench.sweep.registry import ATTACKS, DEFENSES, MODEL_FIXED, MODELS
 from defenses import is_wrapper
+
+
+def defense_label(label: str, adaptive: bool) -> str:
+    """The row label of a defense: its config label, marked for the adaptive evaluation."""
+    return f"{label} (adaptive)" if adaptive else label
+
+
+def has_adaptive(defense: Any) -> bool:
+    """Whether a wrapper gets an adaptive row: it has ``adaptive`` and does not declare
+    itself differentiable (``needs_adaptive = False``, e.g. fusion's mixture)."""
+    return hasattr(defense, "adaptive") and getattr(defense, "needs_adaptive", True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +62,6 @@ class DataConfig:
     stream: bool = False
 
     def __post_init__(self):
-        from bench.data import DATASETS
 
         if self.name.startswith("npz:"):
             if not self.name[4:].endswith(".npz"):
@@ -67,7 +80,7 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SecurityConfig:
-    """Artifact security of a sweep (``[security]``; see ``bench.artifacts``).
+    """Artifact security of a sweep (``[security]``; see ``bench.security.artifacts``).
 
     Attributes:
       signing_key: an Ed25519 ``signing.key`` file (mode 0600) or ``env:VAR``: every checkpoint
@@ -270,14 +283,12 @@ def _resolve_transfers(attack_cfgs: list[AttackConfig], wheres: list[tuple[str, 
     ``label`` or ``label/norm``) and checks its surrogates (``<model>/<defense>`` labels of
     this sweep). Without an explicit label a transfer row is labelled
     ``transfer:<attack>@<surrogate>[+<surrogate>...]``, so tables say which surrogate."""
-    from attacks import Transfer
 
     by_label: dict[str, list[AttackConfig]] = {}
     for a in attack_cfgs:
         if not isinstance(a.attack, Transfer):
             by_label.setdefault(a.label, []).append(a)
             by_label.setdefault(f"{a.label}/{a.norm}", []).append(a)
-    from bench.plan import defense_label, has_adaptive
 
     units = [f"{m.label}/{defense_label(d.label, adaptive)}" for m in models for d in defenses
              for adaptive in ((False, True) if d.is_wrapper and has_adaptive(d.defense)
@@ -355,8 +366,6 @@ def import_module_class(spec: str, where: str, base_dir: Path | None = None) -> 
 def _model(entry: dict, where: str, base_dir: Path | None) -> ModelConfig:
     """A [[models]] entry: a registered model or a user's module, trained here or loading
     ``weights`` with its normalisation stated."""
-    from bench import weights as wts
-    from bench.registry import MODEL_FIXED
 
     weights = entry.pop("weights", None)
     norm = {k: entry.pop(k) for k in _NORMALISATION if k in entry}
@@ -442,7 +451,6 @@ def check_eps_range(eps: tuple[float, ...], norm: str, where: str,
                     image_shape: tuple[int, ...] | None = None) -> None:
     """Every ε of an attack within its norm's meaningful range (L∞ ≤ 1; L2 ≤ √d and L1 ≤ d
     once the image shape is known): :func:`attacks.checks.check_eps` as a ConfigError."""
-    from attacks import checks
 
     for e in eps:
         try:

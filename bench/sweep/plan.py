@@ -9,31 +9,60 @@ names its PRNG key derives from. The runner executes it; the report reads its or
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import functools
 import hashlib
 import inspect
 import json
-import re
-from pathlib import Path
 from typing import Any
 
 import jax
 
-from bench.config import PRETRAINED, AttackConfig, DefenseConfig, ModelConfig, SweepConfig
-from bench.records import CLEAN
+from bench.store.io import slug
+from bench.store.records import CLEAN
+from bench.sweep.config import (
+    PRETRAINED,
+    AttackConfig,
+    DefenseConfig,
+    ModelConfig,
+    SweepConfig,
+    defense_label,
+    has_adaptive,
+)
+
+
+def numerics_of(cls: type) -> int | str:
+    """The declared numerics version of an attack, model or defense class (its ``numerics``
+    class attribute, bumped in the commit of any change that can move its numbers). A user's
+    class that declares none (``module = "pkg.mod:Net"``) is keyed by a digest of its module's
+    source instead: robustax cannot know which of its edits move numbers."""
+    version = getattr(cls, "numerics", None)
+    if isinstance(version, int):
+        return version
+    if cls.__module__.split(".")[0] in ("attacks", "models", "defenses"):
+        return 1  # ours declare it (tests/test_numerics.py); 1 is every class's first version
+    try:
+        source = inspect.getsource(inspect.getmodule(cls))
+    except (OSError, TypeError):
+        return f"{cls.__module__}.{cls.__qualname__}"
+    return "src:" + hashlib.sha256(source.encode()).hexdigest()[:12]
 
 
 def stable_hash(obj: Any, n: int = 12) -> str:
-    """A short sha256 of a JSON-serialisable object (dataclasses included)."""
+    """A short sha256 of a JSON-serialisable object. A dataclass (an attack's or defense's
+    options) counts as its fields plus its class's numerics version: not its class or module
+    name, so renaming or moving code leaves every hash unchanged."""
     def default(o):
         if dataclasses.is_dataclass(o):
-            return {"__class__": type(o).__name__, **{f.name: getattr(o, f.name)
-                                                      for f in dataclasses.fields(o)}}
+            return {"numerics": numerics_of(type(o)),
+                    **{f.name: getattr(o, f.name) for f in dataclasses.fields(o)}}
         return str(o)
 
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=default).encode()).hexdigest()[:n]
+
+
+def model_identity(m: ModelConfig) -> list:
+    """What of a model entry determines its numbers: registry name, options, numerics."""
+    return [m.name, list(m.options), numerics_of(type(m.module))]
 
 
 def key_for(seed: int, *parts: str) -> jax.Array:
@@ -43,86 +72,10 @@ def key_for(seed: int, *parts: str) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), digest)
 
 
-_ROOT = Path(__file__).resolve().parent.parent
-_LIBRARY = ("attacks", "models", "defenses")
-
-
-def _module_file(name: str) -> Path | None:
-    """The source file of library module ``name`` (``a.b`` -> a/b.py or a/b/__init__.py)."""
-    parts = name.split(".")
-    if parts[0] not in _LIBRARY:
-        return None
-    for path in (_ROOT.joinpath(*parts).with_suffix(".py"), _ROOT.joinpath(*parts, "__init__.py")):
-        if path.is_file():
-            return path
-    return None
-
-
-def _imported_files(path: Path) -> set[Path]:
-    """The library source files ``path`` imports: ``from attacks import pgd`` names
-    attacks/pgd.py, ``from models import init_variables`` names models/__init__.py (whose own
-    imports are then followed)."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found += [_module_file(a.name) for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            for a in node.names:
-                found.append(_module_file(f"{node.module}.{a.name}") or _module_file(node.module))
-    return {f.resolve() for f in found if f is not None}
-
-
-def training_sources(*classes: type) -> list[Path]:
-    """The files defining ``classes`` and every library file they import, transitively."""
-    todo = [Path(inspect.getsourcefile(c)).resolve() for c in classes]
-    seen: set[Path] = set()
-    while todo:
-        path = todo.pop()
-        if path not in seen:
-            seen.add(path)
-            todo.extend(_imported_files(path) - seen)
-    return sorted(seen)
-
-
-@functools.cache
-def train_version(*classes: type) -> str:
-    """A digest of the library source that determines trained weights: the files of
-    :func:`training_sources` for the defense and the model. A change there keys new
-    checkpoints, so stale weights are never reused and nobody has to remember to bump a
-    constant; adding an unrelated attack changes nothing."""
-    h = hashlib.sha256()
-    for path in training_sources(*classes):
-        # A user's module (``module = "pkg.mod:Net"``) lives outside the repository.
-        h.update(str(path.relative_to(_ROOT) if path.is_relative_to(_ROOT) else path.name).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:12]
-
-
-_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
-
-
-def slug(label: str, n: int = 40) -> str:
-    """The file-name form of a label: the label itself when it is already safe (ASCII
-    letters, digits, ``-`` and ``_``, not starting with ``-``/``_``, at most 40 characters),
-    else its safe characters (at most 24) plus ``~`` and 8 hex digits of its sha256. Never a
-    path (no ``/``, ``..``, leading dot, control or non-ASCII characters), and one-to-one:
-    two labels never share a file name (``~`` marks the hashed form, which a safe label cannot
-    contain). The label itself stays in the records."""
-    if _SAFE.fullmatch(label) and len(label) <= n:
-        return label
-    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", label).strip("_-")[:min(n, 24)].strip("_-")
-    return f"{safe or 'x'}~{hashlib.sha256(label.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
-
-
 def cell_id(model: str, defense: str, attack: str, norm: str, eps: float, identity: Any) -> str:
     """The one cell-id format: readable labels (slugged) plus a hash of the cell's identity."""
     what = CLEAN if attack == CLEAN else f"{slug(attack)}-{norm}"
     return f"{slug(model)}.{slug(defense)}.{what}.eps{eps:g}.{stable_hash(identity, 10)}"
-
-
-def defense_label(label: str, adaptive: bool) -> str:
-    """The row label of a defense: its config label, marked for the adaptive evaluation."""
-    return f"{label} (adaptive)" if adaptive else label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,16 +170,10 @@ class Plan:
         }
 
 
-def has_adaptive(defense: Any) -> bool:
-    """Whether a wrapper gets an adaptive row: it has ``adaptive`` and does not declare
-    itself differentiable (``needs_adaptive = False``, e.g. fusion's mixture)."""
-    return hasattr(defense, "adaptive") and getattr(defense, "needs_adaptive", True)
-
-
 def _row_model(d: DefenseConfig) -> ModelConfig:
     """The table row of a wrapper whose members name their models: that model if they share
     one, else a row of its own labelled with their model labels joined by ``+`` (in member
-    order; ``bench.config`` makes sure no [[models]] entry has that label)."""
+    order; ``bench.sweep.config`` makes sure no [[models]] entry has that label)."""
     distinct = list({m.model.label: m.model for m in d.members}.values())
     if len(distinct) == 1:
         return distinct[0]
@@ -236,7 +183,7 @@ def _row_model(d: DefenseConfig) -> ModelConfig:
 
 def surrogate_unit(cfg: SweepConfig, label: str) -> tuple[ModelConfig, DefenseConfig]:
     """The (model, defense) of a ``<model label>/<defense label>[ (adaptive)]`` surrogate
-    (checked by :mod:`bench.config`)."""
+    (checked by :mod:`bench.sweep.config`)."""
     for m in cfg.models:
         for d in cfg.defenses:
             if label in (f"{m.label}/{d.label}", f"{m.label}/{defense_label(d.label, True)}"):
@@ -259,9 +206,8 @@ def make_plan(cfg: SweepConfig, data_fingerprint: str) -> Plan:
             if (m.label, t.label) not in trainings:
                 digest = stable_hash({
                     "data": data_fingerprint, "train_examples": cfg.data.train_examples,
-                    "model": [m.name, list(m.options)], "defense": [t.name, t.defense],
-                    "seed": cfg.seed,
-                    "train_version": train_version(type(t.defense), type(m.module))})
+                    "model": model_identity(m), "defense": [t.name, t.defense],
+                    "seed": cfg.seed})
                 trainings[m.label, t.label] = Training(m, t, digest)
 
     def units_of(m: ModelConfig, d: DefenseConfig, ts: tuple[Training, ...]) -> list[Unit]:
@@ -270,14 +216,16 @@ def make_plan(cfg: SweepConfig, data_fingerprint: str) -> Plan:
         modes = (False, True) if d.is_wrapper and has_adaptive(d.defense) else (False,)
         for adaptive in modes:
             row = defense_label(d.label, adaptive)
+            # The evaluated examples (the data's content digest and how many are evaluated),
+            # not how they are read (stream, data_dir) or batched: results do not depend on it.
+            data = {"fingerprint": data_fingerprint, "eval_examples": cfg.data.eval_examples}
             if d.members:
-                base = {"data": dataclasses.asdict(cfg.data), "seed": cfg.seed,
-                        "model": [[t.model.name, list(t.model.options)] for t in ts],
+                base = {"data": data, "seed": cfg.seed,
+                        "model": [model_identity(t.model) for t in ts],
                         "defense": [d.name, d.defense], "weights": [t.digest for t in ts]}
             else:
-                base = {"data": dataclasses.asdict(cfg.data), "seed": cfg.seed,
-                        "model": [m.name, list(m.options)], "defense": [d.name, d.defense],
-                        "weights": ts[0].digest}
+                base = {"data": data, "seed": cfg.seed, "model": model_identity(m),
+                        "defense": [d.name, d.defense], "weights": ts[0].digest}
             if adaptive:
                 base["adaptive"] = True
 

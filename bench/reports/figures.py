@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import checklist
-from bench.records import CLEAN, RunDir
-from bench.tables import NORM_TEXT, WORST
+from bench.reports import checklist
+from bench.reports.tables import NORM_TEXT, WORST, Order
+from bench.store.records import CLEAN, RunDir
 
 
 def _save(fig, run: RunDir, stem: str) -> list[Path]:
@@ -54,13 +54,12 @@ def _styles(rows: list[tuple[str, str]]) -> dict:
                      "--" if d.endswith(" (adaptive)") else "-") for m, d in rows}
 
 
-def write_budget_plots(records: pd.DataFrame, run: RunDir, order) -> list[Path]:
+def write_budget_plots(records: pd.DataFrame, run: RunDir, order: Order) -> list[Path]:
     """Accuracy vs steps / queries per (attack, norm) whose cells carry a per-example record."""
-    from bench.report import _order
 
     plt = _plt()
     r = checklist._Run(run, records)
-    models, defenses, pairs = _order(records, run)
+    models, defenses, pairs = order.models, order.defenses, order.all_pairs
     paths = []
     for attack, norm in pairs:
         if attack == WORST:
@@ -142,13 +141,12 @@ def heatmap_eps(records: pd.DataFrame, norm: str) -> float | None:
     return float(min(best, key=lambda e: (spread[e], e)))
 
 
-def write_heatmaps(records: pd.DataFrame, run: RunDir) -> list[Path]:
+def write_heatmaps(records: pd.DataFrame, run: RunDir, order: Order) -> list[Path]:
     """plots/heatmap_<norm>.{png,pdf}: rows model × defense, columns attacks (and their
     per-example worst case), at the ε of :func:`heatmap_eps`."""
-    from bench.report import _order
 
     plt = _plt()
-    models, defenses, pairs = _order(records, run)
+    models, defenses, pairs = order.models, order.defenses, order.all_pairs
     paths = []
     for norm in dict.fromkeys(n for _, n in pairs):
         e = heatmap_eps(records, norm)

@@ -17,7 +17,14 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import RobustaxError
-from bench.records import RunDir, atomic_write_text
+from bench.pytorch.torch_twin import cnn_twin, to_torch
+from bench.store.io import atomic_write_text
+from bench.store.records import RunDir
+from bench.sweep import engine as ev
+from bench.sweep.config import parse_config
+from bench.sweep.data import load_dataset
+from bench.sweep.plan import key_for, make_plan
+from bench.sweep.runner import _Weights
 
 _NORMS = {"linf": "Linf", "l2": "L2"}
 
@@ -79,12 +86,6 @@ def crosscheck(run_dir: str | Path, examples: int = 100, seed: int = 0, progress
     ``only_*`` restrict it to some attack names, budgets and defense labels (empty: all)."""
     import torch
 
-    from bench import engine as ev
-    from bench.config import parse_config
-    from bench.data import load_dataset
-    from bench.plan import key_for, make_plan
-    from bench.runner import _Weights
-    from bench.torch_twin import cnn_twin, to_torch
 
     run = RunDir(Path(run_dir))
     path = run.root / "config.json"

@@ -19,9 +19,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 

@@ -26,10 +26,19 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from bench.crypto import (SecurityError, SigningKey, canonical_json, envelope_bytes,
-                          loads_canonical, parse_envelope, sha256_file, utc_now,
-                          verify_envelope, write_new)
 from bench.errors import RobustaxError
+from bench.security.crypto import (
+    SecurityError,
+    SigningKey,
+    canonical_json,
+    envelope_bytes,
+    loads_canonical,
+    parse_envelope,
+    sha256_file,
+    utc_now,
+    verify_envelope,
+    write_new,
+)
 
 LEDGER = "ledger.jsonl"
 HEAD = "ledger.head.json"

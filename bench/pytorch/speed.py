@@ -14,10 +14,18 @@ import os
 import time
 from collections.abc import Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from attacks import APGD, FGSM, PGD, Square, fastpath
+from bench import xla
+from bench.pytorch.torch_twin import cnn_twin, to_torch, user_cnn_twin
+from bench.pytorch.usercnn import UserCNN
+from bench.store.io import atomic_write_bytes
+from bench.sweep import engine as ev
+from models import CNN, init_variables, make_logits_fn
+from models.layers import conv_general_dilated as conv
 
 
 def _best_time(fn: Callable[[], object], repeats: int) -> float:
@@ -63,9 +71,6 @@ def input_gradient(logits_fn: Callable) -> Callable:
 
 def measure(batch: int = 256, steps: int = 20, repeats: int = 5, seed: int = 0) -> dict:
     """Times the ``cnn`` (28×28×1, 10 classes) forward+input-gradient and PGD-``steps`` L∞."""
-    from attacks import APGD, PGD, Square
-    from bench import engine as ev
-    from models import CNN, init_variables, make_logits_fn
 
     module = CNN(num_classes=10, mean=(0.13,), std=(0.31,))
     params = init_variables(module, jax.random.key(seed), (28, 28, 1))
@@ -117,7 +122,6 @@ def torchattacks_time(module, params, x: np.ndarray, y: np.ndarray, steps: int,
     import torch
     import torchattacks
 
-    from bench.torch_twin import cnn_twin, to_torch
 
     net = cnn_twin(module, params, x)  # checks the copy computes the same logits
     xt = to_torch(x)
@@ -148,24 +152,6 @@ def torch_best_time(fn: Callable[[], object], repeats: int, device: str | None =
     return best
 
 
-class UserCNN(nn.Module):
-    """A model written the ordinary way, as users bring them: plain ``nn.Conv`` 3×3
-    (``features``, default 32 and 64), ``nn.max_pool`` 2×2, ``nn.Dense`` (``dense``, default
-    128) and 10 (1.6 M parameters on 28×28×1 by default)."""
-
-    features: tuple[int, int] = (32, 64)
-    dense: int = 128
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        x = nn.relu(nn.Conv(self.features[0], (3, 3))(x))
-        x = nn.relu(nn.Conv(self.features[1], (3, 3))(x))
-        x = nn.max_pool(x, (2, 2), (2, 2))
-        x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(self.dense)(x))
-        return nn.Dense(10)(x)
-
-
 SUITE_EPS = (0.1, 0.2, 0.3, 0.4)  # the E ε values of the multi-ε comparison
 
 
@@ -181,9 +167,6 @@ def suite(batch: int = 256, steps: int = 20, repeats: int = 3, torchattacks: boo
     at E ε values in one compiled call (over E single calls); torchattacks FGSM and PGD-k on
     a PyTorch twin (logits checked equal first). Times are minima over ``repeats`` after a
     warm-up; compile time is measured apart."""
-    from attacks import APGD, FGSM, PGD, Square, fastpath
-    from bench import engine as ev
-    from models import CNN
 
     rows = []
     kx, ky, ka = jax.random.split(jax.random.key(seed + 1), 3)
@@ -272,7 +255,6 @@ def suite(batch: int = 256, steps: int = 20, repeats: int = 3, torchattacks: boo
             try:
                 import torchattacks as ta
 
-                from bench.torch_twin import cnn_twin, user_cnn_twin
             except ImportError as e:
                 log(f"  torchattacks: not installed ({e.name}); pip install torch and "
                     f"pip install --no-deps torchattacks")
@@ -308,8 +290,6 @@ def layer_profile(batch: int = 256, repeats: int = 5, torch_too: bool = True,
     runs it (NCHW, ``conv2d`` and ``grad.conv2d_input``), with GFLOP/s; then the whole model's
     forward + input gradient and what is left after the convolutions (ReLU, pooling, dense
     layers, loss). Rows in ms, minimum of ``repeats`` after a warm-up."""
-    from models import CNN, make_logits_fn
-    from models.layers import conv_general_dilated as conv
 
     rows = []
     dn = ("NHWC", "HWIO", "NHWC")
@@ -376,7 +356,6 @@ def write_layers(rows: list[dict], out: str, meta: dict) -> list:
 
     import pandas as pd
 
-    from bench.records import atomic_write_bytes
 
     frame = pd.DataFrame(rows)
     csv_path, md_path = Path(out) / "layers.csv", Path(out) / "layers.md"
@@ -396,7 +375,6 @@ def write_layers(rows: list[dict], out: str, meta: dict) -> list:
 def to_torch_batch(x: np.ndarray, y: np.ndarray):
     import torch
 
-    from bench.torch_twin import to_torch
 
     return to_torch(x), torch.tensor(y.astype(np.int64))
 
@@ -407,7 +385,6 @@ def write_suite(rows: list[dict], out: str, meta: dict) -> list:
 
     import pandas as pd
 
-    from bench.records import atomic_write_bytes
 
     frame = pd.DataFrame(rows)
     csv_path, md_path = Path(out) / "speed.csv", Path(out) / "speed.md"
@@ -451,7 +428,7 @@ def main(batch: int = 256, steps: int = 20, repeats: int = 3, torchattacks: bool
 
     log = functools.partial(print, flush=True)
     meta = {"command": "robustax " + " ".join(sys.argv[1:]) if sys.argv[0].endswith(
-                ("robustax", "__main__.py", "cli.py")) else "bench.speed.main",
+                ("robustax", "__main__.py", "cli.py")) else "bench.pytorch.speed.main",
             "device": f"{jax.default_backend()} × {jax.device_count()}: {_cpu_name()}, "
                       f"{os.cpu_count()} cores",
             "jax": jax.__version__, "batch": batch, "steps": steps, "repeats": repeats,
@@ -476,8 +453,7 @@ def main(batch: int = 256, steps: int = 20, repeats: int = 3, torchattacks: bool
     return rows
 
 
-if __name__ == "__main__":  # python -m bench.speed: same as `robustax speed`
-    from bench import xla
+if __name__ == "__main__":  # python -m bench.pytorch.speed: same as `robustax speed`
 
     xla.configure()
     main(torchattacks=True)

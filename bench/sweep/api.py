@@ -9,22 +9,32 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from bench import engine as ev
+from attacks import Transfer
 from bench.errors import ConfigError
-from bench.records import CLEAN, make_record, records_frame
+from bench.store.provenance import code_version
+from bench.store.records import CLEAN, records_frame
+from bench.sweep import engine as ev
+from bench.sweep.config import (
+    AttackConfig,
+    DefenseConfig,
+    ModelConfig,
+    check_eps_range,
+    parse_eps,
+)
+from bench.sweep.data import load_dataset
+from bench.sweep.plan import Cell, Unit, cell_id, key_for
+from bench.sweep.registry import ATTACKS
+from bench.sweep.unit import Context, Target, direct, evaluate_unit, record_of
 
 
 def _attack_specs(attacks: Sequence[Any], eps: Sequence[float] | None) -> list[tuple[str, Any, tuple]]:
     """(label, attack instance, ε values) from dicts in config form or attack instances."""
-    from bench.config import parse_eps
-    from bench.registry import ATTACKS
 
     specs = []
     for i, a in enumerate(attacks):
@@ -53,7 +63,6 @@ def _trained(label: str, attack: Any, logits_fn: Callable, params: Any,
     """A trainable attack (AdvGAN) fitted on the data set's training split against the model
     (or its stand-in) and bound; other attacks as given. An unresolved ``transfer`` (a config
     name without its crafter) is an error: pass ``attacks.Transfer.of(attack)``."""
-    from attacks import Transfer
 
     if isinstance(attack, Transfer) and attack._crafter is None:
         raise ConfigError(f"{label}: transfer needs its crafting attack; in Python pass "
@@ -65,8 +74,6 @@ def _trained(label: str, attack: Any, logits_fn: Callable, params: Any,
         raise ConfigError(f"{label}: {type(attack).__name__} trains on a training split; pass "
                           f"data as a data-set name, or an attack already trained with "
                           f"attack.bind(attack.fit(logits_fn, params, x_train, y_train, key))")
-    from bench.data import load_dataset
-    from bench.plan import key_for
 
     ds = load_dataset(data, data_dir=data_dir)
     return attack.bind(attack.fit(attack_logits_fn or logits_fn, params, ds.x_train, ds.y_train,
@@ -162,8 +169,6 @@ def evaluate(logits_fn: Callable, params: Any = _UNSET, data: str | tuple = _UNS
       The tidy records frame (one row per attack × norm × ε, plus the clean row), with the
       same columns as a sweep's records.csv; with ``return_masks``, also the masks.
     """
-    from bench.plan import cell_id, key_for
-    from bench.runner import code_version
 
     logits_fn, params, data, attacks = _module_logits(logits_fn, params, data, attacks)
     if data is _UNSET or attacks is _UNSET:
@@ -172,7 +177,6 @@ def evaluate(logits_fn: Callable, params: Any = _UNSET, data: str | tuple = _UNS
                           "eps=...) otherwise")
 
     if isinstance(data, str):
-        from bench.data import load_dataset
 
         ds = load_dataset(data, data_dir=data_dir)  # also "npz:path.npz"
         x, y, data_name = ds.x_test, ds.y_test, data
@@ -181,7 +185,6 @@ def evaluate(logits_fn: Callable, params: Any = _UNSET, data: str | tuple = _UNS
             raise ConfigError("data must be a data-set name or a tuple (x, y) of arrays")
         x, y = data
         data_name = "arrays"
-    from bench.config import check_eps_range
 
     for name, value in (("batch_size", batch_size), ("eval_examples", eval_examples)):
         if value is None and name == "eval_examples":
@@ -205,35 +208,39 @@ def evaluate(logits_fn: Callable, params: Any = _UNSET, data: str | tuple = _UNS
         check_eps_range(values, attack.norm, f"attack {label!r}", x.shape[1:])
     specs = [(label, _trained(label, a, logits_fn, params, attack_logits_fn, data, data_dir, seed),
               values) for label, a, values in specs]
-    version = code_version()
     data_id = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()[:12]
+    unit = api_unit(model, defense, specs, data_id, seed)
+    ctx = Context("api", data_name, seed, x, y, batch_size, code_version())
     rows, masks = [], {}
 
-    def add(label, attack, e, mask, seconds, compile_s, info=None):
-        norm = "none" if attack is None else attack.norm
-        ident = {"data": data_id, "seed": seed, "model": model, "defense": defense, "eps": e,
-                 "attack": None if attack is None else [label, attack]}
-        cid = cell_id(model, defense, label, norm, e, ident)
-        rows.append(make_record(
-            run="api", data=data_name, model=model, defense=defense, attack=label, norm=norm,
-            eps=e, mask=mask, seconds=seconds, compile_seconds=compile_s, seed=seed, cell_id=cid,
-            code_version=version, attack_options=attack, info=info))
-        masks[cid] = mask
+    def emit(cell, result):
+        rows.append(record_of(ctx, unit, cell, result))
+        masks[cell.cell_id] = result.mask
 
-    # A random logits_fn (``random = True``) draws with fold_in(score_key, i) for example i in
-    # the clean cell and in every attack's final score, so ε = 0 reproduces clean accuracy and
-    # the draws follow the seed.
-    score_key = key_for(seed, "score", model, defense)
-    t0 = time.perf_counter()
-    add(CLEAN, None, 0.0, ev.clean_correct(logits_fn, params, x, y, batch_size, key=score_key),
-        time.perf_counter() - t0, 0.0)
-    for label, attack, values in specs:
-        key = key_for(seed, "attack", model, defense, label, attack.norm)
-        m, seconds, compile_s, info = ev.attack_correct(
-            attack, logits_fn, params, x, y, values, key, batch_size,
-            attack_logits_fn=attack_logits_fn, with_info=True, score_key=score_key)
-        for i, (e, mask) in enumerate(zip(values, m)):
-            add(label, attack, e, mask, seconds / len(values), compile_s / len(values),
-                {k: v[i] for k, v in info.items()})
+    def prepare(ctx, unit, a, target):  # the adaptive stand-in, when given, is attacked
+        run = direct(ctx, unit, a, target)
+        return run._replace(attack_fn=attack_logits_fn)
+
+    evaluate_unit(unit, {c.cell_id for c in unit.cells}, Target(params, logits_fn), ctx, emit,
+                  prepare)
     frame = records_frame(rows)
     return (frame, masks) if return_masks else frame
+
+
+def api_unit(model: str, defense: str, specs: list[tuple[str, Any, tuple]], data_id: str,
+             seed: int) -> Unit:
+    """The one-unit plan of a ``bench.evaluate`` call: row ``model`` × ``defense``, its clean
+    cell and one cell per attack × ε, with ids from the examples' digest, the seed, the labels
+    and each attack's options and numerics version."""
+    m = ModelConfig(model, model, None)
+    d = DefenseConfig(defense, defense, None)
+    base = {"data": data_id, "seed": seed, "model": model, "defense": defense}
+
+    def cell(a: AttackConfig | None, e: float) -> Cell:
+        ident = {**base, "eps": e, "attack": None if a is None else [a.label, a.attack]}
+        return Cell(a, e, cell_id(model, defense, CLEAN if a is None else a.label,
+                                  "none" if a is None else a.norm, e, ident))
+
+    configs = [AttackConfig(label, label, attack, values) for label, attack, values in specs]
+    cells = [cell(None, 0.0)] + [cell(a, e) for a in configs for e in a.eps]
+    return Unit(m, d, False, (), tuple(cells))

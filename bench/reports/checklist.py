@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.records import CLEAN, RunDir
+from bench.store.records import CLEAN, RunDir
 
 PASS, WARN, SKIP = "PASS", "WARN", "SKIP"
 

@@ -10,10 +10,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.crypto import (EncryptionKey, SecurityError, SigningKey, checkpoint_statement,
-                          envelope_bytes, load_public_key, plaintext_of, sha256_file,
-                          signature_path, verify_checkpoint)
-from bench.ledger import HEAD, LEDGER, Ledger, verify_chain, verify_head
+from bench.security.crypto import (
+    EncryptionKey,
+    SecurityError,
+    SigningKey,
+    checkpoint_statement,
+    encrypt_bytes,
+    envelope_bytes,
+    load_public_key,
+    plaintext_of,
+    sha256_file,
+    sha256_hex,
+    signature_path,
+    verify_checkpoint,
+)
+from bench.security.ledger import HEAD, LEDGER, Ledger, verify_chain, verify_head
+from bench.store.manifest import Manifest
+from defenses.checkpoint import checkpoint_parameter_digest
 
 ENC = ".enc"
 
@@ -44,7 +57,7 @@ class Artifacts:
 
     @classmethod
     def from_config(cls, sec) -> Artifacts:
-        """From a :class:`bench.config.SecurityConfig`; every key is loaded now, so a bad key
+        """From a :class:`bench.sweep.config.SecurityConfig`; every key is loaded now, so a bad key
         stops the run before anything is computed."""
         signer = load_signing_key(sec.signing_key) if sec.signing_key else None
         key = load_encryption_key(sec.encryption_key) if sec.encryption_key else None
@@ -62,12 +75,10 @@ class Artifacts:
 
     def save_checkpoint(self, run, file_name: str, plaintext: bytes, *, ids: dict,
                         code_version: str, ledger: Ledger | None = None) -> str:
-        """Writes a checkpoint into ``run`` (a :class:`bench.records.RunDir`, so the manifest
+        """Writes a checkpoint into ``run`` (a :class:`bench.store.records.RunDir`, so the manifest
         lists it): encrypted when a key is set (plaintext never touches the disk then), its
         signature first when a signing key is set, then its ledger entry. Returns the sha256 of
         the stored bytes."""
-        from bench.crypto import encrypt_bytes, sha256_hex
-        from defenses.checkpoint import checkpoint_parameter_digest
 
         params = checkpoint_parameter_digest(plaintext)
         path = run.checkpoints / (file_name + ENC if self.key is not None else file_name)
@@ -99,7 +110,6 @@ class Artifacts:
     def parameters_digest(self, path: Path) -> str:
         """The canonical parameter digest of a stored checkpoint ("" when it is encrypted and
         there is no key to read it)."""
-        from defenses.checkpoint import checkpoint_parameter_digest
 
         plain = plaintext_of(path, path.read_bytes(), self.key)
         try:
@@ -192,7 +202,6 @@ def _manifest(root: Path) -> list[str]:
     """Every file the manifest lists must be there with its digest (``manifest`` stage);
     files it does not list are reported, and fail under cells/, masks/ and checkpoints/.
     The ledger files are not listed: the ledger is checked by its own chain and head."""
-    from bench.manifest import Manifest
 
     m = Manifest(root)
     if m.state != "ok":

@@ -1,7 +1,7 @@
 """Tables people read: a terminal summary, Markdown per attack × norm, LaTeX per norm, a wide CSV.
 
 Everything here is a pure function of a records frame (one row per cell, with the per-example
-worst-case rows of :func:`bench.report.worst_case`) and the plan's order; :mod:`bench.report`
+worst-case rows of :func:`bench.reports.report.worst_case`) and the plan's order; :mod:`bench.reports.report`
 reads the run directory and writes the files. The libraries do the formatting: ``to_csv``,
 ``to_markdown`` (tabulate), ``Styler.to_latex`` (booktabs rules, a ``\\multirow`` model column)
 and tabulate for the terminal.
@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import RobustaxError
-from bench.records import CLEAN
+from bench.store.io import slug
+from bench.store.records import CLEAN
 
 WORST = "worst-case"
 """The attack name of derived rows: per example, the worst over all attacks at a norm and ε."""
@@ -37,11 +38,35 @@ LATEX_PACKAGES = ("booktabs", "multirow")
 
 @dataclasses.dataclass(frozen=True)
 class Order:
-    """Row and column order of every table: the plan's (see :meth:`bench.plan.Plan.order`)."""
+    """Row and column order of every table: the plan's (see :meth:`bench.sweep.plan.Plan.order`)."""
 
     models: tuple[str, ...]
     defenses: tuple[str, ...]
     pairs: tuple[tuple[str, str], ...]  # (attack label, norm); derived worst-case pairs excluded
+    worst: tuple[tuple[str, str], ...] = ()  # the derived worst-case pairs, after the attacks
+
+    @classmethod
+    def of(cls, records: pd.DataFrame, plan: dict | None) -> Order:
+        """The order of every table and plot of ``records``: the plan's (``plan.json``, from
+        :meth:`bench.sweep.plan.Plan.order`) where it has one, else sorted; labels the plan does
+        not know go last. Computed once per report and passed down to every writer."""
+        models = sorted(records["model"].unique())
+        defenses = sorted(records["defense"].unique())
+        attacked = records[records["attack"] != CLEAN]
+        pairs = sorted(set(zip(attacked["attack"], attacked["norm"])))
+        if plan is not None:
+            def first(order, items):
+                return [i for i in order if i in items] + [i for i in items if i not in order]
+
+            models, defenses = first(plan["models"], models), first(plan["defenses"], defenses)
+            pairs = first([tuple(p) for p in plan["attacks"]], pairs)
+        return cls(tuple(models), tuple(defenses), tuple(p for p in pairs if p[0] != WORST),
+                   tuple(p for p in pairs if p[0] == WORST))
+
+    @property
+    def all_pairs(self) -> tuple[tuple[str, str], ...]:
+        """Every (attack, norm) column, the derived worst-case pairs last."""
+        return self.pairs + self.worst
 
     @property
     def norms(self) -> tuple[str, ...]:
@@ -231,7 +256,6 @@ def _eps_note(records: pd.DataFrame, norm: str, attacks: list[str]) -> str:
 def markdown_sections(records: pd.DataFrame, order: Order) -> list[tuple[str, str, str]]:
     """(norm, file stem, Markdown) per table: the worst case of each norm with two or more
     attacks, then one per attack × norm, in plan order."""
-    from bench.plan import slug
 
     data, n = _describe(records)
     base = f"{data}, {n} test images, robust accuracy (%)"

@@ -1,7 +1,7 @@
 """Tables and plots from records: what goes into a paper.
 
 The run directory's finished cells, in the order of its plan.json, become (see
-:mod:`bench.tables`): a summary that fits a 100-column terminal (``tables/summary.txt``, printed
+:mod:`bench.reports.tables`): a summary that fits a 100-column terminal (``tables/summary.txt``, printed
 by ``robustax run`` and ``robustax report``); one Markdown table per attack × norm and per norm
 for the per-example worst case over the attacks that share a norm and ε (AutoAttack's rule, from
 the stored masks), each in its own file and all together in ``robust_accuracy.md``; one booktabs
@@ -20,37 +20,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import tables
-from bench.records import CLEAN, RunDir, accuracy_fields, run_lock
-from bench.plan import slug
-from bench.tables import WORST
+from bench.errors import RobustaxError
+from bench.reports import checklist, document, tables
+from bench.reports.tables import WORST
+from bench.store.io import slug
+from bench.store.records import CLEAN, RunDir, accuracy_fields, run_lock
 
 SUMMARY_WIDTH = 100
 """Columns of tables/summary.txt (the terminal summary as written to the run directory)."""
 
 
-def _order(records: pd.DataFrame, run: RunDir | None) -> tuple[list, list, list]:
-    """Model labels, defense labels and (attack, norm) pairs in the plan's order when the run
-    directory has a plan.json (else sorted); derived worst-case columns last."""
-    models = sorted(records["model"].unique())
-    defenses = sorted(records["defense"].unique())
-    attacked = records[records["attack"] != CLEAN]
-    pairs = sorted(set(zip(attacked["attack"], attacked["norm"])))
-    plan = None if run is None else run.read_plan()
-    if plan is not None:
-        def first(order, items):
-            return [i for i in order if i in items] + [i for i in items if i not in order]
-
-        models, defenses = first(plan["models"], models), first(plan["defenses"], defenses)
-        pairs = first([tuple(p) for p in plan["attacks"]], pairs)
-    pairs = [p for p in pairs if p[0] != WORST] + [p for p in pairs if p[0] == WORST]
-    return models, defenses, pairs
-
-
-def table_order(records: pd.DataFrame, run: RunDir | None) -> tables.Order:
-    """The order of every table: the plan's, worst-case pairs left out (tables derive them)."""
-    models, defenses, pairs = _order(records, run)
-    return tables.Order(tuple(models), tuple(defenses), tuple(p for p in pairs if p[0] != WORST))
+def table_order(records: pd.DataFrame, run: RunDir) -> tables.Order:
+    """The order of every table and plot of a run directory: its plan's (plan.json)."""
+    return tables.Order.of(records, run.read_plan())
 
 
 def worst_case(records: pd.DataFrame, run: RunDir) -> pd.DataFrame:
@@ -77,13 +59,12 @@ _TABLE_FILES = ("robust_accuracy*.csv", "robust_accuracy*.md", "robust_accuracy*
                 "summary.txt")
 
 
-def write_tables(records: pd.DataFrame, run: RunDir,
+def write_tables(records: pd.DataFrame, run: RunDir, order: tables.Order,
                  intervals: str | None = "footnote") -> list[Path]:
     """Writes tables/: summary.txt, robust_accuracy.{csv,md,tex}, one Markdown file per
     attack × norm (and per norm's worst case), one LaTeX file per norm; removes the table files
     of an earlier grid that this one no longer has. ``records`` includes the worst-case rows.
     Returns the paths."""
-    order = table_order(records, run)
     run.tables.mkdir(parents=True, exist_ok=True)
     files = {"summary.txt": tables.terminal_summary(records, order, SUMMARY_WIDTH),
              "robust_accuracy.csv": tables.wide_table(records, order).to_csv()}
@@ -105,7 +86,7 @@ def write_tables(records: pd.DataFrame, run: RunDir,
     return paths
 
 
-def write_plots(records: pd.DataFrame, run: RunDir) -> list[Path]:
+def write_plots(records: pd.DataFrame, run: RunDir, order: tables.Order) -> list[Path]:
     """Writes plots/accuracy_vs_eps_<attack>_<norm>.{png,pdf}; returns the paths."""
     import matplotlib
 
@@ -114,8 +95,8 @@ def write_plots(records: pd.DataFrame, run: RunDir) -> list[Path]:
 
     run.plots.mkdir(parents=True, exist_ok=True)
     paths = []
-    models, defenses, pairs = _order(records, run)
-    for attack, norm in pairs:
+    models, defenses = order.models, order.defenses
+    for attack, norm in order.all_pairs:
         group = records[(records["attack"] == attack) & (records["norm"] == norm)]
         curves = {(m, d): g.sort_values("eps") for m in models for d in defenses
                   if not (g := group[(group["model"] == m) & (group["defense"] == d)]).empty}
@@ -166,7 +147,6 @@ def report_records(run: RunDir, records: pd.DataFrame | None = None,
         if write_csv:
             run.store_text(run.records_csv, records.to_csv(index=False))
     if records.empty:
-        from bench.errors import RobustaxError
 
         raise RobustaxError(f"{run.root} has no finished cells; run `robustax run CONFIG --out "
                             f"{run.root}` first")
@@ -178,21 +158,20 @@ def report_records(run: RunDir, records: pd.DataFrame | None = None,
 def write_report(run_dir: str | Path, records: pd.DataFrame | None = None,
                  baseline: str | Path | None = None) -> list[Path]:
     """Rebuilds records.csv, tables and plots of a run directory from its cell records, then
-    the checklist and report.md (:mod:`bench.document`; with ``baseline``, the regression
+    the checklist and report.md (:mod:`bench.reports.document`; with ``baseline``, the regression
     verdict against that run)."""
-    from bench import document
 
     run = RunDir(Path(run_dir))
     with run_lock(run.root, "report"):
         run.adopt()
         records = report_records(run, records, write_csv=records is None)
-        paths = write_tables(records, run) + write_plots(records, run)
-        return paths + document.write_all(records, run, paths, baseline)[0]
+        order = table_order(records, run)
+        paths = write_tables(records, run, order) + write_plots(records, run, order)
+        return paths + document.write_all(records, run, order, paths, baseline)[0]
 
 
 def checklist_text(run_dir: str | Path) -> str:
     """The checklist as printed by ``robustax run`` and ``report`` (from checklist.json)."""
-    from bench import checklist
 
     path = Path(run_dir) / "checklist.json"
     items = [checklist.Item(**i) for i in json.loads(path.read_text())]
@@ -200,7 +179,7 @@ def checklist_text(run_dir: str | Path) -> str:
 
 
 def summary(run_dir: str | Path, width: int = SUMMARY_WIDTH) -> str:
-    """The terminal summary of a run directory (see :func:`bench.tables.terminal_summary`),
+    """The terminal summary of a run directory (see :func:`bench.reports.tables.terminal_summary`),
     ``width`` columns wide."""
     run = RunDir(Path(run_dir))
     records = report_records(run)

@@ -16,7 +16,7 @@ with :meth:`Manifest.problem` and recompute (or stop with a one-line error) on a
 The manifest itself is rewritten atomically on every update; it is re-read first when another
 writer (another :class:`Manifest` object on the same directory) changed it, so objects in one
 process never overwrite each other's entries. Processes are kept apart by the run lock
-(:func:`bench.records.run_lock`).
+(:func:`bench.store.records.run_lock`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+
+from bench.store.io import atomic_write_bytes
 
 FILE_NAME = "manifest.json"
 FORMAT = "robustax-manifest/1"
@@ -41,7 +43,7 @@ class Manifest:
 
     ``state`` after loading: ``"ok"`` (read), ``"missing"`` (no manifest.json: a new run
     directory, or one written by robustax before manifests) or ``"corrupt"`` (unreadable;
-    the caller decides, see :meth:`bench.records.RunDir.adopt`).
+    the caller decides, see :meth:`bench.store.records.RunDir.adopt`).
     """
 
     def __init__(self, root: Path):
@@ -121,7 +123,7 @@ class Manifest:
     def verify(self) -> list[str]:
         """Every listed file that is missing or does not match its digest, as one-line
         problems (an empty list when the run directory is intact). Unlisted files are not
-        reported here (see :meth:`bench.records.RunDir.unlisted`)."""
+        reported here (see :meth:`bench.store.records.RunDir.unlisted`)."""
         self._refresh()
         out = []
         for rel, entry in sorted(self.files.items()):
@@ -139,7 +141,6 @@ class Manifest:
     def record(self, entries: Mapping[str, bytes | None]) -> None:
         """Records (or, for ``None``, forgets) the digests of ``{path: bytes}`` and rewrites
         manifest.json atomically. Call it *before* writing the files themselves."""
-        from bench.records import atomic_write_bytes
 
         self._refresh()
         for path, data in entries.items():
@@ -156,7 +157,6 @@ class Manifest:
     def write(self, files: Mapping[Path, bytes]) -> None:
         """Records the digests of ``{path: bytes}``, then writes each file atomically, in
         order: the one way robustax puts an artifact into a run directory."""
-        from bench.records import atomic_write_bytes
 
         self.record(files)
         for path, data in files.items():
