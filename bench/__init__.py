@@ -10,14 +10,22 @@ registries, the plan, the evaluation engine and runner, data, the Python API),
 
 The public Python API is :func:`evaluate` (benchmark any ``logits_fn(params, x)``) and
 :func:`run_sweep` (run a TOML config). Importing ``bench`` first applies robustax's XLA CPU
-settings (``bench/xla.py``; before JAX starts its backend) so that API users get the CLI's speed.
+settings (``bench/xla.py``) so that API users get the CLI's speed, and does not import JAX:
+``bench.evaluate`` and ``bench.run_sweep`` are loaded on first use (PEP 562), so a user can
+still set JAX options after ``import bench``.
 """
+
+import importlib
 
 from bench import xla as _xla
 
 _xla.configure()
 
-from bench.sweep.api import evaluate  # noqa: E402  (after the XLA settings)
-from bench.sweep.runner import run_sweep  # noqa: E402
+_PUBLIC = {"evaluate": "bench.sweep.api", "run_sweep": "bench.sweep.runner"}
+__all__ = list(_PUBLIC)
 
-__all__ = ["evaluate", "run_sweep"]
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'bench' has no attribute {name!r}")

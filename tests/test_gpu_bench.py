@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bench.pytorch import gpu_bench
+from bench.pytorch import gpu_bench, gpu_resnets
 from models import CNN, PreActResNet18, WideResNet, make_logits_fn
 
 torch = pytest.importorskip("torch")
@@ -108,7 +108,7 @@ def test_a_twin_that_differs_from_the_flax_model_is_refused(twin, monkeypatch):
 def test_randomized_variables_perturb_every_batchnorm_parameter():
     variables = {"params": {"Conv_0": {"kernel": jnp.ones((3, 3, 1, 2))}},
                  "batch_stats": {"BatchNorm_0": {"mean": jnp.zeros(2), "var": jnp.ones(2)}}}
-    out = gpu_bench._randomized(variables, jax.random.key(0))
+    out = gpu_resnets._randomized(variables, jax.random.key(0))
     np.testing.assert_array_equal(out["params"]["Conv_0"]["kernel"], 1.0)
     assert float(jnp.abs(out["batch_stats"]["BatchNorm_0"]["mean"]).min()) > 0
     assert not np.allclose(out["batch_stats"]["BatchNorm_0"]["var"], 1.0)

@@ -29,7 +29,6 @@ import numpy as np
 from flax import traverse_util
 
 from bench.errors import RobustaxError
-from bench.pytorch import torch_models as tm
 from bench.store.io import atomic_write_bytes
 from bench.sweep.weights import match, shapes
 from defenses import checkpoint_bytes
@@ -154,6 +153,9 @@ def _normalisation(sd: dict, mean, std, source: str) -> tuple[dict, tuple, tuple
 
 def _models(arch: Arch, sd: dict, mean, std, activation: str):
     """(PyTorch module, Flax module, layout) for ``arch``, sized by ``sd``'s head and stem."""
+    # torch_models defines torch modules at import: import it only when torch is needed
+    from bench.pytorch import torch_models as tm
+
 
     o = arch.options
     layout = "dm" if "init_conv.weight" in sd else "trades"

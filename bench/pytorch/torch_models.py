@@ -47,6 +47,33 @@ class _Normalised(nn.Module):
         return (x - self._mean) / self._std
 
 
+# ------------------------------------------------------------------ plain CNNs (twins)
+
+
+class PlainCNN(_Normalised):
+    """3×3 SAME convolutions with ReLU, a 2×2 max pool after the convolutions listed in
+    ``pool_after``, a flatten in NHWC order (as Flax flattens) and two dense layers: the PyTorch
+    form of robustax's ``cnn`` and of the plain-Flax user CNN (``bench.pytorch.usercnn``)."""
+
+    def __init__(self, channels: list[int], pool_after: tuple[int, ...], flat: int, dense: int,
+                 classes: int, mean=0.0, std=1.0):
+        super().__init__(mean, std, channels[0])
+        self.pool_after = tuple(pool_after)
+        self.convs = nn.ModuleList([nn.Conv2d(a, b, 3, padding=1)
+                                    for a, b in zip(channels, channels[1:])])
+        self.fc1 = nn.Linear(flat, dense)
+        self.fc2 = nn.Linear(dense, classes)
+
+    def forward(self, z):
+        z = self.normalise(z)
+        for i, conv in enumerate(self.convs):
+            z = torch.relu(conv(z))
+            if i in self.pool_after:
+                z = F.max_pool2d(z, 2)
+        z = z.permute(0, 2, 3, 1).flatten(1)  # NHWC flatten order, as in flax
+        return self.fc2(torch.relu(self.fc1(z)))
+
+
 # ------------------------------------------------------------------ PreAct-ResNet-18
 
 

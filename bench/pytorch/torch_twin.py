@@ -34,34 +34,14 @@ def cnn_twin(module: Any, params: Any, x_check: np.ndarray, atol: float = 1e-3):
     RuntimeError if its logits on ``x_check`` differ from the Flax model's by more than
     ``atol``."""
     import torch
-    from torch import nn
+
+    from bench.pytorch.torch_models import PlainCNN  # imports torch
 
     p = params["params"]
     w, c = module.width, x_check.shape[-1]
     h, wd = x_check.shape[1] // 4, x_check.shape[2] // 4
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            # Buffers, so that ``net.to(device)`` moves them with the weights.
-            self.register_buffer("mean", _channel_vector(module.mean))
-            self.register_buffer("std", _channel_vector(module.std))
-            self.convs = nn.ModuleList([nn.Conv2d(c, w, 3, padding=1), nn.Conv2d(w, w, 3, padding=1),
-                                        nn.Conv2d(w, 2 * w, 3, padding=1),
-                                        nn.Conv2d(2 * w, 2 * w, 3, padding=1)])
-            self.fc1 = nn.Linear(2 * w * h * wd, module.dense)
-            self.fc2 = nn.Linear(module.dense, module.num_classes)
-
-        def forward(self, z):
-            z = (z - self.mean) / self.std
-            for i, conv in enumerate(self.convs):
-                z = torch.relu(conv(z))
-                if i % 2 == 1:
-                    z = torch.nn.functional.max_pool2d(z, 2)
-            z = z.permute(0, 2, 3, 1).flatten(1)  # NHWC flatten order, as in flax
-            return self.fc2(torch.relu(self.fc1(z)))
-
-    net = Net().eval()
+    net = PlainCNN([c, w, w, 2 * w, 2 * w], (1, 3), 2 * w * h * wd, module.dense,
+                   module.num_classes, module.mean, module.std).eval()
     with torch.no_grad():
         _copy_weights(net, p)
     return _checked(net, _flax_logits(module, params, x_check), x_check, atol, "the cnn")
@@ -188,33 +168,18 @@ def to_torch(x: np.ndarray):
 
 
 def user_cnn_twin(params: Any, x_check: np.ndarray, atol: float = 1e-3):
-    """``torch.nn.Module`` computing ``bench.pytorch.speed.UserCNN`` (plain ``flax.linen``: two 3×3
-    SAME convs, 2×2 max pool, two dense layers) with ``params``; raises RuntimeError if its
-    logits on ``x_check`` differ from the Flax model's by more than ``atol``."""
+    """``torch.nn.Module`` computing ``bench.pytorch.usercnn.UserCNN`` (plain ``flax.linen``:
+    two 3×3 SAME convs, 2×2 max pool, two dense layers) with ``params``; raises RuntimeError if
+    its logits on ``x_check`` differ from the Flax model's by more than ``atol``."""
     import torch
-    from torch import nn
 
+    from bench.pytorch.torch_models import PlainCNN  # imports torch
 
     p = params["params"]
     k0, k1 = np.asarray(p["Conv_0"]["kernel"]), np.asarray(p["Conv_1"]["kernel"])
     d0, d1 = np.asarray(p["Dense_0"]["kernel"]), np.asarray(p["Dense_1"]["kernel"])
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.convs = nn.ModuleList([nn.Conv2d(k0.shape[2], k0.shape[3], 3, padding=1),
-                                        nn.Conv2d(k1.shape[2], k1.shape[3], 3, padding=1)])
-            self.fc1 = nn.Linear(*d0.shape)
-            self.fc2 = nn.Linear(*d1.shape)
-
-        def forward(self, z):
-            for conv in self.convs:
-                z = torch.relu(conv(z))
-            z = torch.nn.functional.max_pool2d(z, 2)
-            z = z.permute(0, 2, 3, 1).flatten(1)  # NHWC flatten order, as in flax
-            return self.fc2(torch.relu(self.fc1(z)))
-
-    net = Net().eval()
+    net = PlainCNN([k0.shape[2], k0.shape[3], k1.shape[3]], (1,), d0.shape[0], d0.shape[1],
+                   d1.shape[1]).eval()
     with torch.no_grad():
         _copy_weights(net, p)
     module = UserCNN(features=(k0.shape[3], k1.shape[3]), dense=d0.shape[1])

@@ -2,9 +2,10 @@
 
 Owns configs and their option coercion (``config``, ``options``), the name registries
 (``registry``), the plan with each cell's identity (``plan``), the compiled evaluators
-(``engine``), the runner and its unit evaluator (``runner``), data sets (``data``), weights
-users bring (``weights``), several processes (``distributed``) and the Python API
-(``api``: ``bench.evaluate`` runs a one-unit plan through the runner's unit evaluator).
+(``engine``), the one unit evaluator and record constructor (``unit``), the runner
+(``runner``), data sets (``data``), weights users bring (``weights``), several processes
+(``distributed``) and the Python API (``api``: ``bench.evaluate`` runs a one-unit plan
+through the same unit evaluator as a sweep).
 
 Imports: bench.errors, bench.xla, bench.store, bench.security, attacks, models, defenses.
 """
