@@ -34,6 +34,16 @@ def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
     return jnp.maximum(top, bottom)
 
 
+ACTIVATIONS = {"relu": nn.relu, "swish": nn.swish}
+
+
+def activation_fn(name: str):
+    """``relu``, or ``swish`` = x·sigmoid(x); ValueError naming the choices otherwise."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation = {name!r} is unknown; choose one of: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
 def normalize(x: jnp.ndarray, mean: Sequence[float], std: Sequence[float]) -> jnp.ndarray:
     """Per-channel ``(x - mean) / std`` on the last axis, in float32.
 
