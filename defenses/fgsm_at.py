@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from attacks import checks, losses, threat
+from defenses.base import check_budget
 from defenses.training import TrainSettings, fit
 
 
@@ -59,9 +60,7 @@ class FGSMAT(TrainSettings):
 
     def __post_init__(self):
         self.check()
-        checks.check_positive("eps", self.eps)
-        checks.check_choice("norm", self.norm, threat.NORMS)
-        checks.check_eps("eps", self.eps, self.norm)
+        check_budget(self.eps, self.norm)
         checks.check_positive("rel_step_size", self.rel_step_size)
 
     def perturb(self, logits_fn, variables, x, y, key) -> jax.Array:

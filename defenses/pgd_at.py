@@ -6,7 +6,7 @@ import dataclasses
 
 from attacks import checks
 from attacks.pgd import PGD
-from attacks.threat import NORMS
+from defenses.base import check_budget
 from defenses.training import TrainSettings, fit
 
 
@@ -32,9 +32,7 @@ class PGDAT(TrainSettings):
 
     def __post_init__(self):
         self.check()
-        checks.check_choice("norm", self.norm, NORMS)
-        checks.check_positive("eps", self.eps)
-        checks.check_eps("eps", self.eps, self.norm)
+        check_budget(self.eps, self.norm)
         checks.check_count("steps", self.steps, checks.MAX_STEPS)
 
     def train(self, module, data, key, on_epoch=None) -> dict:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from attacks import checks, threat
+from defenses.base import check_budget
 from defenses.training import TrainSettings, fit
 
 
@@ -52,9 +53,7 @@ class TRADES(TrainSettings):
 
     def __post_init__(self):
         self.check()
-        checks.check_positive("eps", self.eps)
-        checks.check_choice("norm", self.norm, threat.NORMS)
-        checks.check_eps("eps", self.eps, self.norm)
+        check_budget(self.eps, self.norm)
         checks.check_count("steps", self.steps, checks.MAX_STEPS)
         if self.rel_step_size is not None:
             checks.check_positive("rel_step_size", self.rel_step_size)
