@@ -28,6 +28,7 @@ import optax
 
 from attacks import checks
 from defenses.training import TrainSettings, fit
+from models.base import make_logits_fn
 
 _LABEL_BATCH = 1024  # examples per forward pass when the teacher labels the training set
 
@@ -69,8 +70,6 @@ class Distillation(TrainSettings):
 
     def soft_labels(self, module, variables, x: np.ndarray) -> np.ndarray:
         """softmax(logits / T) of the trained (teacher) ``variables`` on ``x``, evaluation mode."""
-        from models import make_logits_fn
-
         logits_fn = jax.jit(make_logits_fn(module))
         probs = [jax.nn.softmax(logits_fn(variables, x[i:i + _LABEL_BATCH]) / self.temperature)
                  for i in range(0, len(x), _LABEL_BATCH)]

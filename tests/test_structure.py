@@ -80,6 +80,42 @@ def test_the_one_exception_is_one_module_edge(tmp_path):
     assert [is_allowed(n, layers) for _, n in imported_modules(f)] == [True, True, False]
 
 
+def module_file(name: str) -> Path | None:
+    """The library source file of a dotted import (``a.b.c``: a/b/c.py, a/b.py's name c, or
+    a/b/__init__.py), None outside attacks/models/defenses."""
+    parts = name.split(".")
+    if parts[0] not in ALLOWED:
+        return None
+    for n in range(len(parts), 0, -1):
+        for path in (ROOT.joinpath(*parts[:n]).with_suffix(".py"),
+                     ROOT.joinpath(*parts[:n], "__init__.py")):
+            if path.is_file():
+                return path
+    return None
+
+
+def test_library_modules_import_no_circle():
+    """No import cycle among the library's modules (a circle is what function-level imports
+    used to dodge: defenses.augment <-> defenses.training). Imports inside functions count."""
+    files = sorted(p for pkg in ("attacks", "models", "defenses") for p in (ROOT / pkg).rglob("*.py"))
+    graph = {p: {f for _, n in imported_modules(p) if (f := module_file(n)) and f != p}
+             for p in files}
+    done: set[Path] = set()
+
+    def visit(p, stack):
+        if p in stack:
+            cycle = stack[stack.index(p):] + [p]
+            raise AssertionError("import circle: " + " -> ".join(
+                str(q.relative_to(ROOT)) for q in cycle))
+        if p not in done:
+            for q in sorted(graph.get(p, ())):
+                visit(q, stack + [p])
+            done.add(p)
+
+    for p in files:
+        visit(p, [])
+
+
 def test_one_atomic_writer():
     """Every file robustax writes goes through records.atomic_write_bytes."""
     offenders = []
