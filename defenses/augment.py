@@ -15,6 +15,7 @@ loop imports; this module imports the loop.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from defenses.augmentation import Augmentation, random_crop, random_hflip
 from defenses.training import TrainSettings, fit
@@ -34,6 +35,9 @@ class Augment(TrainSettings):
     natural images set ``hflip = true`` and ``crop_pad = 4`` (the usual CIFAR values). With
     every transform off it is exactly standard training.
     """
+
+    # Bump in the same commit as any change that can move this class's numbers (cell ids and checkpoint keys include it).
+    numerics: ClassVar[int] = 1
 
     noise_std: float = 0.1
     crop_pad: int = 1

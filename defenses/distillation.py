@@ -21,6 +21,7 @@ default Adam optimiser is invariant to that scale, plain SGD needs a ~T times la
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import numpy as np
@@ -45,6 +46,8 @@ class Distillation(TrainSettings):
       temperature: T of the teacher's training, its soft labels and the student's training.
       teacher_epochs: epochs of the teacher (default: ``epochs``, as the student).
     """
+
+    numerics: ClassVar[int] = 1
 
     temperature: float = 100.0
     teacher_epochs: int | None = None

@@ -18,6 +18,7 @@ with α = ε the kernel is exactly ``attacks.FGSM`` (tested).
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +52,8 @@ class FGSMAT(TrainSettings):
       rel_step_size: the step as a multiple of ε (projected back onto the ball after it).
     """
 
+    numerics: ClassVar[int] = 1
+
     eps: float = 0.1
     norm: str = "linf"
     random_start: bool = False
@@ -82,6 +85,8 @@ class FGSMRS(FGSMAT):
 
     Same options as ``fgsm-at``, with ``random_start = true`` and ``rel_step_size = 1.25``.
     """
+
+    numerics: ClassVar[int] = 1
 
     random_start: bool = True
     rel_step_size: float = 1.25

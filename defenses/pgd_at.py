@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from attacks import checks
 from attacks.pgd import PGD
@@ -22,6 +23,8 @@ class PGDAT(TrainSettings):
       steps: PGD steps of the inner attack.
       rel_step_size: step size as a fraction of ε (default 2.5 / steps).
     """
+
+    numerics: ClassVar[int] = 1
 
     eps: float = 0.1
     norm: str = "linf"

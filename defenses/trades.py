@@ -11,6 +11,7 @@ uses β = 6 on CIFAR-10 (1 on MNIST); β = 0 is standard training on the clean b
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +42,8 @@ class TRADES(TrainSettings):
       beta: weight of the KL (robustness) term; 0 is clean training.
       init_std: σ of the Gaussian start x + init_std·N(0, I) of the inner maximisation.
     """
+
+    numerics: ClassVar[int] = 1
 
     eps: float = 0.1
     norm: str = "linf"

@@ -109,9 +109,11 @@ class PreActResNet18(_ResNet):
     """Pre-activation ResNet: stages of `blocks` basic blocks with `width`*(1,2,4,8) channels, strides 1,2,2,2."""
 
     preact: ClassVar[bool] = True
+    numerics: ClassVar[int] = 1
 
 
 class ResNet18(_ResNet):
     """Post-activation ResNet: stages of `blocks` basic blocks with `width`*(1,2,4,8) channels, strides 1,2,2,2."""
 
     preact: ClassVar[bool] = False
+    numerics: ClassVar[int] = 1

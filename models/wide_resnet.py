@@ -75,6 +75,7 @@ class WideResNet(_WideResNet):
     """Wide ResNet WRN-`depth`-`widen`: (depth - 4) / 6 pre-activation blocks per stage, 16/16k/32k/64k channels."""
 
     deepmind: ClassVar[bool] = False
+    numerics: ClassVar[int] = 1
 
 
 class DMWideResNet(_WideResNet):
@@ -83,6 +84,7 @@ class DMWideResNet(_WideResNet):
     activation: str = "relu"
 
     deepmind: ClassVar[bool] = True
+    numerics: ClassVar[int] = 1
 
     def activation_name(self) -> str:
         return self.activation
