@@ -6,7 +6,9 @@ from ``attacks.fastpath``, the custom-JVP convolution whose input gradient stays
 emits it when it re-traces any user's model, and robustax's own models call it directly, so
 their values and gradients are the same whichever way a model is run. ``attacks.fastpath``
 imports nothing of ours, so this edge makes no cycle; tests/test_structure.py allows
-exactly this module edge and no other.
+exactly this module edge and no other. (Python runs ``attacks/__init__`` first, so importing
+the models also imports the attack kernels and applies ``attacks.xla_flags``, as importing
+``bench`` always did.)
 """
 
 import functools
