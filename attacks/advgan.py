@@ -111,6 +111,9 @@ class AdvGAN:
       gan_weight: weight of the GAN term for the generator.
     """
 
+    # Bump in the same commit as any change that can move this class's numbers (cell ids and checkpoint keys include it).
+    numerics: ClassVar[int] = 1
+
     trainable: ClassVar[bool] = True
 
     norm: str = "linf"

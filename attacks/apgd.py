@@ -18,6 +18,7 @@ its targets × restarts at once.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 import math
 
 import jax
@@ -282,6 +283,8 @@ class APGD(_APGDBase):
       unroll: loop unrolling; ``0`` (auto) unrolls on CPU up to 50 steps, as PGD does.
     """
 
+    numerics: ClassVar[int] = 1
+
     loss: str = "ce"
 
     def __post_init__(self):
@@ -305,6 +308,8 @@ class APGD(_APGDBase):
 class APGDDLR(APGD):
     """APGD on the DLR loss (AutoAttack's ``apgd-dlr``): :class:`APGD` with ``loss = "dlr"``."""
 
+    numerics: ClassVar[int] = 1
+
     loss: str = "dlr"
 
 
@@ -323,6 +328,8 @@ class APGDT(_APGDBase):
     Attributes: those of :class:`APGD` except ``loss``, and
       n_target_classes: how many target classes to attack (AutoAttack: 9).
     """
+
+    numerics: ClassVar[int] = 1
 
     n_target_classes: int = 9
 

@@ -17,6 +17,7 @@ result at a fraction of the cost.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +42,8 @@ class AutoAttack:
       n_target_classes: targets of APGD-T and FAB-T (the top 9 other classes).
       eot_iter: EOT draws per gradient in the ``rand`` version.
     """
+
+    numerics: ClassVar[int] = 1
 
     norm: str = "linf"
     version: str = "standard"

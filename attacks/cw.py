@@ -20,6 +20,7 @@ Cost: search_steps × steps × (one forward + input-gradient pass), plus ``refin
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -72,6 +73,8 @@ class CW(base.MinimumNorm):
         the hinge's kink, so the closest iterate lies slightly beyond the boundary; the
         bisection pulls it back along its own direction.
     """
+
+    numerics: ClassVar[int] = 1
 
     norm: str = "l2"
     steps: int = 100

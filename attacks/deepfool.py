@@ -17,6 +17,7 @@ example of the batch is fooled (usually 2–4 steps).
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +45,8 @@ class DeepFool(base.MinimumNorm):
       steps: at most this many linearisation steps.
       overshoot: the accumulated step is scaled by 1 + overshoot (the reference's 0.02).
     """
+
+    numerics: ClassVar[int] = 1
 
     norm: str = "l2"
     steps: int = 50

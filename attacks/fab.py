@@ -21,6 +21,7 @@ for the success check, two box-constrained projections, ~24 elementwise passes e
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -182,6 +183,8 @@ class FAB(base.MinimumNorm):
         boundary (1.0052·d* on a linear model with the defaults); 12 steps bring it within
         2⁻¹² of the segment's crossing.
     """
+
+    numerics: ClassVar[int] = 1
 
     norm: str = "linf"
     targeted: bool = True

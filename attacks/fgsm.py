@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,8 @@ class FGSM:
       targeted: push towards a target class instead of away from the label.
       target: how targets are picked when ``targeted``: ``random`` or ``least-likely``.
     """
+
+    numerics: ClassVar[int] = 1
 
     norm: str = "linf"
     loss: str = "ce"

@@ -11,6 +11,7 @@ forward passes.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 
@@ -25,6 +26,8 @@ class Noise:
       norm: threat model, ``linf``, ``l2`` or ``l1``.
       samples: independent draws per example.
     """
+
+    numerics: ClassVar[int] = 1
 
     norm: str = "linf"
     samples: int = 1

@@ -10,6 +10,7 @@ input-gradient passes and one extra forward.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +39,8 @@ class PGD:
         a user's model with ``flax.linen.Conv`` is not, hence unrolling where compile time
         allows.
     """
+
+    numerics: ClassVar[int] = 1
 
     norm: str = "linf"
     steps: int = 10

@@ -43,6 +43,7 @@ Restarts are a ``vmap`` axis; per example the first restart that fools the model
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 import functools
 import math
 
@@ -191,6 +192,8 @@ class Square:
       target: how targets are picked when ``targeted``: ``random`` or ``least-likely``.
       resc_schedule: stretch the ``p`` schedule (written for 10,000 iterations) to ``queries``.
     """
+
+    numerics: ClassVar[int] = 1
 
     norm: str = "linf"
     queries: int = 5000

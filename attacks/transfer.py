@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,8 @@ class Transfer:
       surrogate: ``<model label>/<defense label>`` of the surrogate(s) in the same sweep;
         several are an ensemble (mean logits).
     """
+
+    numerics: ClassVar[int] = 1
 
     attack: str = "pgd"
     surrogate: tuple[str, ...] = ()

@@ -15,14 +15,15 @@ trained by the shared loop ``fit``; every one also takes the augmentation settin
   teacher trained at temperature T labels the training set with softmax(logits / T), a
   student of the same model is trained on those at T and returned (evaluated at T = 1).
 - ``Augment`` (``augment``): standard training with Gaussian noise, random crops and
-  (optionally) horizontal flips; the transforms (``defenses.augment.Augmentation``) are
+  (optionally) horizontal flips; the transforms (``defenses.augmentation.Augmentation``) are
   settings of every procedure, applied to the clean batch before its perturbation.
 - ``LabelFlip`` (``label-flip``): the poisoning attack, exactly round(p·n) training labels
   flipped (to a random other class, y + 1 mod K, or source → target) by ``poison_seed``,
   then standard training; ``flip_labels`` is the pure function.
 """
 
-from defenses.augment import Augment, Augmentation
+from defenses.augment import Augment
+from defenses.augmentation import Augmentation
 from defenses.base import InferenceWrapper, TrainingDefense, is_wrapper
 from defenses.checkpoint import (checkpoint_bytes, checkpoint_parameter_digest, parameter_digest,
                                  variables_from_bytes)

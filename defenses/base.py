@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Protocol
 
+from attacks import checks, threat
 from attacks.base import LogitsFn
 
 
@@ -44,3 +45,13 @@ class InferenceWrapper(Protocol):
 def is_wrapper(defense: Any) -> bool:
     """True for inference wrappers (``kind = "wrapper"``), False for training defenses."""
     return getattr(defense, "kind", "training") == "wrapper"
+
+
+def check_budget(eps: float, norm: str) -> None:
+    """The training budget's checks, shared by the adversarial training procedures (PGD-AT,
+    FGSM-AT/-RS, TRADES): ``eps`` > 0, ``norm`` one of :data:`attacks.threat.NORMS`, and
+    ``eps`` at most the largest meaningful budget of that norm (ValueError naming the option,
+    in that order)."""
+    checks.check_positive("eps", eps)
+    checks.check_choice("norm", norm, threat.NORMS)
+    checks.check_eps("eps", eps, norm)

@@ -21,6 +21,7 @@ default Adam optimiser is invariant to that scale, plain SGD needs a ~T times la
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import numpy as np
@@ -28,6 +29,7 @@ import optax
 
 from attacks import checks
 from defenses.training import TrainSettings, fit
+from models.base import make_logits_fn
 
 _LABEL_BATCH = 1024  # examples per forward pass when the teacher labels the training set
 
@@ -44,6 +46,8 @@ class Distillation(TrainSettings):
       temperature: T of the teacher's training, its soft labels and the student's training.
       teacher_epochs: epochs of the teacher (default: ``epochs``, as the student).
     """
+
+    numerics: ClassVar[int] = 1
 
     temperature: float = 100.0
     teacher_epochs: int | None = None
@@ -69,8 +73,6 @@ class Distillation(TrainSettings):
 
     def soft_labels(self, module, variables, x: np.ndarray) -> np.ndarray:
         """softmax(logits / T) of the trained (teacher) ``variables`` on ``x``, evaluation mode."""
-        from models import make_logits_fn
-
         logits_fn = jax.jit(make_logits_fn(module))
         probs = [jax.nn.softmax(logits_fn(variables, x[i:i + _LABEL_BATCH]) / self.temperature)
                  for i in range(0, len(x), _LABEL_BATCH)]

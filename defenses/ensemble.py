@@ -12,6 +12,7 @@ form: the naive row is already the adaptive attack.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 from collections.abc import Sequence
 
 import jax
@@ -65,6 +66,8 @@ class Ensemble:
       combine: average ``logits`` or ``probs`` (probabilities; returned as their log).
       weights: one weight ≥ 0 per member (not all 0); empty: equal weights.
     """
+
+    numerics: ClassVar[int] = 1
 
     members: tuple[str, ...] = ()
     combine: str = "logits"

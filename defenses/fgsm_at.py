@@ -18,11 +18,13 @@ with α = ε the kernel is exactly ``attacks.FGSM`` (tested).
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from attacks import checks, losses, threat
+from defenses.base import check_budget
 from defenses.training import TrainSettings, fit
 
 
@@ -50,6 +52,8 @@ class FGSMAT(TrainSettings):
       rel_step_size: the step as a multiple of ε (projected back onto the ball after it).
     """
 
+    numerics: ClassVar[int] = 1
+
     eps: float = 0.1
     norm: str = "linf"
     random_start: bool = False
@@ -59,9 +63,7 @@ class FGSMAT(TrainSettings):
 
     def __post_init__(self):
         self.check()
-        checks.check_positive("eps", self.eps)
-        checks.check_choice("norm", self.norm, threat.NORMS)
-        checks.check_eps("eps", self.eps, self.norm)
+        check_budget(self.eps, self.norm)
         checks.check_positive("rel_step_size", self.rel_step_size)
 
     def perturb(self, logits_fn, variables, x, y, key) -> jax.Array:
@@ -83,6 +85,8 @@ class FGSMRS(FGSMAT):
 
     Same options as ``fgsm-at``, with ``random_start = true`` and ``rel_step_size = 1.25``.
     """
+
+    numerics: ClassVar[int] = 1
 
     random_start: bool = True
     rel_step_size: float = 1.25

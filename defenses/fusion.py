@@ -19,6 +19,7 @@ trained models (``members = [M1, M2]``, clean first):
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 from collections.abc import Sequence
 
 import jax
@@ -51,6 +52,8 @@ class Fusion:
       threshold: ``route``: M2 answers where the score exceeds it.
       temperature: ``route``, adaptive form: the width of the soft gate attacks differentiate.
     """
+
+    numerics: ClassVar[int] = 1
 
     members: tuple[str, ...] = ("standard", "pgd-at")
     mode: str = "mix"

@@ -13,6 +13,7 @@ model, so every model of a sweep learns from the same poisoned labels.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import numpy as np
@@ -68,6 +69,8 @@ class LabelFlip(TrainSettings):
       poison_seed: picks the flipped examples (and ``uniform``'s new classes), independent of
         the sweep's seed.
     """
+
+    numerics: ClassVar[int] = 1
 
     fraction: float = 0.2
     mapping: str = "uniform"

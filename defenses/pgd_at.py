@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from attacks import checks
 from attacks.pgd import PGD
-from attacks.threat import NORMS
+from defenses.base import check_budget
 from defenses.training import TrainSettings, fit
 
 
@@ -23,6 +24,8 @@ class PGDAT(TrainSettings):
       rel_step_size: step size as a fraction of ε (default 2.5 / steps).
     """
 
+    numerics: ClassVar[int] = 1
+
     eps: float = 0.1
     norm: str = "linf"
     steps: int = 7
@@ -32,9 +35,7 @@ class PGDAT(TrainSettings):
 
     def __post_init__(self):
         self.check()
-        checks.check_choice("norm", self.norm, NORMS)
-        checks.check_positive("eps", self.eps)
-        checks.check_eps("eps", self.eps, self.norm)
+        check_budget(self.eps, self.norm)
         checks.check_count("steps", self.steps, checks.MAX_STEPS)
 
     def train(self, module, data, key, on_epoch=None) -> dict:

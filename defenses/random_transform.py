@@ -26,6 +26,7 @@ property of the model (every attack, unchanged) rather than of one attack's loop
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 import math
 
 import jax
@@ -109,6 +110,8 @@ class RandomTransform:
       sigma: ``noise``: standard deviation of the pixel noise.
       eot_draws: draws the adaptive (EOT) form averages per query.
     """
+
+    numerics: ClassVar[int] = 1
 
     base: str = "standard"
     method: str = "resize-pad"

@@ -13,6 +13,7 @@ are blunted (gradient masking). The adaptive form is BPDA (Athalye, Carlini & Wa
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +59,8 @@ class Squeeze:
       bits: bit depth of ``bit-depth`` (1 to 8; 1 is a binary image).
       window: side of the ``median`` filter's square window (2 and 3 in the paper).
     """
+
+    numerics: ClassVar[int] = 1
 
     base: str = "standard"
     method: str = "bit-depth"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from defenses.training import TrainSettings, fit
 
@@ -10,6 +11,8 @@ from defenses.training import TrainSettings, fit
 @dataclasses.dataclass(frozen=True)
 class Standard(TrainSettings):
     """Standard training: cross-entropy on clean examples (the undefended baseline)."""
+
+    numerics: ClassVar[int] = 1
 
     kind = "training"
 

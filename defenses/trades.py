@@ -11,12 +11,14 @@ uses β = 6 on CIFAR-10 (1 on MNIST); β = 0 is standard training on the clean b
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from attacks import checks, threat
+from defenses.base import check_budget
 from defenses.training import TrainSettings, fit
 
 
@@ -41,6 +43,8 @@ class TRADES(TrainSettings):
       init_std: σ of the Gaussian start x + init_std·N(0, I) of the inner maximisation.
     """
 
+    numerics: ClassVar[int] = 1
+
     eps: float = 0.1
     norm: str = "linf"
     steps: int = 10
@@ -52,9 +56,7 @@ class TRADES(TrainSettings):
 
     def __post_init__(self):
         self.check()
-        checks.check_positive("eps", self.eps)
-        checks.check_choice("norm", self.norm, threat.NORMS)
-        checks.check_eps("eps", self.eps, self.norm)
+        check_budget(self.eps, self.norm)
         checks.check_count("steps", self.steps, checks.MAX_STEPS)
         if self.rel_step_size is not None:
             checks.check_positive("rel_step_size", self.rel_step_size)

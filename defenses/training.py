@@ -11,7 +11,7 @@ are updated in training mode, and everything random comes from the explicit key
 Data augmentation (``noise_std``, ``crop_pad``, ``hflip``) is a setting of every training
 procedure, not a procedure of its own: the loop applies it to the clean batch before
 ``perturb``, so PGD-AT, TRADES, ... with augmentation is the same config entry with those
-options set (``defenses.augment`` holds the transforms; the ``augment`` defense is standard
+options set (``defenses.augmentation`` holds the transforms; the ``augment`` defense is standard
 training with them on by default). With all three off the step is exactly the one without
 augmentation.
 """
@@ -29,6 +29,8 @@ import numpy as np
 import optax
 
 from attacks import checks
+from defenses.augmentation import Augmentation
+from models.base import init_variables
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -74,10 +76,8 @@ class TrainSettings:
         checks.check_positive("crop_pad", self.crop_pad, allow_zero=True)
 
     @property
-    def augmentation(self):
-        """The :class:`defenses.augment.Augmentation` the loop applies to each clean batch."""
-        from defenses.augment import Augmentation  # augment.py subclasses TrainSettings
-
+    def augmentation(self) -> Augmentation:
+        """The :class:`defenses.augmentation.Augmentation` the loop applies to each clean batch."""
         return Augmentation(noise_std=self.noise_std, crop_pad=self.crop_pad, hflip=self.hflip)
 
 
@@ -124,8 +124,6 @@ def fit(module, x_train: np.ndarray, y_train: np.ndarray, settings: TrainSetting
     :func:`cross_entropy_loss`; ``y_train`` may be integer labels [N] or, for a ``loss``
     that wants them, float targets [N, K] (distillation's soft labels).
     """
-    from models import init_variables
-
     n = len(x_train)
     bs = min(settings.batch_size, n)
     steps_per_epoch = n // bs

@@ -1,4 +1,15 @@
-"""Small building blocks shared by the models."""
+"""Small building blocks shared by the models.
+
+The one exception to "models import nothing of ours": :data:`Conv` takes its convolution
+from ``attacks.fastpath``, the custom-JVP convolution whose input gradient stays fast inside
+``lax.fori_loop`` (see there). It is one primitive with one implementation: the fast path
+emits it when it re-traces any user's model, and robustax's own models call it directly, so
+their values and gradients are the same whichever way a model is run. ``attacks.fastpath``
+imports nothing of ours, so this edge makes no cycle; tests/test_structure.py allows
+exactly this module edge and no other. (Python runs ``attacks/__init__`` first, so importing
+the models also imports the attack kernels and applies ``attacks.xla_flags``, as importing
+``bench`` always did.)
+"""
 
 import functools
 from collections.abc import Sequence
@@ -7,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jax.custom_derivatives import SymbolicZero
+from attacks.fastpath import conv
 
 
 def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
@@ -23,6 +34,16 @@ def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
     top = jnp.maximum(x[:, 0::2, 0::2, :], x[:, 0::2, 1::2, :])
     bottom = jnp.maximum(x[:, 1::2, 0::2, :], x[:, 1::2, 1::2, :])
     return jnp.maximum(top, bottom)
+
+
+ACTIVATIONS = {"relu": nn.relu, "swish": nn.swish}
+
+
+def activation_fn(name: str):
+    """``relu``, or ``swish`` = x·sigmoid(x); ValueError naming the choices otherwise."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation = {name!r} is unknown; choose one of: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
 
 
 def normalize(x: jnp.ndarray, mean: Sequence[float], std: Sequence[float]) -> jnp.ndarray:
@@ -44,50 +65,6 @@ def normalize(x: jnp.ndarray, mean: Sequence[float], std: Sequence[float]) -> jn
     return (x - mean_arr) / std_arr
 
 
-def _transposed_kernel_conv(lhs, rhs, strides, padding, lhs_dil, rhs_dil, dn):
-    """The same convolution with the kernel's in/out axes physically swapped.
-
-    Its input gradient (the convolution's transpose) then reads the kernel in the canonical
-    layout. The optimization barrier stops XLA from folding the swap back into the
-    dimension numbers, which inside a ``while`` loop sends XLA:CPU to a generic convolution
-    ~10× slower than its fast path (measured: 187 vs 51 ms per step on a 3×3, 32→64 conv).
-    """
-    o, i, *spatial = dn.rhs_spec
-    perm = list(range(rhs.ndim))
-    perm[o], perm[i] = perm[i], perm[o]
-    rhs_t = jax.lax.optimization_barrier(jnp.transpose(rhs, perm))
-    dn_t = jax.lax.ConvDimensionNumbers(dn.lhs_spec, (i, o, *spatial), dn.out_spec)
-    return jax.lax.conv_general_dilated(lhs, rhs_t, strides, padding, lhs_dil, rhs_dil, dn_t)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _conv(lhs, rhs, strides, padding, lhs_dil, rhs_dil, dn):
-    return jax.lax.conv_general_dilated(lhs, rhs, strides, padding, lhs_dil, rhs_dil, dn)
-
-
-def _conv_jvp(strides, padding, lhs_dil, rhs_dil, dn, primals, tangents):
-    """The convolution is bilinear: d(conv) = conv(dlhs, rhs) + conv(lhs, drhs).
-
-    The ``dlhs`` term uses the transposed-kernel form, so reverse mode (which transposes this
-    rule) computes the input gradient with the canonical kernel layout. A JVP rather than a
-    VJP keeps forward mode (``jax.jvp``, ``jax.hessian``) working; symbolic zeros skip the
-    weight term when only the input is differentiated (attacks), so no convolution is wasted.
-    """
-    lhs, rhs = primals
-    dlhs, drhs = tangents
-    out = _conv(lhs, rhs, strides, padding, lhs_dil, rhs_dil, dn)
-    terms = []
-    if type(dlhs) is not SymbolicZero:
-        terms.append(_transposed_kernel_conv(dlhs, rhs, strides, padding, lhs_dil, rhs_dil, dn))
-    if type(drhs) is not SymbolicZero:
-        terms.append(jax.lax.conv_general_dilated(lhs, drhs, strides, padding, lhs_dil, rhs_dil, dn))
-    tangent = sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
-    return out, tangent
-
-
-_conv.defjvp(_conv_jvp, symbolic_zeros=True)
-
-
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None):
@@ -107,7 +84,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     dn = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     nd = lhs.ndim - 2
     pad = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
-    return _conv(lhs, rhs, tuple(window_strides), pad, tuple(lhs_dilation or (1,) * nd),
+    return conv(lhs, rhs, tuple(window_strides), pad, tuple(lhs_dilation or (1,) * nd),
                  tuple(rhs_dilation or (1,) * nd), dn)
 
 

@@ -1,6 +1,7 @@
 """Fully connected classifier."""
 
 import dataclasses
+from typing import ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -10,6 +11,8 @@ from models.layers import normalize
 
 class MLP(nn.Module):
     """Multi-layer perceptron: flatten, `depth` ReLU layers of `width` units, linear head."""
+
+    numerics: ClassVar[int] = 1
 
     num_classes: int = 10
     mean: tuple[float, ...] = (0.0,)

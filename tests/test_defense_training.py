@@ -159,6 +159,12 @@ BAD_OPTIONS = [
     ("standard", {"noise_std": -0.1}, "noise_std = -0.1 is impossible"),
     ("standard", {"crop_pad": -1}, "crop_pad = -1 is impossible"),
     ("fgsm-at", {"eps": 0.0}, "eps = 0.0 is impossible"),
+    # The one budget check (defenses.base.check_budget) of every adversarial procedure:
+    ("pgd-at", {"eps": 0.0}, "eps = 0.0 is impossible"),
+    ("pgd-at", {"norm": "l3"}, "norm = 'l3' is not allowed"),
+    ("pgd-at", {"eps": 1.5}, "eps = 1.5 is beyond the largest meaningful linf budget"),
+    ("fgsm-rs", {"eps": 2.0}, "eps = 2.0 is beyond the largest meaningful linf budget"),
+    ("trades", {"eps": 1.5}, "eps = 1.5 is beyond the largest meaningful linf budget"),
     ("fgsm-at", {"rel_step_size": 0.0}, "rel_step_size = 0.0 is impossible"),
     ("fgsm-rs", {"norm": "l3"}, "norm = 'l3' is not allowed"),
     ("trades", {"beta": -1.0}, "beta = -1.0 is impossible"),
