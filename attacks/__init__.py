@@ -1,6 +1,6 @@
 """Pure, jit/vmap-compiled adversarial attacks: ``attack(logits_fn, params, x, y, eps, key)``.
 
-The attacks know nothing of configs: the names a sweep config uses live in ``bench.registry``.
+The attacks know nothing of configs: the names a sweep config uses live in ``bench.sweep.registry``.
 """
 
 from attacks import xla_flags

@@ -10,7 +10,7 @@ reference code.
 As a kernel, ``AutoAttack()(logits_fn, params, x, y, eps, key)`` runs every stage on every
 point and keeps, per example, the first stage that succeeds (pure and jit-able, the reference
 semantics). The benchmark engine instead runs :meth:`AutoAttack.stages` as a cascade on the
-still-robust points only (``bench.engine``), with the same per-example keys, hence the same
+still-robust points only (``bench.sweep.engine``), with the same per-example keys, hence the same
 result at a fraction of the cost.
 """
 

@@ -35,7 +35,7 @@ class Transfer:
 
     attack: str = "pgd"
     surrogate: tuple[str, ...] = ()
-    _crafter: Any = None  # the resolved attack instance (set by bench.config or :meth:`of`)
+    _crafter: Any = None  # the resolved attack instance (set by bench.sweep.config or :meth:`of`)
 
     @classmethod
     def of(cls, crafter: Any, surrogate: Sequence[str] = ()) -> Transfer:

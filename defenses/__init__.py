@@ -1,6 +1,6 @@
 """Defenses: training procedures (``train``) and inference wrappers (``wrap``).
 
-The config names that map to them live in ``bench.registry``.
+The config names that map to them live in ``bench.sweep.registry``.
 
 Training procedures beyond standard training and PGD-AT (each a ``TrainSettings`` subclass
 trained by the shared loop ``fit``; every one also takes the augmentation settings):

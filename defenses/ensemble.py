@@ -2,7 +2,7 @@
 
 A *member wrapper* (this one and :class:`defenses.fusion.Fusion`) combines several trained
 models instead of wrapping one: its ``members`` option names them (config labels, resolved
-by ``bench.config``), ``wrap(logits_fns)`` takes their logits functions in ``members``
+by ``bench.sweep.config``), ``wrap(logits_fns)`` takes their logits functions in ``members``
 order and returns one ``logits_fn(params, x)`` whose ``params`` is the tuple of the members'
 params in the same order. Members may be different architectures. The combination is
 differentiable, so attacks take gradients through every member and there is no adaptive
@@ -29,8 +29,8 @@ def check_members(members: Sequence[str], count: int | None = None, what: str = 
     ``count``, has exactly ``count`` entries (``what`` says what they must be)."""
     listed = list(members)
     if not listed:
-        raise ValueError(f"members = [] is empty; list the trained models to combine, e.g. "
-                         f"members = [\"standard\", \"pgd-at\"]")
+        raise ValueError("members = [] is empty; list the trained models to combine, e.g. "
+                         "members = [\"standard\", \"pgd-at\"]")
     if count is not None and len(listed) != count:
         raise ValueError(f"members = {listed} has {len(listed)} entries; it must have {count}: "
                          f"{what}")

@@ -12,7 +12,7 @@ Randomness is an explicit key: :meth:`RandomTransform.wrap` returns
 ``attacks.base.apply_logits``), and every example of a batch draws its own transform from
 ``split(key, B)``. The wrapped model may itself be a plain two-argument
 ``logits_fn(params, x)``. Who supplies the key (per attack query, per scored example) is the
-caller's business; ``bench.engine`` derives every key from the cell's key, so a sweep is
+caller's business; ``bench.sweep.engine`` derives every key from the cell's key, so a sweep is
 deterministic for its seed.
 
 The adaptive form is EOT (Athalye et al., ICML 2018), :func:`eot`: a random logits function

@@ -1,7 +1,7 @@
 """Classifiers for robustax: flax.linen modules taking [0, 1] NHWC images, normalising inside.
 
 Each model is a plain ``flax.linen.Module`` with ``num_classes``, ``mean`` and ``std`` fields
-and size options; the config names that map to them live in ``bench.registry``.
+and size options; the config names that map to them live in ``bench.sweep.registry``.
 """
 
 from models.base import init_variables, make_logits_fn

@@ -72,7 +72,7 @@ def test_cnn_twin_moves_with_its_normalisation():
     params = random_variables(module, (8, 8, 1))
     x = np.random.default_rng(1).uniform(size=(2, 8, 8, 1)).astype(np.float32)
     net = cnn_twin(module, params, x)
-    assert {"mean", "std"} <= dict(net.named_buffers()).keys()  # .to(device) moves them
+    assert {"_mean", "_std"} <= dict(net.named_buffers()).keys()  # .to(device) moves them
 
 
 @pytest.mark.parametrize("twin", ["cnn", "user-cnn", "preact"])

@@ -9,7 +9,7 @@ import dataclasses
 
 import pytest
 
-from bench.registry import ATTACKS, DEFENSES, MODELS
+from bench.sweep.registry import ATTACKS, DEFENSES, MODELS
 
 REGISTERED = [(reg.kind, name, cls) for reg in (ATTACKS, DEFENSES, MODELS)
               for name, cls in sorted(reg.items())]

@@ -143,7 +143,7 @@ def _declared_imports(part: str) -> set[str]:
     return {n.strip().rstrip(".") for n in lines[0][len("Imports:"):].split(",")}
 
 
-def imported_modules(path: Path) -> list[tuple[int, str]]:
+def our_imports(path: Path) -> list[tuple[int, str]]:
     """(line, dotted module) of every import of ours in a file, inside functions included;
     ``from bench import xla`` counts as ``bench.xla``."""
     out = []
@@ -168,7 +168,7 @@ def test_bench_parts_import_only_what_their_docstring_declares(part):
     files = sorted((ROOT / "bench" / part).glob("*.py"))
     assert len(files) > 1
     bad = [f"{p.relative_to(ROOT)}:{line} imports {m}" for p in files
-           for line, m in imported_modules(p) if not _allowed(m, allowed)]
+           for line, m in our_imports(p) if not _allowed(m, allowed)]
     assert not bad, f"bench/{part} declares {sorted(allowed)}; " + "; ".join(bad)
 
 
@@ -176,7 +176,7 @@ def test_nothing_depends_on_the_pytorch_tooling():
     users = [f"{p.relative_to(ROOT)}:{line}" for p in sorted(ROOT.glob("*/**/*.py"))
              if p.relative_to(ROOT).parts[0] in OURS and "pytorch" not in p.parts
              and p.name != "cli.py"
-             for line, m in imported_modules(p) if m.startswith("bench.pytorch")]
+             for line, m in our_imports(p) if m.startswith("bench.pytorch")]
     assert not users, users
 
 

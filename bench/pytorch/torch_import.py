@@ -32,9 +32,7 @@ from bench.errors import RobustaxError
 from bench.store.io import atomic_write_bytes
 from bench.sweep.weights import match, shapes
 from defenses import checkpoint_bytes
-from models import PreActResNet18, WideResNet, make_logits_fn
-from models.dm_wide_resnet import DMWideResNet
-from models.resnet import ResNet18
+from models import DMWideResNet, PreActResNet18, ResNet18, WideResNet, make_logits_fn
 
 ARCHS = ("preact-resnet18", "resnet18", "wrn-28-10", "wrn-34-10", "wrn-70-16")
 TOLERANCE = 1e-4

@@ -17,10 +17,6 @@ import defenses
 import models
 from bench.errors import ConfigError
 from bench.sweep import options as opts
-from models.dm_wide_resnet import (
-    DMWideResNet,  # not in models/__init__ (see that module)
-)
-from models.resnet import ResNet18
 
 
 class Registry(Mapping[str, type]):
@@ -112,5 +108,5 @@ MODELS.register("mlp", models.MLP)
 MODELS.register("cnn", models.CNN)
 MODELS.register("preact-resnet18", models.PreActResNet18)
 MODELS.register("wide-resnet", models.WideResNet)
-MODELS.register("resnet18", ResNet18)
-MODELS.register("dm-wide-resnet", DMWideResNet)
+MODELS.register("resnet18", models.ResNet18)
+MODELS.register("dm-wide-resnet", models.DMWideResNet)
