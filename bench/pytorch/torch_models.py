@@ -77,8 +77,10 @@ class PlainCNN(_Normalised):
 # ------------------------------------------------------------------ PreAct-ResNet-18
 
 
-class PreActBlockV2(nn.Module):
-    """Pre-activation basic block; the projection shortcut takes the pre-activated input."""
+class _PreActPair(nn.Module):
+    """The two BN-ReLU-conv3×3 halves of a pre-activation block (``bn1``, ``conv1``, ``bn2``,
+    ``conv2``, the state-dict names both RobustBench layouts use); subclasses add their
+    shortcut under their layout's name."""
 
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
@@ -86,14 +88,39 @@ class PreActBlockV2(nn.Module):
         self.conv1 = _conv3(cin, cout, stride)
         self.bn2 = nn.BatchNorm2d(cout)
         self.conv2 = _conv3(cout, cout)
+
+    def halves(self, x):
+        """(pre-activated input, residual branch output)."""
+        out = F.relu(self.bn1(x))
+        return out, self.conv2(F.relu(self.bn2(self.conv1(out))))
+
+
+class PreActBlockV2(_PreActPair):
+    """Pre-activation basic block; the projection shortcut takes the pre-activated input."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__(cin, cout, stride)
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(_conv1(cin, cout, stride))
 
     def forward(self, x):
-        out = F.relu(self.bn1(x))
-        shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
-        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
-        return out + shortcut
+        pre, out = self.halves(x)
+        return out + (self.shortcut(pre) if hasattr(self, "shortcut") else x)
+
+
+def _add_stages(net: nn.Module, block: type, width: int, blocks) -> int:
+    """Adds ResNet-18's stages ``layer1``… to ``net`` (``blocks[s]`` blocks of ``block`` at
+    width ``width·2^s``, the first of each later stage with stride 2); returns the final
+    width."""
+    cin = width
+    for s, n in enumerate(blocks):
+        layers = []
+        for i in range(n):
+            layers.append(block(cin, width * 2**s, 2 if s > 0 and i == 0 else 1))
+            cin = width * 2**s
+        setattr(net, f"layer{s + 1}", nn.Sequential(*layers))
+    net.n_stages = len(blocks)
+    return cin
 
 
 class PreActResNet(_Normalised):
@@ -103,14 +130,7 @@ class PreActResNet(_Normalised):
                  channels=3):
         super().__init__(mean, std, channels)
         self.conv1 = _conv3(channels, width)
-        cin = width
-        for s, n in enumerate(blocks):
-            layers = []
-            for i in range(n):
-                layers.append(PreActBlockV2(cin, width * 2**s, 2 if s > 0 and i == 0 else 1))
-                cin = width * 2**s
-            setattr(self, f"layer{s + 1}", nn.Sequential(*layers))
-        self.n_stages = len(blocks)
+        cin = _add_stages(self, PreActBlockV2, width, blocks)
         self.bn = nn.BatchNorm2d(cin)
         self.linear = nn.Linear(cin, num_classes)
 
@@ -152,14 +172,7 @@ class ResNet(_Normalised):
         super().__init__(mean, std, channels)
         self.conv1 = _conv3(channels, width)
         self.bn1 = nn.BatchNorm2d(width)
-        cin = width
-        for s, n in enumerate(blocks):
-            layers = []
-            for i in range(n):
-                layers.append(BasicBlock(cin, width * 2**s, 2 if s > 0 and i == 0 else 1))
-                cin = width * 2**s
-            setattr(self, f"layer{s + 1}", nn.Sequential(*layers))
-        self.n_stages = len(blocks)
+        cin = _add_stages(self, BasicBlock, width, blocks)
         self.linear = nn.Linear(cin, num_classes)
 
     def forward(self, x):
@@ -172,23 +185,17 @@ class ResNet(_Normalised):
 # ------------------------------------------------------------------ WideResNet (TRADES layout)
 
 
-class WideBlock(nn.Module):
+class WideBlock(_PreActPair):
     """RobustBench's ``wide_resnet.BasicBlock`` (dropout 0)."""
 
     def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(cin)
-        self.conv1 = _conv3(cin, cout, stride)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.conv2 = _conv3(cout, cout)
+        super().__init__(cin, cout, stride)
         self.equal = cin == cout
         self.convShortcut = None if self.equal else _conv1(cin, cout, stride)
 
     def forward(self, x):
-        out = F.relu(self.bn1(x))
-        shortcut = x if self.equal else self.convShortcut(out)
-        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
-        return shortcut + out
+        pre, out = self.halves(x)
+        return (x if self.equal else self.convShortcut(pre)) + out
 
 
 class _Group(nn.Module):

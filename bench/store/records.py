@@ -153,6 +153,11 @@ MISSING = "missing"
 """:meth:`RunDir.cell_problem` of a cell that was never written (computed without a warning)."""
 
 
+def _at(name: str) -> property:
+    """A :class:`RunDir` property: the path ``name`` inside the run directory."""
+    return property(lambda self: self.root / name)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunDir:
     """The layout of a run directory, and the one way files get into it and out of it.
@@ -167,33 +172,14 @@ class RunDir:
     def manifest(self) -> Manifest:
         return Manifest(self.root)
 
-    @property
-    def cells(self) -> Path:
-        return self.root / "cells"
-
-    @property
-    def masks(self) -> Path:
-        return self.root / "masks"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def tables(self) -> Path:
-        return self.root / "tables"
-
-    @property
-    def plots(self) -> Path:
-        return self.root / "plots"
-
-    @property
-    def records_csv(self) -> Path:
-        return self.root / "records.csv"
-
-    @property
-    def plan_json(self) -> Path:
-        return self.root / "plan.json"
+    # Where each kind of artifact lives in a run directory.
+    cells = _at("cells")
+    masks = _at("masks")
+    checkpoints = _at("checkpoints")
+    tables = _at("tables")
+    plots = _at("plots")
+    records_csv = _at("records.csv")
+    plan_json = _at("plan.json")
 
     # -- writing ----------------------------------------------------------------------------
     def store(self, path: Path, data: bytes) -> None:
