@@ -283,7 +283,7 @@ class APGD(_APGDBase):
       unroll: loop unrolling; ``0`` (auto) unrolls on CPU up to 50 steps, as PGD does.
     """
 
-    numerics: ClassVar[int] = 1
+    numerics: ClassVar[int] = 2  # 2: DLR's plateau gradient exactly zero (losses.dlr)
 
     loss: str = "ce"
 
@@ -308,7 +308,7 @@ class APGD(_APGDBase):
 class APGDDLR(APGD):
     """APGD on the DLR loss (AutoAttack's ``apgd-dlr``): :class:`APGD` with ``loss = "dlr"``."""
 
-    numerics: ClassVar[int] = 1
+    numerics: ClassVar[int] = 2  # 2: DLR's plateau gradient exactly zero (losses.dlr)
 
     loss: str = "dlr"
 

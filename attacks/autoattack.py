@@ -43,7 +43,7 @@ class AutoAttack:
       eot_iter: EOT draws per gradient in the ``rand`` version.
     """
 
-    numerics: ClassVar[int] = 1
+    numerics: ClassVar[int] = 2  # 2: DLR's plateau gradient exactly zero (losses.dlr)
 
     norm: str = "linf"
     version: str = "standard"

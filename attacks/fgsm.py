@@ -24,7 +24,7 @@ class FGSM:
       target: how targets are picked when ``targeted``: ``random`` or ``least-likely``.
     """
 
-    numerics: ClassVar[int] = 1
+    numerics: ClassVar[int] = 2  # 2: DLR's plateau gradient exactly zero (losses.dlr)
 
     norm: str = "linf"
     loss: str = "ce"

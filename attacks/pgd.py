@@ -40,7 +40,7 @@ class PGD:
         allows.
     """
 
-    numerics: ClassVar[int] = 1
+    numerics: ClassVar[int] = 2  # 2: DLR's plateau gradient exactly zero (losses.dlr)
 
     norm: str = "linf"
     steps: int = 10

@@ -360,6 +360,48 @@ def test_textbook_cross_entropy_fails_the_same_check():
     assert np.all(np.asarray(g)[np.arange(8), y] == 0.0)
 
 
+def _dlr_plateau_logits(n):
+    """Random logits and labels ranked third: DLR is exactly 1 on a neighbourhood of each."""
+    z = 3.0 * jax.random.normal(jax.random.key(0), (n, 10))
+    return z, jnp.argsort(-z, axis=-1)[:, 2]
+
+
+def test_dlr_gradient_is_exactly_zero_on_its_plateau():
+    """With the label third, DLR = (z_π1 − z_π3)/(z_π1 − z_π3) = 1 around the point: the
+    gradient must be exactly zero, batched and per example (vmap), not rounding noise whose
+    sign a signed step would follow (tests/test_apgd.py's batch independence failed on it)."""
+    z, y = _dlr_plateau_logits(1000)
+    assert np.all(np.asarray(jax.jit(losses.dlr)(z, y)) == 1.0)
+    g = jax.jit(jax.grad(lambda v: jnp.sum(losses.dlr(v, y))))(z)
+    g_one = jax.jit(jax.vmap(jax.grad(lambda v, t: losses.dlr(v[None], t[None])[0])))(z, y)
+    assert not np.any(np.asarray(g)) and not np.any(np.asarray(g_one))
+
+
+def test_textbook_dlr_quotient_fails_the_same_check():
+    """The check above is meaningful: lax.div's quotient rule (1/D − N/D² per logit) leaves
+    rounding noise on the plateau (363 of 1,000 points non-zero when measured)."""
+    z, y = _dlr_plateau_logits(1000)
+
+    def textbook(v):
+        z_y, others, _ = losses._true_and_others(v, y)
+        top = jax.lax.top_k(v, 3)[0]
+        return jnp.sum((jnp.max(others, axis=-1) - z_y) / (top[:, 0] - top[:, 2] + 1e-12))
+
+    assert np.any(np.asarray(jax.jit(jax.grad(textbook))(z)))
+
+
+@pytest.mark.parametrize("cls", [attacks.FGSM, attacks.PGD])
+def test_signed_dlr_step_on_its_plateau_does_not_move(cls, linear_model, images):
+    """End to end: FGSM and PGD on DLR leave examples whose label the model ranks third where
+    they are (zero gradient, sign 0), whatever the instruction set or batching."""
+    f, params = linear_model
+    x, _ = images
+    y = jnp.argsort(-f(params, jnp.asarray(x)), axis=-1)[:, 2]
+    attack = cls(loss="dlr") if cls is attacks.FGSM else cls(loss="dlr", steps=3, random_start=False)
+    x_adv = attack(f, params, jnp.asarray(x), y, 0.01, jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(x_adv), x)
+
+
 def test_fgsm_on_a_confident_linear_model_matches_float64(images):
     """End to end: FGSM's step on a confidently classifying linear model is the sign of the
     float64 gradient."""
