@@ -18,8 +18,8 @@ its targets × restarts at once.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp

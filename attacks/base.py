@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +36,38 @@ class Attack(Protocol):
         key: jax.Array,
         target: jax.Array | None = None,
     ) -> jax.Array: ...
+
+
+@runtime_checkable
+class Recording(Protocol):
+    """A gradient or query attack that also returns per-example records:
+    ``run(logits_fn, params, x, y, eps, key) -> (x_adv, info)`` (the step at which each example
+    was first fooled, queries used, the cascade stage that broke it), from which the checklist
+    draws its curves. Its ``__call__`` returns ``run(...)[0]``."""
+
+    def run(self, logits_fn: LogitsFn, params: Any, x: jax.Array, y: jax.Array,
+            eps: jax.Array, key: jax.Array, target: jax.Array | None = None) -> tuple: ...
+
+
+@runtime_checkable
+class Cascade(Protocol):
+    """An attack made of stages (AutoAttack): ``stages() -> [(name, attack), ...]``, which an
+    evaluator may run one after the other on the points still robust, with the same result."""
+
+    def stages(self) -> list[tuple[str, Any]]: ...
+
+
+@runtime_checkable
+class Trainable(Protocol):
+    """A generator attack (AdvGAN): a recipe that is ``fit`` on a training split against a
+    model and then ``bind``-ed to its trained variables, which gives an ordinary attack."""
+
+    def init(self, key: jax.Array, x: jax.Array) -> Any: ...
+
+    def fit(self, logits_fn: LogitsFn, params: Any, x_train: Any, y_train: Any, key: jax.Array,
+            on_epoch: Callable | None = None) -> Any: ...
+
+    def bind(self, variables: Any) -> Attack: ...
 
 
 def compiled(method: Callable) -> Callable:

@@ -15,7 +15,8 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from attacks import base, checks, fastpath, losses, steps as step_rules, threat
+from attacks import base, checks, fastpath, losses, threat
+from attacks import steps as step_rules
 
 
 @dataclasses.dataclass(frozen=True)

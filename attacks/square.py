@@ -43,9 +43,9 @@ Restarts are a ``vmap`` axis; per example the first restart that fools the model
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 import functools
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from attacks import Transfer
+from attacks.base import Trainable
 from bench.errors import ConfigError
 from bench.store.provenance import code_version
 from bench.store.records import CLEAN, records_frame
@@ -68,7 +69,7 @@ def _trained(label: str, attack: Any, logits_fn: Callable, params: Any,
         raise ConfigError(f"{label}: transfer needs its crafting attack; in Python pass "
                           f"attacks.Transfer.of(attacks.PGD(...)) and the surrogate as "
                           f"attack_logits_fn (a sweep config names both)")
-    if not getattr(attack, "trainable", False):
+    if not isinstance(attack, Trainable):
         return attack
     if not isinstance(data, str):
         raise ConfigError(f"{label}: {type(attack).__name__} trains on a training split; pass "

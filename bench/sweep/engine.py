@@ -31,7 +31,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from attacks import fastpath, losses, threat
+from attacks import base, fastpath, losses, threat
 from bench.errors import DataError, RobustaxError
 
 # Float32 slack for the ball check: projections are exact up to rounding.
@@ -163,7 +163,7 @@ def _attack_fn(attack: Any, logits_fn: Callable, attack_logits_fn: Callable | No
     """The compiled evaluator of one attack: per ε, correctness, finiteness, inside-the-ball
     and the attack's per-example info (``{}``, ``queries``, ``distance``, ...).
 
-    Minimum-norm attacks (``attack.minimum_norm``) run once; every ε is scored from the one
+    Minimum-norm attacks (:class:`attacks.base.MinimumNorm`) run once; every ε is scored from the one
     minimal example found (``where(dist <= ε, x_min, x)``). Other attacks run per ε (a
     ``vmap`` axis). The score always comes from ``logits_fn``, never from the attack."""
     norm = attack.norm
@@ -184,7 +184,7 @@ def _attack_fn(attack: Any, logits_fn: Callable, attack_logits_fn: Callable | No
         inside &= jnp.all((x_adv >= 0) & (x_adv <= 1), axis=(1, 2, 3))
         return jnp.argmax(logits, -1) == y, jnp.all(jnp.isfinite(logits), -1), inside
 
-    if getattr(attack, "minimum_norm", False):
+    if isinstance(attack, base.MinimumNorm):
         def one_min(params, x, y, key):
             x_min, dist = attack.minimize(attacked, attack_params(params, key), x[None],
                                           y[None], key)
@@ -204,7 +204,7 @@ def _attack_fn(attack: Any, logits_fn: Callable, attack_logits_fn: Callable | No
 
     def one(params, x, y, eps, key):
         p = attack_params(params, key)
-        if hasattr(attack, "run"):
+        if isinstance(attack, base.Recording):
             x_adv, info = attack.run(attacked, p, x[None], y[None], eps, key)
             return x_adv[0], {k: v[0] for k, v in info.items()}
         return attack(attacked, p, x[None], y[None], eps, key)[0], {}
@@ -512,7 +512,7 @@ def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
     if bad:  # the config and bench.evaluate check this first; a direct caller gets it here
         raise RobustaxError(f"eps = {bad[0]!r} is not a finite budget ≥ 0; give finite budgets "
                             f"in [0, 1] pixel units")
-    if cascade and hasattr(attack, "stages"):
+    if cascade and isinstance(attack, base.Cascade):
         masks, info, seconds, compile_s = _cascade(attack, logits_fn, params, x, y, eps, key,
                                                    batch_size, attack_logits_fn, score_key)
     else:

@@ -20,6 +20,7 @@ import jax
 import pandas as pd
 
 from attacks import Transfer
+from attacks.base import Trainable
 from attacks.transfer import mean_logits
 from bench.errors import ConfigError, RobustaxError, warn
 from bench.security.artifacts import Artifacts, checkpoint_files
@@ -326,7 +327,7 @@ def _attack_setup(a, unit: Unit, target: Target, plan: Plan, weights: _Weights,
     tag = f"{unit.model.label}/{unit.defense_label}"
     if not isinstance(a.attack, Transfer):
         attack, details = a.attack, None
-        if getattr(attack, "trainable", False):
+        if isinstance(attack, Trainable):
             attack, details = _generator(a, attack, _unit_ident(unit), tag, attack_fn or eval_fn,
                                          params, plan, weights, run, bar)
         return AttackRun(attack, eval_fn, params, attack_fn, key, details)
@@ -348,7 +349,7 @@ def _attack_setup(a, unit: Unit, target: Target, plan: Plan, weights: _Weights,
         sfn, sp = wrapped["surrogates", t.surrogate], tuple(sparams)
         key = key_for(cfg.seed, "attack", "+".join(t.surrogate), crafter.label, crafter.norm)
     attack, details = crafter.attack, {"surrogate": list(t.surrogate), "crafter": crafter.label}
-    if getattr(attack, "trainable", False):
+    if isinstance(attack, Trainable):
         ident = _unit_ident(sunits[0]) if len(sunits) == 1 else {
             "units": [_unit_ident(u) for u in sunits]}
         attack, more = _generator(crafter, attack, ident, "+".join(t.surrogate), sfn, sp, plan,

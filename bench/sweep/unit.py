@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from attacks.base import Cascade
 from bench.store.records import CLEAN, make_record
 from bench.sweep import engine as ev
 from bench.sweep.config import AttackConfig
@@ -113,7 +114,7 @@ def record_of(ctx: Context, unit: Unit, cell: Cell, result: Result,
     :data:`bench.store.records.COLUMNS` for ``cell`` of ``unit`` and its ``result``."""
     a = cell.attack
     attack = None if a is None else a.attack
-    stages = tuple(n for n, _ in attack.stages()) if hasattr(attack, "stages") else ()
+    stages = tuple(n for n, _ in attack.stages()) if isinstance(attack, Cascade) else ()
     fields = {
         "run": ctx.run, "data": ctx.data, "model": unit.model.label,
         "defense": unit.defense_label, "attack": CLEAN if a is None else a.label,
