@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
             crosscheck_main(args.run_dir, args.examples, args.seed, args.attack, args.eps,
                             args.defense)
-        elif args.command in ("keys", "sign", "verify", "encrypt", "decrypt"):
+        elif args.command in security_cli.COMMANDS:
 
             security_cli.main(args)
         elif args.command == "speed":

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.errors import RobustaxError
+from bench.errors import RobustaxError, warn
 from bench.reports import checklist, document, tables
 from bench.reports.tables import WORST
 from bench.store.io import slug
@@ -165,6 +165,8 @@ def write_report(run_dir: str | Path, records: pd.DataFrame | None = None,
     with run_lock(run.root, "report"):
         run.adopt()
         records = report_records(run, records, write_csv=records is None)
+        for problem in run.damaged_checkpoints():
+            warn(problem)
         order = table_order(records, run)
         paths = write_tables(records, run, order) + write_plots(records, run, order)
         return paths + document.write_all(records, run, order, paths, baseline)[0]
