@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 from bench import xla
-from bench.errors import ConfigError, RobustaxError
+from bench.errors import ConfigError, RobustaxError, printable
 from bench.pytorch.crosscheck import main as crosscheck_main
 from bench.pytorch.speed import main as speed_main
 from bench.pytorch.torch_import import import_torch
@@ -34,7 +34,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (argparse's own print the usage first)."""
 
     def error(self, message):
-        print(f"robustax: error: {message}; see `{self.prog} --help`", file=sys.stderr)
+        print(f"robustax: error: {printable(message)}; see `{self.prog} --help`",
+              file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -153,7 +154,7 @@ def _run(args) -> None:
     write_report(out, records)
     print(summary(out, width=_width()))
     print(checklist_text(out))
-    print(f"run directory: {out}  (records.csv, tables/, plots/)")
+    print(f"run directory: {printable(out)}  (records.csv, tables/, plots/)")
 
 
 _FIXES = {
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                        torchattacks=args.torchattacks, out=args.out,
                        models=_speed_models(args.models), layers=args.layers)
     except RobustaxError as e:
-        print(f"robustax: error: {e}", file=sys.stderr)
+        print(f"robustax: error: {printable(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("robustax: interrupted; finished cells are saved, rerun the same command to "
@@ -260,6 +261,6 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         if e.filename is None:  # not about a path: a bug, keep the traceback
             raise
-        print(f"robustax: error: {_os_error(e)}", file=sys.stderr)
+        print(f"robustax: error: {printable(_os_error(e))}", file=sys.stderr)
         return 2
     return 0

@@ -13,7 +13,6 @@ model × defense with its 95% interval shaded, as PNG and PDF.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import RobustaxError, warn
-from bench.reports import checklist, document, tables
+from bench.reports import checklist, document, figures, tables
 from bench.reports.tables import WORST
 from bench.store.io import slug
 from bench.store.records import CLEAN, RunDir, accuracy_fields, run_lock
@@ -125,12 +124,7 @@ def write_plots(records: pd.DataFrame, run: RunDir, order: tables.Order) -> list
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         else:
             ax.legend(fontsize=8)
-        for ext in ("png", "pdf"):
-            buf = io.BytesIO()
-            fig.savefig(buf, format=ext, dpi=150, metadata={"CreationDate": None} if ext == "pdf" else None)
-            path = run.plots / f"accuracy_vs_eps_{slug(attack)}_{norm}.{ext}"
-            run.store(path, buf.getvalue())
-            paths.append(path)
+        paths += figures.save(fig, run, f"accuracy_vs_eps_{slug(attack)}_{norm}")
         plt.close(fig)
     return paths
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.errors import DataError
+from bench.errors import DataError, quiet
 
 __all__ = ["DATASETS", "Dataset", "StreamedImages", "describe_datasets", "load_dataset"]
 
@@ -318,10 +318,12 @@ def _load_tfds(
     try:
         import tensorflow_datasets as tfds  # lazy: heavy, and only the TFDS sets need it
 
-        sources = {
-            split: tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
-            for split in ("train", "test")
-        }
+        with quiet():  # "Variant folder … has no dataset_info.json": our error says it
+            sources = {
+                split: tfds.data_source(tfds_name, split=split, data_dir=data_dir,
+                                        download=False)
+                for split in ("train", "test")
+            }
     except Exception:
         raise DataError(
             f"TFDS data set {tfds_name!r} is not prepared in {_where(data_dir)}; prepare it once "

@@ -21,7 +21,7 @@ import pandas as pd
 
 from attacks import Transfer
 from attacks.transfer import mean_logits
-from bench.errors import ConfigError, RobustaxError, warn
+from bench.errors import ConfigError, RobustaxError, printable, warn
 from bench.security.artifacts import Artifacts, checkpoint_files
 from bench.security.ledger import Ledger
 from bench.store.io import slug
@@ -380,8 +380,6 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
     Writes config.json/config.toml, environment.json, plan.json, checkpoints/, cells/,
     masks/ and records.csv; tables and plots come from :func:`bench.reports.report.write_report`.
     """
-    from tqdm.auto import tqdm
-
     arts = Artifacts.from_config(cfg.security)  # a bad key stops the run before anything is written
     lead = jax.process_index() == 0  # several processes: only process 0 writes the run dir
     if not lead and arts.key is not None:
@@ -424,7 +422,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
                           arts.signer)
             _ledger_existing(run, plan, arts, ledger)
 
-        bar = tqdm(total=0, desc=cfg.name, unit="cell", disable=not progress or not lead,
+        bar = _Bar(total=0, desc=printable(cfg.name), unit="cell", disable=not progress or not lead,
                    dynamic_ncols=True)
         weights = _Weights(run, plan, data, bar, arts, ledger)
         # Two passes at most: the second recomputes cells whose checkpoint this run had to
@@ -453,6 +451,28 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
             records["run"] = cfg.name  # records.csv is this config's grid: one run name
         run.store_text(run.records_csv, records.to_csv(index=False))
     return records
+
+
+class _Bar:
+    """The progress bar (tqdm): its postfix names labels, escaped (no raw control
+    characters on the terminal)."""
+
+    def __init__(self, **kwargs):
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._bar, name)
+
+    def __setattr__(self, name, value):
+        if name == "_bar":
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._bar, name, value)
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self._bar.set_postfix_str(printable(s), refresh=refresh)
 
 
 def _cells_to_compute(run: RunDir, plan: Plan, weights: _Weights) -> set[str]:
