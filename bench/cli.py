@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
 
 from bench import xla
-from bench.errors import ConfigError, RobustaxError, printable
+from bench.errors import ConfigError, RobustaxError, Terminated, printable
 from bench.pytorch.crosscheck import main as crosscheck_main
 from bench.pytorch.speed import main as speed_main
 from bench.pytorch.torch_import import import_torch
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     xla.configure()
     args = _parser().parse_args(argv)
+    previous = _on_sigterm()
     try:
         if args.command == "run":
             _run(args)
@@ -247,20 +249,43 @@ def main(argv: list[str] | None = None) -> int:
     except RobustaxError as e:
         print(f"robustax: error: {printable(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("robustax: interrupted; finished cells are saved, rerun the same command to "
-              "resume", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        what, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else (
+            "interrupted", 130)
+        print(f"robustax: {what}; finished cells are saved, rerun the same command to resume",
+              file=sys.stderr)
         if argv is None or _device_call_running():
             # The process's own entry point (or a compiled call still running on a worker
             # thread): exit now rather than wait for that call or for interpreter teardown
             # (seconds with XLA loaded). Every artifact is already written and fsync'd.
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(130)
-        return 130
+            os._exit(code)
+        return code
     except OSError as e:
         if e.filename is None:  # not about a path: a bug, keep the traceback
             raise
         print(f"robustax: error: {printable(_os_error(e))}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not _UNCHANGED:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     return 0
+
+
+_UNCHANGED = object()
+
+
+def _on_sigterm():
+    """Makes SIGTERM raise :class:`~bench.errors.Terminated` in the main thread (as SIGINT
+    raises KeyboardInterrupt), so a run ends as on Ctrl-C; returns the handler it replaced.
+    Left as it is off the main thread (signals cannot be handled there) and when SIGTERM is
+    ignored (the launcher meant it so)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) == signal.SIG_IGN):
+        return _UNCHANGED
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, terminate)

@@ -26,6 +26,11 @@ class DataError(RobustaxError):
     """A data set cannot be loaded, or arrays have the wrong shape, dtype or range."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler's notice before preemption), raised in the main thread like
+    Ctrl-C's KeyboardInterrupt, so a run ends the same way: finished cells kept, exit 143."""
+
+
 def warn(message: str) -> None:
     """Prints a one-line warning on stderr: something was repaired (a damaged cell
     recomputed, a corrupt file set aside) and the run goes on."""
