@@ -40,6 +40,25 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _gate_flags(p) -> None:
+    """The regression gate's options, shared by ``compare`` and ``report --baseline``."""
+    p.add_argument("--tolerance", type=float, default=1.0,
+                   help="percentage points a cell may move before it can fail (default 1)")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="family-wise error level of the Holm-corrected tests (default 0.05)")
+    p.add_argument("--fail-on", choices=("drop", "rise", "any"), default="any",
+                   help="which direction fails the gate (default any: a rise can mean a "
+                        "weakened attack)")
+    p.add_argument("--by", choices=("id", "label"), default="id",
+                   help="match cells by identity (labels, seed and every option; default) "
+                        "or by (model, defense, attack, norm, ε) labels only")
+
+
+def _gate(args) -> dict:
+    return {"tolerance": args.tolerance, "alpha": args.alpha, "fail_on": args.fail_on,
+            "by": args.by}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="robustax", description="JAX adversarial-robustness sweeps.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -55,20 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir")
     rep.add_argument("--baseline", help="a baseline run directory: adds the regression "
                                         "verdict (`robustax compare`) to report.md")
+    _gate_flags(rep)
     cmp_ = sub.add_parser("compare", help="regression gate: per-cell exact McNemar tests of a "
                                           "new run against a baseline run (exit 1 on a change)")
     cmp_.add_argument("baseline", help="baseline run directory, e.g. results/default")
     cmp_.add_argument("new", help="new run directory")
-    cmp_.add_argument("--tolerance", type=float, default=1.0,
-                      help="percentage points a cell may move before it can fail (default 1)")
-    cmp_.add_argument("--alpha", type=float, default=0.05,
-                      help="family-wise error level of the Holm-corrected tests (default 0.05)")
-    cmp_.add_argument("--fail-on", choices=("drop", "rise", "any"), default="any",
-                      help="which direction fails the gate (default any: a rise can mean a "
-                           "weakened attack)")
-    cmp_.add_argument("--by", choices=("id", "label"), default="id",
-                      help="match cells by identity (labels, seed and every option; default) "
-                           "or by (model, defense, attack, norm, ε) labels only")
+    _gate_flags(cmp_)
     cmp_.add_argument("--out", help="where compare.{csv,md,json} go (default NEW/compare/)")
     sub.add_parser("list", help="list data sets, models, defenses and attacks with options")
     speed = sub.add_parser("speed", help="time attacks against k × (forward + input gradient), "
@@ -220,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             if not Path(args.run_dir, "cells").is_dir():
                 raise RobustaxError(f"{args.run_dir} is not a run directory (no cells/); pass the "
                                     f"--out directory of a `robustax run`")
-            paths = write_report(args.run_dir, baseline=args.baseline)
+            paths = write_report(args.run_dir, baseline=args.baseline, gate=_gate(args))
             print(summary(args.run_dir, width=_width()))
             print(checklist_text(args.run_dir))
             for folder in dict.fromkeys(p.parent for p in paths):
@@ -231,9 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             _list()
         elif args.command == "compare":
 
-            return compare_main(args.baseline, args.new, tolerance=args.tolerance,
-                                alpha=args.alpha, fail_on=args.fail_on, by=args.by,
-                                out=args.out)
+            return compare_main(args.baseline, args.new, out=args.out, **_gate(args))
         elif args.command == "crosscheck":
 
             crosscheck_main(args.run_dir, args.examples, args.seed, args.attack, args.eps,

@@ -150,10 +150,11 @@ def report_records(run: RunDir, records: pd.DataFrame | None = None,
 
 
 def write_report(run_dir: str | Path, records: pd.DataFrame | None = None,
-                 baseline: str | Path | None = None) -> list[Path]:
+                 baseline: str | Path | None = None, gate: dict | None = None) -> list[Path]:
     """Rebuilds records.csv, tables and plots of a run directory from its cell records, then
     the checklist and report.md (:mod:`bench.reports.document`; with ``baseline``, the regression
-    verdict against that run)."""
+    verdict against that run, with the gate's options ``gate``: ``tolerance``, ``alpha``,
+    ``fail_on``, ``by``, as :func:`bench.reports.compare.compare_runs` takes them)."""
 
     run = RunDir(Path(run_dir))
     with run_lock(run.root, "report"):
@@ -163,7 +164,7 @@ def write_report(run_dir: str | Path, records: pd.DataFrame | None = None,
             warn(problem)
         order = table_order(records, run)
         paths = write_tables(records, run, order) + write_plots(records, run, order)
-        return paths + document.write_all(records, run, order, paths, baseline)[0]
+        return paths + document.write_all(records, run, order, paths, baseline, gate)[0]
 
 
 def checklist_text(run_dir: str | Path) -> str:
