@@ -145,8 +145,9 @@ def run_lock(root: Path, command: str):
         lock.release()
 
 
-RUN_MARKERS = ("manifest.json", "cells", "ledger.jsonl", LOCK_NAME)
-"""Names only a run directory holds (a run takes its lock before it writes anything)."""
+RUN_MARKERS = ("manifest.json", "cells", "checkpoints", "ledger.jsonl", LOCK_NAME)
+"""Names only a run directory holds (a run takes its lock before it writes anything;
+``checkpoints/`` alone: trained weights copied in to be reused)."""
 
 
 def check_run_directory(root: Path) -> None:
