@@ -173,7 +173,7 @@ class Ledger:
             entries, problem = chain_problem(lines)
             if problem:
                 raise SecurityError("chain", f"{self.path}: {problem}; "
-                                             f"{self.repair_hint(len(entries))}")
+                                             f"{self.repair_hint(len(entries), _signed(self))}")
         if not self.head_path.is_file():
             raise SecurityError("chain", f"{self.head_path} is missing, so nothing vouches for "
                                          f"the end of {self.path.name}; check it with `robustax "

@@ -300,7 +300,7 @@ class RunDir:
             if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".corrupt") \
                     and (problem := self.manifest.problem(p, p.read_bytes())):
                 out.append(f"checkpoint {problem}: damaged or replaced after its cells "
-                           f"finished (they are kept and still verify); restore the original "
+                           f"finished (they are kept; `robustax verify` fails on it); restore the original "
                            f"file, or delete it to retrain, before adding cells that need it")
         return out
 
