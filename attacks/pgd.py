@@ -67,7 +67,8 @@ class PGD:
         rel = self.rel_step_size if self.rel_step_size is not None else 2.5 / self.steps
         return rel * e
 
-    def _one_run(self, logits_fn, params, x, labels, eps, key, y):
+    def _one_run(self, logits_fn, params, x, labels, eps, key, y=None):
+        y = labels if y is None else y  # the true labels (labels: the targets when targeted)
         e = threat.per_example(eps, x)
         rule = step_rules.steepest_ascent(self.norm, self._step_size(e))
 
