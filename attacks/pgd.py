@@ -71,7 +71,8 @@ class PGD:
         rel = self.rel_step_size if self.rel_step_size is not None else 2.5 / self.steps
         return rel * e
 
-    def _one_run(self, logits_fn, params, x, labels, eps, key):
+    def _one_run(self, logits_fn, params, x, labels, eps, key, y=None):
+        y = labels if y is None else y  # the true labels (labels: the targets when targeted)
         e = threat.per_example(eps, x)
         rule = step_rules.steepest_ascent(self.norm, self._step_size(e))
 
@@ -89,7 +90,8 @@ class PGD:
             z, opt_state, x_best, s_best, first = carry
             g, (obj, logits) = grad_fn(z)
             success = losses.is_adversarial(logits, labels, self.targeted)
-            first = jnp.where((first < 0) & success, i, first)
+            # The record is the mask's event, misclassified (targeted: at any class but y).
+            first = jnp.where((first < 0) & (jnp.argmax(logits, -1) != y), i, first)
             x_best, s_best = base.keep_better((x_best, s_best), (z, base.score(success, obj)))
             update, opt_state = rule.update(g, opt_state)
             return threat.project(z + update, x, eps, self.norm), opt_state, x_best, s_best, first
@@ -99,14 +101,14 @@ class PGD:
         z, _, x_best, s_best, first = jax.lax.fori_loop(0, self.steps, body, init, unroll=unroll)
         logits = logits_fn(params, z)
         success = losses.is_adversarial(logits, labels, self.targeted)
-        first = jnp.where((first < 0) & success, self.steps, first)
+        first = jnp.where((first < 0) & (jnp.argmax(logits, -1) != y), self.steps, first)
         last = base.score(success, losses.objective(logits, labels, self.loss, self.targeted))
         return (*base.keep_better((x_best, s_best), (z, last)), first)
 
     @base.compiled
     def run(self, logits_fn, params, x, y, eps, key, target=None):
         """``(x_adv, {"first_fooled_step": int32 [B]})``: per example, the first iterate that
-        fooled the model (0: the start, ``k``: after ``k`` steps, the earliest over restarts;
+        the model misclassified (the mask's event, targeted or not; 0: the start, ``k``: after ``k`` steps, the earliest over restarts;
         -1: none did), so one run gives robust accuracy after every number of steps of this
         schedule (the step size stays that of ``steps``)."""
         logits_fn = fastpath.fast(logits_fn)
@@ -114,10 +116,10 @@ class PGD:
         labels = losses.attack_labels(self, logits_fn, params, x, y, k_target, target)
         keys = jax.random.split(k_runs, self.restarts)
         if self.restarts == 1:
-            x_adv, _, first = self._one_run(logits_fn, params, x, labels, eps, keys[0])
+            x_adv, _, first = self._one_run(logits_fn, params, x, labels, eps, keys[0], y)
         else:
             xs, scores, firsts = jax.vmap(
-                lambda k: self._one_run(logits_fn, params, x, labels, eps, k))(keys)
+                lambda k: self._one_run(logits_fn, params, x, labels, eps, k, y))(keys)
             x_adv = base.best_over_restarts(xs, scores)
             big = jnp.iinfo(jnp.int32).max
             first = jnp.min(jnp.where(firsts < 0, big, firsts), axis=0)

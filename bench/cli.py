@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
 
 from bench import xla
-from bench.errors import ConfigError, RobustaxError
+from bench.errors import ConfigError, RobustaxError, Terminated, printable
 from bench.pytorch.crosscheck import main as crosscheck_main
 from bench.pytorch.speed import main as speed_main
 from bench.pytorch.torch_import import import_torch
@@ -34,8 +35,28 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (argparse's own print the usage first)."""
 
     def error(self, message):
-        print(f"robustax: error: {message}; see `{self.prog} --help`", file=sys.stderr)
+        print(f"robustax: error: {printable(message)}; see `{self.prog} --help`",
+              file=sys.stderr)
         raise SystemExit(2)
+
+
+def _gate_flags(p) -> None:
+    """The regression gate's options, shared by ``compare`` and ``report --baseline``."""
+    p.add_argument("--tolerance", type=float, default=1.0,
+                   help="percentage points a cell may move before it can fail (default 1)")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="family-wise error level of the Holm-corrected tests (default 0.05)")
+    p.add_argument("--fail-on", choices=("drop", "rise", "any"), default="any",
+                   help="which direction fails the gate (default any: a rise can mean a "
+                        "weakened attack)")
+    p.add_argument("--by", choices=("id", "label"), default="id",
+                   help="match cells by identity (labels, seed and every option; default) "
+                        "or by (model, defense, attack, norm, ε) labels only")
+
+
+def _gate(args) -> dict:
+    return {"tolerance": args.tolerance, "alpha": args.alpha, "fail_on": args.fail_on,
+            "by": args.by}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,20 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir")
     rep.add_argument("--baseline", help="a baseline run directory: adds the regression "
                                         "verdict (`robustax compare`) to report.md")
+    _gate_flags(rep)
     cmp_ = sub.add_parser("compare", help="regression gate: per-cell exact McNemar tests of a "
                                           "new run against a baseline run (exit 1 on a change)")
     cmp_.add_argument("baseline", help="baseline run directory, e.g. results/default")
     cmp_.add_argument("new", help="new run directory")
-    cmp_.add_argument("--tolerance", type=float, default=1.0,
-                      help="percentage points a cell may move before it can fail (default 1)")
-    cmp_.add_argument("--alpha", type=float, default=0.05,
-                      help="family-wise error level of the Holm-corrected tests (default 0.05)")
-    cmp_.add_argument("--fail-on", choices=("drop", "rise", "any"), default="any",
-                      help="which direction fails the gate (default any: a rise can mean a "
-                           "weakened attack)")
-    cmp_.add_argument("--by", choices=("id", "label"), default="id",
-                      help="match cells by identity (labels, seed and every option; default) "
-                           "or by (model, defense, attack, norm, ε) labels only")
+    _gate_flags(cmp_)
     cmp_.add_argument("--out", help="where compare.{csv,md,json} go (default NEW/compare/)")
     sub.add_parser("list", help="list data sets, models, defenses and attacks with options")
     speed = sub.add_parser("speed", help="time attacks against k × (forward + input gradient), "
@@ -153,7 +166,7 @@ def _run(args) -> None:
     write_report(out, records)
     print(summary(out, width=_width()))
     print(checklist_text(out))
-    print(f"run directory: {out}  (records.csv, tables/, plots/)")
+    print(f"run directory: {printable(out)}  (records.csv, tables/, plots/)")
 
 
 _FIXES = {
@@ -209,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     xla.configure()
     args = _parser().parse_args(argv)
+    previous = _on_sigterm()
     try:
         if args.command == "run":
             _run(args)
@@ -217,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             if not Path(args.run_dir, "cells").is_dir():
                 raise RobustaxError(f"{args.run_dir} is not a run directory (no cells/); pass the "
                                     f"--out directory of a `robustax run`")
-            paths = write_report(args.run_dir, baseline=args.baseline)
+            paths = write_report(args.run_dir, baseline=args.baseline, gate=_gate(args))
             print(summary(args.run_dir, width=_width()))
             print(checklist_text(args.run_dir))
             for folder in dict.fromkeys(p.parent for p in paths):
@@ -228,14 +242,12 @@ def main(argv: list[str] | None = None) -> int:
             _list()
         elif args.command == "compare":
 
-            return compare_main(args.baseline, args.new, tolerance=args.tolerance,
-                                alpha=args.alpha, fail_on=args.fail_on, by=args.by,
-                                out=args.out)
+            return compare_main(args.baseline, args.new, out=args.out, **_gate(args))
         elif args.command == "crosscheck":
 
             crosscheck_main(args.run_dir, args.examples, args.seed, args.attack, args.eps,
                             args.defense)
-        elif args.command in ("keys", "sign", "verify", "encrypt", "decrypt"):
+        elif args.command in security_cli.COMMANDS:
 
             security_cli.main(args)
         elif args.command == "speed":
@@ -244,22 +256,45 @@ def main(argv: list[str] | None = None) -> int:
                        torchattacks=args.torchattacks, out=args.out,
                        models=_speed_models(args.models), layers=args.layers)
     except RobustaxError as e:
-        print(f"robustax: error: {e}", file=sys.stderr)
+        print(f"robustax: error: {printable(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("robustax: interrupted; finished cells are saved, rerun the same command to "
-              "resume", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        what, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else (
+            "interrupted", 130)
+        print(f"robustax: {what}; finished cells are saved, rerun the same command to resume",
+              file=sys.stderr)
         if argv is None or _device_call_running():
             # The process's own entry point (or a compiled call still running on a worker
             # thread): exit now rather than wait for that call or for interpreter teardown
             # (seconds with XLA loaded). Every artifact is already written and fsync'd.
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(130)
-        return 130
+            os._exit(code)
+        return code
     except OSError as e:
         if e.filename is None:  # not about a path: a bug, keep the traceback
             raise
-        print(f"robustax: error: {_os_error(e)}", file=sys.stderr)
+        print(f"robustax: error: {printable(_os_error(e))}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not _UNCHANGED:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     return 0
+
+
+_UNCHANGED = object()
+
+
+def _on_sigterm():
+    """Makes SIGTERM raise :class:`~bench.errors.Terminated` in the main thread (as SIGINT
+    raises KeyboardInterrupt), so a run ends as on Ctrl-C; returns the handler it replaced.
+    Left as it is off the main thread (signals cannot be handled there) and when SIGTERM is
+    ignored (the launcher meant it so)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) == signal.SIG_IGN):
+        return _UNCHANGED
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, terminate)

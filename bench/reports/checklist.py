@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.errors import printable
 from bench.store.records import CLEAN, RunDir
 
 PASS, WARN, SKIP = "PASS", "WARN", "SKIP"
@@ -435,7 +436,7 @@ def terminal(items: list[Item]) -> str:
 
     lines = ["Sanity checklist (Carlini et al. 2019; WARN: look before citing):"]
     for i in items:
-        lines.append(textwrap.fill(f"{i.status:<4}  {i.title}: {i.summary}", 100,
+        lines.append(textwrap.fill(printable(f"{i.status:<4}  {i.title}: {i.summary}"), 100,
                                    subsequent_indent="      "))
     return "\n".join(lines) + "\n"
 

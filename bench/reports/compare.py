@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bench.errors import RobustaxError
+from bench.errors import RobustaxError, printable
 from bench.store.io import atomic_write_text
 from bench.store.records import CLEAN, RunDir
 
@@ -287,7 +287,7 @@ def terminal(table: pd.DataFrame) -> str:
     """What ``robustax compare`` prints: the cells that changed at all, and the verdict."""
     from tabulate import tabulate
 
-    shown = _fmt(table, changed_only=True)
+    shown = _fmt(table, changed_only=True).map(printable)  # labels: no raw control characters
     m = table[table["status"] == "matched"]
     lines = []
     if len(shown):
@@ -296,7 +296,7 @@ def terminal(table: pd.DataFrame) -> str:
         lines.append(f"({len(m) - len(shown)} more matched cells have identical masks)")
     else:
         lines.append(f"all {len(m)} matched cells have identical per-example masks")
-    lines += _unmatched(table, limit=6)
+    lines += [printable(line) for line in _unmatched(table, limit=6)]
     lines.append(verdict(table))
     return "\n".join(lines) + "\n"
 

@@ -90,8 +90,10 @@ def _plots_section(run: RunDir, plot_paths: list[Path]) -> str:
 
 
 def write(records: pd.DataFrame, run: RunDir, order: tables.Order, plot_paths: list[Path],
-          items: list[checklist.Item], baseline: str | Path | None = None) -> list[Path]:
-    """report.md (and, with a baseline, the compare files in ``compare/``)."""
+          items: list[checklist.Item], baseline: str | Path | None = None,
+          gate: dict | None = None) -> list[Path]:
+    """report.md (and, with a baseline, the compare files in ``compare/``; ``gate``: the
+    options of :func:`bench.reports.compare.compare_runs`)."""
     data, n = tables._describe(records)
     config = (run.root / "config.toml")
     name = run.root.name
@@ -114,7 +116,7 @@ def write(records: pd.DataFrame, run: RunDir, order: tables.Order, plot_paths: l
                  + "\n")
     paths = []
     if baseline is not None:
-        table = compare.compare_runs(baseline, run.root)
+        table = compare.compare_runs(baseline, run.root, **(gate or {}))
         paths += compare.write(table, run.root / "compare")
         parts.append(f"**Regression check against `{baseline}`:** {compare.verdict(table)} "
                      f"Details: [compare/compare.md](compare/compare.md).\n")
@@ -154,7 +156,8 @@ def write(records: pd.DataFrame, run: RunDir, order: tables.Order, plot_paths: l
 
 
 def write_all(records: pd.DataFrame, run: RunDir, order: tables.Order, plot_paths: list[Path],
-              baseline: str | Path | None = None) -> tuple[list[Path], list[checklist.Item]]:
+              baseline: str | Path | None = None, gate: dict | None = None
+              ) -> tuple[list[Path], list[checklist.Item]]:
     """The trust layer of a report: new plots, interval LaTeX, checklist files and report.md.
     Returns the paths written and the checklist."""
     run.plots.mkdir(parents=True, exist_ok=True)
@@ -162,5 +165,5 @@ def write_all(records: pd.DataFrame, run: RunDir, order: tables.Order, plot_path
         records, run, order)
     items = checklist.checklist(run, records)
     paths = new_plots + write_interval_latex(records, run, order) + checklist.write(items, run)
-    paths += write(records, run, order, plot_paths + new_plots, items, baseline)
+    paths += write(records, run, order, plot_paths + new_plots, items, baseline, gate)
     return paths, items

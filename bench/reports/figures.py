@@ -19,17 +19,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.errors import quiet
 from bench.reports import checklist
 from bench.reports.tables import NORM_TEXT, WORST, Order
 from bench.store.records import CLEAN, RunDir
 
 
-def _save(fig, run: RunDir, stem: str) -> list[Path]:
+def save(fig, run: RunDir, stem: str) -> list[Path]:
+    """``plots/<stem>.png`` and ``.pdf`` of a figure (drawn with third-party warnings
+    silenced); returns the paths."""
     paths = []
     for ext in ("png", "pdf"):
         buf = io.BytesIO()
-        fig.savefig(buf, format=ext, dpi=150,
-                    metadata={"CreationDate": None} if ext == "pdf" else None)
+        with quiet("matplotlib"):  # missing glyphs of unusual labels, layout notes: not ours
+            fig.savefig(buf, format=ext, dpi=150,
+                        metadata={"CreationDate": None} if ext == "pdf" else None)
         path = run.plots / f"{stem}.{ext}"
         run.store(path, buf.getvalue())
         paths.append(path)
@@ -123,7 +127,7 @@ def write_budget_plots(records: pd.DataFrame, run: RunDir, order: Order) -> list
                 else f"after q of its {budget:,} queries")
         fig.suptitle(f"{attack} ({NORM_TEXT.get(norm, norm)}) on {data}: robust accuracy {what}"
                      f" (one run, each example's first success)", fontsize=9)
-        paths += _save(fig, run, f"accuracy_vs_{kind}_{attack}_{norm}")
+        paths += save(fig, run, f"accuracy_vs_{kind}_{attack}_{norm}")
         plt.close(fig)
     return paths
 
@@ -186,6 +190,6 @@ def write_heatmaps(records: pd.DataFrame, run: RunDir, order: Order) -> list[Pat
         ax.set_title(f"Robust accuracy (%) on {data}, {NORM_TEXT.get(norm, norm)} ε = {e:g}",
                      fontsize=9)
         fig.colorbar(im, ax=ax, shrink=0.8).ax.tick_params(labelsize=7)
-        paths += _save(fig, run, f"heatmap_{norm}")
+        paths += save(fig, run, f"heatmap_{norm}")
         plt.close(fig)
     return paths

@@ -13,15 +13,14 @@ model × defense with its 95% interval shaded, as PNG and PDF.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bench.errors import RobustaxError
-from bench.reports import checklist, document, tables
+from bench.errors import RobustaxError, warn
+from bench.reports import checklist, document, figures, tables
 from bench.reports.tables import WORST
 from bench.store.io import slug
 from bench.store.records import CLEAN, RunDir, accuracy_fields, run_lock
@@ -125,12 +124,7 @@ def write_plots(records: pd.DataFrame, run: RunDir, order: tables.Order) -> list
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         else:
             ax.legend(fontsize=8)
-        for ext in ("png", "pdf"):
-            buf = io.BytesIO()
-            fig.savefig(buf, format=ext, dpi=150, metadata={"CreationDate": None} if ext == "pdf" else None)
-            path = run.plots / f"accuracy_vs_eps_{slug(attack)}_{norm}.{ext}"
-            run.store(path, buf.getvalue())
-            paths.append(path)
+        paths += figures.save(fig, run, f"accuracy_vs_eps_{slug(attack)}_{norm}")
         plt.close(fig)
     return paths
 
@@ -156,18 +150,21 @@ def report_records(run: RunDir, records: pd.DataFrame | None = None,
 
 
 def write_report(run_dir: str | Path, records: pd.DataFrame | None = None,
-                 baseline: str | Path | None = None) -> list[Path]:
+                 baseline: str | Path | None = None, gate: dict | None = None) -> list[Path]:
     """Rebuilds records.csv, tables and plots of a run directory from its cell records, then
     the checklist and report.md (:mod:`bench.reports.document`; with ``baseline``, the regression
-    verdict against that run)."""
+    verdict against that run, with the gate's options ``gate``: ``tolerance``, ``alpha``,
+    ``fail_on``, ``by``, as :func:`bench.reports.compare.compare_runs` takes them)."""
 
     run = RunDir(Path(run_dir))
     with run_lock(run.root, "report"):
         run.adopt()
         records = report_records(run, records, write_csv=records is None)
+        for problem in run.damaged_checkpoints():
+            warn(problem)
         order = table_order(records, run)
         paths = write_tables(records, run, order) + write_plots(records, run, order)
-        return paths + document.write_all(records, run, order, paths, baseline)[0]
+        return paths + document.write_all(records, run, order, paths, baseline, gate)[0]
 
 
 def checklist_text(run_dir: str | Path) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from bench.errors import RobustaxError
+from bench.errors import RobustaxError, printable
 from bench.store.io import slug
 from bench.store.records import CLEAN
 
@@ -421,9 +421,11 @@ _ADAPTIVE = " (adaptive)"
 
 
 def shorten(label: str, n: int | None) -> str:
-    """``label`` cut to ``n`` characters with an ellipsis (terminal only; None: as it is). An
+    """``label`` escaped (:func:`bench.errors.printable`: no raw control character reaches the
+    terminal) and cut to ``n`` characters with an ellipsis (terminal only; None: not cut). An
     adaptive row that must be cut reads ``↳ adaptive``: it always follows its naive row, so it
     never reads like that row or another adaptive one."""
+    label = printable(label)  # never a raw control character on the terminal
     if n is None or len(label) <= n:
         return label
     if label.endswith(_ADAPTIVE):
@@ -484,7 +486,8 @@ def _norm_block(records: pd.DataFrame, order: Order, norm: str, width: int,
         if _fits(text, width):
             break
     if several:
-        cut.update({shorten(a, n_attack): a for a in attacks if shorten(a, n_attack) != a})
+        cut.update({shorten(a, n_attack): a for a in attacks
+                    if shorten(a, n_attack) != printable(a)})
     if not _fits(text, width):
         body = rows(n_label, n_attack)
         for k in range(len(everything) - 1, 0, -1):
@@ -493,8 +496,9 @@ def _norm_block(records: pd.DataFrame, order: Order, norm: str, width: int,
             text = "\n\n".join(parts)
             if _fits(text, width):
                 break
-    title = (f"{NORM_TEXT.get(norm, norm)}: worst case per example over {', '.join(attacks)}"
-             if several else f"{NORM_TEXT.get(norm, norm)}: {attacks[0]}")
+    shown = [printable(a) for a in attacks]
+    title = (f"{NORM_TEXT.get(norm, norm)}: worst case per example over {', '.join(shown)}"
+             if several else f"{NORM_TEXT.get(norm, norm)}: {shown[0]}")
     return textwrap.shorten(title, width, placeholder="…") + "\n" + text
 
 
@@ -516,7 +520,8 @@ def terminal_summary(records: pd.DataFrame, order: Order, width: int = 100,
         lines += ["", _norm_block(records, order, norm, width, cut)]
     if not norms:  # no attack at a budget above 0: clean accuracy only
         clean = norm_table(records, order, "")
-        rows = [[m, d, f"{v:.1f}"] for (m, d), v in clean["clean"].items()]
+        rows = [[shorten(m, None), shorten(d, None), f"{v:.1f}"]
+                for (m, d), v in clean["clean"].items()]
         lines += ["", _render(["model", "defense", "clean"], rows, [], "right")]
     notes = []
     if any(len(order.attacks(norm)) > 1 for norm in norms):
@@ -524,7 +529,7 @@ def terminal_summary(records: pd.DataFrame, order: Order, width: int = 100,
                      "and the strongest single attack there (the first in the config on a tie); "
                      "+ where the worst case is lower than that attack alone.")
     if cut:
-        notes.append("Cut: " + ", ".join(f"{k} = {v}" for k, v in cut.items()) + ".")
+        notes.append("Cut: " + ", ".join(f"{k} = {printable(v)}" for k, v in cut.items()) + ".")
     notes.append("All attacks and intervals: " + (f"{where}/" if where else "tables/")
                  + " (Markdown, LaTeX, CSV).")
     lines.append("")

@@ -18,11 +18,13 @@ from bench.security.crypto import (
     encrypt_bytes,
     envelope_bytes,
     load_public_key,
+    parse_envelope,
     plaintext_of,
     sha256_file,
     sha256_hex,
     signature_path,
     verify_checkpoint,
+    verify_envelope,
 )
 from bench.security.ledger import HEAD, LEDGER, Ledger, verify_chain, verify_head
 from bench.store.manifest import Manifest
@@ -106,6 +108,20 @@ class Artifacts:
             raise SecurityError("key", f"{path} is encrypted; set [security] encryption_key to "
                                        f"the key it was written with")
         return plain
+
+    def check_trusted(self, path: Path) -> None:
+        """Before a run writes anything: a stored checkpoint it may load carries a signature by
+        a trusted key, when there are trusted keys (its bytes are checked against the
+        signature when it is loaded)."""
+        if not self.trusted:
+            return
+        sig = signature_path(path)
+        if not sig.is_file():
+            raise SecurityError("signature", f"{path} has no signature ({sig.name} is missing) "
+                                             f"and the run trusts signed checkpoints only; sign "
+                                             f"it with `robustax sign {path} --key KEY` or "
+                                             f"delete it to retrain")
+        verify_envelope(parse_envelope(sig.read_bytes(), str(sig)), self.trusted, str(sig))
 
     def parameters_digest(self, path: Path) -> str:
         """The canonical parameter digest of a stored checkpoint ("" when it is encrypted and

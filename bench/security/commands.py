@@ -18,10 +18,12 @@ from bench.security.artifacts import (
     verify_run,
 )
 from bench.security.crypto import ENV_ENCRYPTION_KEY, EncryptionKey, SecurityError
+from bench.security.ledger import Ledger
 from bench.store.manifest import FILE_NAME, Manifest
 from bench.store.provenance import code_version
+from bench.store.records import run_lock
 
-COMMANDS = ("keys", "sign", "verify", "encrypt", "decrypt")
+COMMANDS = ("keys", "sign", "verify", "encrypt", "decrypt", "ledger")
 
 
 def add_parsers(sub) -> None:
@@ -46,6 +48,17 @@ def add_parsers(sub) -> None:
                         help="a trusted public key (signing.pub); repeatable")
     verify.add_argument("--encryption-key", help="also decrypt (in memory) and check the "
                                                  "parameters of encrypted checkpoints")
+
+    ledger = sub.add_parser("ledger", help="repair a run directory's results ledger")
+    lsub = ledger.add_subparsers(dest="ledger_command", required=True)
+    repair = lsub.add_parser("repair", help="keep the entries of ledger.jsonl that robustax can "
+                                            "still vouch for, set the file aside as "
+                                            "ledger.jsonl.corrupt (then rerun to record the "
+                                            "finished cells again)")
+    repair.add_argument("run_dir")
+    repair.add_argument("--signing-key", metavar="KEY",
+                        help="the key that signed the head (needed when the head must be "
+                             "signed again: entries it covers were lost)")
 
     for name, what in (("encrypt", "encrypt a file (AES-256-GCM, chunked); writes PATH.enc"),
                        ("decrypt", "decrypt a file after authenticating every chunk")):
@@ -113,6 +126,14 @@ def main(args: argparse.Namespace) -> None:
 
     if args.command == "keys":
         _keys_new(Path(args.dir), args.passphrase)
+    elif args.command == "ledger":
+        root = Path(args.run_dir)
+        if not (root / "cells").is_dir() or not Ledger(root).path.is_file():
+            raise RobustaxError(f"{root} is not a run directory with a ledger (no cells/ or "
+                                f"ledger.jsonl); pass the --out directory of a `robustax run`")
+        signer = load_signing_key(args.signing_key) if args.signing_key else None
+        with run_lock(root, "ledger repair"):
+            print(Ledger(root).repair(signer))
     elif args.command == "sign":
         path = _file(args.path, "checkpoint")
         signer = load_signing_key(args.key) if args.key else crypto.SigningKey.from_env()

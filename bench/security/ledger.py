@@ -39,9 +39,9 @@ from bench.security.crypto import (
     verify_envelope,
     write_new,
 )
+from bench.store.io import atomic_write_bytes
+from bench.store.ledger_view import HEAD, LEDGER
 
-LEDGER = "ledger.jsonl"
-HEAD = "ledger.head.json"
 LOCK = ".ledger.lock"
 GENESIS = hashlib.sha256(b"robustax ledger v1").hexdigest()
 HEAD_TYPE = "robustax/ledger-head/v1"
@@ -136,20 +136,7 @@ class Ledger:
 
     def _append_locked(self, entries: list[dict], signer: SigningKey | None) -> None:
         lines = self.lines()
-        head = self.read_head() if self.head_path.is_file() else None
-        if head is not None:
-            n, h = head["statement"].get("length"), head["statement"].get("head")
-            if not (isinstance(n, int) and 0 < n <= len(lines)
-                    and line_hash(lines[n - 1]) == h):
-                raise RobustaxError(f"{self.path} does not match its head {self.head_path}; run "
-                                    f"`robustax verify {self.root}` to find the bad entry")
-            if head["signature"] and signer is None:
-                raise SecurityError("key", f"the ledger head of {self.root} is signed (key id "
-                                           f"{head['key_id'][:12]}…); configure [security] "
-                                           f"signing_key to append to it")
-        if lines and not lines[-1]:
-            raise RobustaxError(f"{self.path} ends with an empty line; run `robustax verify "
-                                f"{self.root}`")
+        self.check_appendable(signer, lines, chain=False)
         if lines:
             try:
                 last = json.loads(lines[-1])
@@ -171,6 +158,121 @@ class Ledger:
         statement = {"type": HEAD_TYPE, "length": seq, "head": prev, "updated": utc_now()}
         envelope = signer.sign(statement) if signer is not None else _unsigned_head(statement)
         write_new(self.head_path, envelope_bytes(envelope), overwrite=True)
+
+    def check_appendable(self, signer: SigningKey | None, lines: list[bytes] | None = None,
+                         chain: bool = True) -> None:
+        """Refuses, writing nothing, to extend a ledger that robustax could not sign honestly:
+        a damaged chain (``chain``: every line checked), lines after its head (added by hand,
+        or by a run killed between its two writes), a head that does not match, a signed head
+        and no ``signer``, or a head signed by another key than ``signer``. Each refusal is one
+        line naming the entries that are intact and the command that recovers."""
+        lines = self.lines() if lines is None else lines
+        if not lines and not self.head_path.is_file():
+            return  # a new ledger
+        if chain:
+            entries, problem = chain_problem(lines)
+            if problem:
+                raise SecurityError("chain", f"{self.path}: {problem}; "
+                                             f"{self.repair_hint(len(entries), _signed(self))}")
+        if not self.head_path.is_file():
+            raise SecurityError("chain", f"{self.head_path} is missing, so nothing vouches for "
+                                         f"the end of {self.path.name}; check it with `robustax "
+                                         f"verify {self.root}`, then `robustax ledger repair "
+                                         f"{self.root}` writes a head over its intact entries")
+        head = self.read_head()
+        n, h = head["statement"].get("length"), head["statement"].get("head")
+        signed = bool(head["signature"])
+        if not isinstance(n, int) or not isinstance(h, str) or n < 0:
+            raise SecurityError("chain", f"{self.head_path} is not a ledger head; "
+                                         f"{self.repair_hint(len(lines), signed)}")
+        if n > len(lines) or (n and line_hash(lines[n - 1]) != h):
+            what = (f"the head covers {n} entries, the file holds {len(lines)}" if n > len(lines)
+                    else f"entry {n - 1} is not the one the head covers")
+            intact = len(chain_problem(lines[:n])[0])
+            raise SecurityError("chain", f"{self.path} does not match its head ({what}); "
+                                         f"{self.repair_hint(intact, signed)}")
+        if len(lines) > n:
+            raise SecurityError("chain", f"{self.path} holds {len(lines) - n} entries after its "
+                                         f"head (entries {n}–{len(lines) - 1}) that robustax did "
+                                         f"not sign (added by hand, or a run killed while "
+                                         f"appending); check them with `robustax verify "
+                                         f"{self.root}`, then `robustax ledger repair "
+                                         f"{self.root}` sets them aside (the {n} entries the "
+                                         f"head covers are kept)")
+        if not signed:
+            return
+        if signer is None:
+            raise SecurityError("key", f"the ledger head of {self.root} is signed (key id "
+                                       f"{head['key_id'][:12]}…); configure [security] "
+                                       f"signing_key (or --signing-key) to append to it")
+        if head["key_id"] != signer.key_id:
+            raise SecurityError("key", f"the ledger head of {self.root} is signed by key id "
+                                       f"{head['key_id'][:12]}…, not by this run's signing key "
+                                       f"{signer.key_id[:12]}…; pass the key that signed it, "
+                                       f"or another --out")
+        verify_envelope(head, [signer.public], str(self.head_path))
+
+    def repair_hint(self, intact: int, signed: bool = False) -> str:
+        """The recovery of a damaged ledger: which entries are intact, and the command."""
+        kept = ("no entry is intact" if intact == 0 else "entry 0 is intact" if intact == 1
+                else f"entries 0–{intact - 1} are intact")
+        key = " --signing-key KEY" if signed else ""
+        return (f"{kept}: `robustax ledger repair {self.root}{key}` keeps them and sets the "
+                f"file aside as {self.path.name}.corrupt, then rerun `robustax run CONFIG --out "
+                f"{self.root}` to record the finished cells again")
+
+    def repair(self, signer: SigningKey | None = None) -> str:
+        """Keeps the longest prefix of the ledger that robustax can still vouch for (the
+        entries its head covers, when they are intact; else the intact chain, under a new head
+        signed by ``signer``, which must be the key of a signed head), sets the original file
+        aside as ``ledger.jsonl.corrupt`` and returns what it did, in one line."""
+        with FileLock(str(self.root / LOCK), timeout=60):
+            lines = self.lines()
+            keep, head = len(chain_problem(lines)[0]), None
+            if self.head_path.is_file():
+                try:
+                    head = self.read_head()
+                except SecurityError:
+                    head = None  # unreadable: replaced below
+            signed = bool(head and head["signature"])
+            n = head["statement"].get("length") if head else None
+            covered = (isinstance(n, int) and 0 <= n <= keep
+                       and (n == 0 or line_hash(lines[n - 1]) == head["statement"].get("head")))
+            if covered:
+                keep = n
+            if covered and keep == len(lines):
+                return f"{self.path} matches its head ({keep} entries): nothing to repair"
+            if not covered and signed:
+                if signer is None:
+                    raise SecurityError("key", f"the head of {self.root} was signed (key id "
+                                               f"{head['key_id'][:12]}…) and must be signed "
+                                               f"again over the intact entries; pass "
+                                               f"--signing-key with that key")
+                if signer.key_id != head["key_id"]:
+                    raise SecurityError("key", f"the head of {self.root} was signed by key id "
+                                               f"{head['key_id'][:12]}…, not by the given key "
+                                               f"{signer.key_id[:12]}…; pass the key that "
+                                               f"signed it")
+            aside = self.path.with_name(self.path.name + ".corrupt")
+            i = 1
+            while aside.exists():
+                aside = self.path.with_name(f"{self.path.name}.corrupt.{i}")
+                i += 1
+            atomic_write_bytes(aside, self.path.read_bytes() if self.path.is_file() else b"",
+                               overwrite=False)
+            atomic_write_bytes(self.path, b"".join(line + b"\n" for line in lines[:keep]))
+            if not covered:
+                statement = {"type": HEAD_TYPE, "length": keep,
+                             "head": line_hash(lines[keep - 1]) if keep else GENESIS,
+                             "updated": utc_now()}
+                env = signer.sign(statement) if signer is not None else _unsigned_head(statement)
+                write_new(self.head_path, envelope_bytes(env), overwrite=True)
+        why = "the entries its head covers" if covered else (
+            "its intact entries, under a new " + ("signed " if signer else "") + "head")
+        return (f"kept {keep} of the {len(lines)} entries of {self.path} ({why}); the "
+                f"original is kept as {aside.name}; rerun `robustax run CONFIG --out "
+                f"{self.root}` to record the finished cells again (cells that differ from the "
+                f"kept entries are recomputed)")
 
     def add_cells(self, cell_ids, signer: SigningKey | None = None) -> int:
         """Appends an entry for each finished cell (record and mask on disk) that is not in the
@@ -203,30 +305,44 @@ def _body(entry: dict) -> dict:
     return {k: v for k, v in entry.items() if k not in ("seq", "prev")}
 
 
-def verify_chain(ledger: Ledger) -> list[dict]:
-    """The entries, after checking every line: canonical JSON, ``seq`` equal to its position
-    and ``prev`` equal to the previous line's hash. Raises the ``chain`` stage naming the first
-    bad entry."""
-    lines = ledger.lines()
+def chain_problem(lines: list[bytes]) -> tuple[list[dict], str | None]:
+    """(the entries of the intact prefix, the problem of the first bad line or None): every
+    line canonical JSON, ``seq`` equal to its position, ``prev`` the previous line's hash."""
     entries, prev = [], GENESIS
     for i, line in enumerate(lines):
         e = loads_canonical(line)
         if e is None:
-            raise SecurityError("chain", f"ledger entry {i} (line {i + 1}) is not canonical JSON: "
-                                         f"it was edited")
+            cut = " or cut short" if i == len(lines) - 1 else ""
+            return entries, (f"ledger entry {i} (line {i + 1}) is not canonical JSON: it was "
+                             f"edited{cut}")
         if e.get("seq") != i:
-            raise SecurityError("chain", f"ledger entry {i} (line {i + 1}) holds seq "
-                                         f"{e.get('seq')!r}: entries were deleted, inserted or "
-                                         f"reordered at entry {i}")
+            return entries, (f"ledger entry {i} (line {i + 1}) holds seq {e.get('seq')!r}: "
+                             f"entries were deleted, inserted or reordered at entry {i}")
         if e.get("prev") != prev:
             if i == 0:
-                raise SecurityError("chain", "ledger entry 0 does not start the chain: it was "
-                                             "edited or entries before it deleted")
-            raise SecurityError("chain", f"ledger entry {i - 1} (line {i}) was edited: entry "
-                                         f"{i} records another hash for it")
+                return entries, ("ledger entry 0 does not start the chain: it was edited or "
+                                 "entries before it deleted")
+            return entries[:-1], (f"ledger entry {i - 1} (line {i}) was edited: entry {i} "
+                                  f"records another hash for it")
         entries.append(e)
         prev = line_hash(line)
+    return entries, None
+
+
+def verify_chain(ledger: Ledger) -> list[dict]:
+    """The entries, after checking every line (:func:`chain_problem`). Raises the ``chain``
+    stage naming the first bad entry, the intact ones and the recovery."""
+    entries, problem = chain_problem(ledger.lines())
+    if problem:
+        raise SecurityError("chain", f"{problem}; {ledger.repair_hint(len(entries), _signed(ledger))}")
     return entries
+
+
+def _signed(ledger: Ledger) -> bool:
+    try:
+        return bool(ledger.head_path.is_file() and ledger.read_head()["signature"])
+    except SecurityError:
+        return False
 
 
 def verify_head(ledger: Ledger, trusted: list | None) -> str:
@@ -235,7 +351,8 @@ def verify_head(ledger: Ledger, trusted: list | None) -> str:
     lines = ledger.lines()
     if not ledger.head_path.is_file():
         raise SecurityError("head", f"{ledger.head_path} is missing: the ledger's end cannot be "
-                                    f"checked")
+                                    f"checked; `robustax ledger repair {ledger.root}` writes a "
+                                    f"head over its intact entries")
     env = ledger.read_head()
     st = env["statement"]
     if env["signature"] or env["key_id"]:
@@ -255,15 +372,17 @@ def verify_head(ledger: Ledger, trusted: list | None) -> str:
     if st.get("type") != HEAD_TYPE or not isinstance(st.get("length"), int) or \
             not isinstance(st.get("head"), str):
         raise SecurityError("head", f"{ledger.head_path} is not a ledger head")
-    n = st["length"]
+    n, signed = st["length"], bool(env["signature"])
     if len(lines) > n:
         raise SecurityError("chain", f"ledger entry {n} (line {n + 1}) was appended after the "
-                                     f"head (which covers {n} entries)")
+                                     f"head (which covers {n} entries); `robustax ledger repair "
+                                     f"{ledger.root}` sets entries {n}–{len(lines) - 1} aside")
     if len(lines) < n:
         raise SecurityError("chain", f"ledger entry {len(lines)} is missing: the head covers {n} "
                                      f"entries, the ledger holds {len(lines)} (deleted from its "
-                                     f"end)")
+                                     f"end); {ledger.repair_hint(len(lines), signed)}")
     if n and line_hash(lines[n - 1]) != st["head"]:
         raise SecurityError("chain", f"ledger entry {n - 1} (line {n}) was edited: the head "
-                                     f"records another hash for it")
+                                     f"records another hash for it; "
+                                     f"{ledger.repair_hint(n - 1, signed)}")
     return status

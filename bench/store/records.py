@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from bench.store.io import (
     mask_bytes,
     move_aside,
 )
+from bench.store.ledger_view import LedgerView
 from bench.store.manifest import Manifest, sha256_bytes
 
 CLEAN = "clean"
@@ -143,6 +145,29 @@ def run_lock(root: Path, command: str):
         lock.release()
 
 
+RUN_MARKERS = ("manifest.json", "cells", "checkpoints", "ledger.jsonl", LOCK_NAME)
+"""Names only a run directory holds (a run takes its lock before it writes anything;
+``checkpoints/`` alone: trained weights copied in to be reused)."""
+
+
+def check_run_directory(root: Path) -> None:
+    """Whether robustax may write a run into ``root``: it is new, empty or a run directory
+    (holds one of :data:`RUN_MARKERS`). Anything else holds someone's own files: refused with
+    one line, before anything in it is touched."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    names = sorted(p.name for p in root.iterdir())
+    if any(m in names for m in RUN_MARKERS):
+        return
+    own = [n for n in names if not n.startswith(".")]
+    if own:
+        shown = ", ".join(own[:3]) + (", …" if len(own) > 3 else "")
+        raise RobustaxError(f"--out {root} is not a robustax run directory (no manifest.json or "
+                            f"cells/) and holds other files ({shown}); nothing was written: "
+                            f"pass a new or empty directory, or the --out of a `robustax run`")
+
+
 def is_file_name(name: Any) -> bool:
     """Whether ``name`` (a cell id read from plan.json) is a plain file name: never a path
     (no separator, no leading dot, no control characters), at most 200 characters."""
@@ -171,6 +196,10 @@ class RunDir:
     @functools.cached_property
     def manifest(self) -> Manifest:
         return Manifest(self.root)
+
+    @functools.cached_property
+    def ledger(self) -> LedgerView:
+        return LedgerView(self.root)
 
     # Where each kind of artifact lives in a run directory.
     cells = _at("cells")
@@ -246,6 +275,21 @@ class RunDir:
         path = self.checkpoint_path(file_name)
         return self.manifest.digest(path) if path.is_file() else None
 
+    def damaged_checkpoints(self) -> list[str]:
+        """One line per file in checkpoints/ whose bytes are not those the manifest lists
+        (damaged or replaced after it was written): a run stops at such a checkpoint when it
+        needs it; a report of cells that no longer need it says so and goes on."""
+        if self.manifest.state != "ok" or not self.checkpoints.is_dir():
+            return []
+        out = []
+        for p in sorted(self.checkpoints.iterdir()):
+            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".corrupt") \
+                    and (problem := self.manifest.problem(p, p.read_bytes())):
+                out.append(f"checkpoint {problem}: damaged or replaced after its cells "
+                           f"finished (they are kept; `robustax verify` fails on it); restore the original "
+                           f"file, or delete it to retrain, before adding cells that need it")
+        return out
+
     def cell_path(self, cell_id: str) -> Path:
         return self.cells / f"{cell_id}.json"
 
@@ -309,7 +353,35 @@ class RunDir:
         if (checkpoint_sha256 and record.get("checkpoint_sha256")
                 and record["checkpoint_sha256"] != checkpoint_sha256):
             return f"{path} was computed from other weights than the checkpoint now there", None
+        if problem := self._info_problem(cell_id):
+            return problem, None
+        entry = self.ledger.cell(cell_id)
+        if entry is not None:
+            for p, d, field in ((path, data, "record_sha256"), (mpath, mdata, "mask_sha256")):
+                if entry.get(field) != sha256_bytes(d):
+                    return (f"{p} differs from ledger entry {entry.get('seq')} (changed after "
+                            f"the ledger recorded it)"), None
         return None, record
+
+    def _info_problem(self, cell_id: str) -> str | None:
+        """A cell's per-example info (``info/<id>.npz``), when it has one, must be what the
+        manifest lists and load as arrays."""
+        ipath = self.info_path(cell_id)
+        try:
+            data = ipath.read_bytes()
+        except FileNotFoundError:
+            if self.manifest.state == "ok" and self.manifest.get(ipath) is not None:
+                return f"{ipath}, the attack info of {self.cell_path(cell_id)}, is missing"
+            return None
+        if problem := self.manifest.problem(ipath, data):
+            return problem
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as f:
+                for k in f.files:
+                    f[k]
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile):
+            return f"{ipath} is not a readable info file"
+        return None
 
     def read_mask(self, cell_id: str) -> np.ndarray:
         """A verified mask (a damaged one is a one-line error naming the file)."""

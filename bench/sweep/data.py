@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.errors import DataError
+from bench.errors import DataError, quiet, warn
 
 __all__ = ["DATASETS", "Dataset", "StreamedImages", "describe_datasets", "load_dataset"]
 
@@ -132,6 +132,10 @@ def load_dataset(
     :data:`_READ_CHUNK` records when sliced (the engine reads one eval batch at a time), so
     evaluation sets larger than memory work; its labels are read once.
     """
+    if stream and isinstance(name, str) and not name.startswith(_TFDS_PREFIX) and (
+            name in DATASETS or name.startswith(_NPZ_PREFIX)):
+        warn(f"data.stream = true applies to TFDS data sets only: {name!r} is read into "
+             f"memory whole (stream ignored)")
     if isinstance(name, str) and name.startswith(_NPZ_PREFIX):
         return _load_npz(name, base_dir, train_examples)
     if name not in DATASETS:
@@ -318,10 +322,12 @@ def _load_tfds(
     try:
         import tensorflow_datasets as tfds  # lazy: heavy, and only the TFDS sets need it
 
-        sources = {
-            split: tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
-            for split in ("train", "test")
-        }
+        with quiet():  # "Variant folder … has no dataset_info.json": our error says it
+            sources = {
+                split: tfds.data_source(tfds_name, split=split, data_dir=data_dir,
+                                        download=False)
+                for split in ("train", "test")
+            }
     except Exception:
         raise DataError(
             f"TFDS data set {tfds_name!r} is not prepared in {_where(data_dir)}; prepare it once "

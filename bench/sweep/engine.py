@@ -53,9 +53,14 @@ def check_arrays(x: Any, y: Any, where: str = "data") -> tuple[np.ndarray, np.nd
     if not np.issubdtype(x.dtype, np.floating):
         raise DataError(f"{where}: images have dtype {x.dtype}; expected floats in [0, 1] "
                         f"(divide uint8 images by 255)")
-    if not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 1:
+    for bad, what in ((np.isnan(x), "NaN"), (np.isinf(x), "infinite")):
+        if bad.any():
+            raise DataError(f"{where}: images contain {int(bad.sum()):,} {what} values (the "
+                            f"first in image {int(np.argwhere(bad)[0][0])}); pass finite "
+                            f"pixel values in [0, 1]")
+    if x.min() < 0 or x.max() > 1:
         raise DataError(f"{where}: image values must be finite and in [0, 1] (found "
-                        f"[{np.nanmin(x):g}, {np.nanmax(x):g}]); normalise inside the model")
+                        f"[{x.min():g}, {x.max():g}]); normalise inside the model")
     if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{where}: labels have shape {y.shape} and dtype {y.dtype}; expected "
                         f"integer labels of shape ({len(x)},)")
@@ -80,6 +85,12 @@ def check_model(logits_fn: Callable, params: Any, x: np.ndarray, y: np.ndarray,
         raise DataError(f"{where} returned {shape if shape is not None else type(out).__name__} "
                         f"for 1 image; expected logits of shape [N, num_classes] with at least "
                         f"2 classes")
+    dtype = getattr(out, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise DataError(f"{where} returned logits of dtype {dtype}; attacks need float logits "
+                        f"(their gradients of integer outputs are zero, so robust accuracy "
+                        f"would equal clean): return the model's float scores, before any "
+                        f"argmax or rounding")
     k = int(shape[1])
     if y.min() < 0 or y.max() >= k:
         raise DataError(f"labels must be in [0, {k}) for a model with {k} outputs; found "

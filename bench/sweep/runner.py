@@ -22,12 +22,12 @@ import pandas as pd
 from attacks import Transfer
 from attacks.base import Trainable
 from attacks.transfer import mean_logits
-from bench.errors import ConfigError, RobustaxError, warn
+from bench.errors import ConfigError, RobustaxError, printable, warn
 from bench.security.artifacts import Artifacts, checkpoint_files
 from bench.security.ledger import Ledger
 from bench.store.io import slug
 from bench.store.provenance import code_version, environment
-from bench.store.records import MISSING, RunDir, run_lock
+from bench.store.records import MISSING, RunDir, check_run_directory, run_lock
 from bench.sweep import engine as ev
 from bench.sweep.config import SweepConfig, check_eps_range
 from bench.sweep.data import Dataset, load_dataset
@@ -366,8 +366,12 @@ def _ledger_existing(run: RunDir, plan: Plan, arts, ledger) -> None:
     for p in checkpoint_files(run.root):
         if ("checkpoint", p.name) not in known:
             ledger.add_checkpoint(p, arts.parameters_digest(p), arts.signer)
+    # Cells the ledger does not have yet (a killed run's): those that pass every check. A cell
+    # it has is never recorded again from disk: one that differs fails run.cell_problem and is
+    # recomputed, so nothing edited after the ledger recorded it gets signed.
     ledger.add_cells(sorted(p.stem for p in run.cells.glob("*.json")
-                            if run.cell_problem(p.stem)[0] is None), arts.signer)
+                            if ("cell", p.stem) not in known
+                            and run.cell_problem(p.stem)[0] is None), arts.signer)
 
 
 def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None = None,
@@ -377,9 +381,6 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
     Writes config.json/config.toml, environment.json, plan.json, checkpoints/, cells/,
     masks/ and records.csv; tables and plots come from :func:`bench.reports.report.write_report`.
     """
-    from tqdm.auto import tqdm
-
-
     arts = Artifacts.from_config(cfg.security)  # a bad key stops the run before anything is written
     lead = jax.process_index() == 0  # several processes: only process 0 writes the run dir
     if not lead and arts.key is not None:
@@ -387,11 +388,13 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
                           "(each process would encrypt with its own nonce); run it in one "
                           "process or leave encryption out")
     run = RunDir(Path(out_dir)) if lead else _ReadOnlyRun(Path(out_dir))
+    if lead:
+        check_run_directory(run.root)  # someone's own files: refused before the lock file
     with run_lock(run.root, "run") if lead else contextlib.nullcontext():
-        if lead:
-            run.adopt()
-            _prepare_run_dir(run, cfg, config_text)
-        _sync("robustax-sweep-prepared")  # the others read what process 0 prepared
+        ledger = Ledger(run.root) if lead else _NoLedger()
+        # Keys and trust before anything is written: the ledger must be one this run can
+        # extend and sign (intact, no lines after its head, signed by this run's key).
+        ledger.check_appendable(arts.signer)
         data = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir,
                             train_examples=cfg.data.train_examples, base_dir=cfg.base_dir,
                             stream=cfg.data.stream)
@@ -399,12 +402,19 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
         for a in cfg.attacks:  # L2/L1 budgets need the image size
             check_eps_range(a.eps, a.norm, f"attack {a.label!r}", tuple(data.image_shape))
         plan = make_plan(cfg, data.fingerprint())
+        for t in dict.fromkeys(t for u in plan.units for t in u.trainings):
+            path = arts.find(run.checkpoints, t.file_name)
+            if path is not None and t.model.weights is None:
+                arts.check_trusted(path)  # and its checkpoints signed by a trusted key
+        if lead:
+            run.adopt()
+            _prepare_run_dir(run, cfg, config_text)
+        _sync("robustax-sweep-prepared")  # the others read what process 0 prepared
         run.write_plan(plan.order())
         n_eval = len(data.x_test) if cfg.data.eval_examples is None else min(
             cfg.data.eval_examples, len(data.x_test))
         x_eval, y_eval = data.x_test[:n_eval], data.y_test[:n_eval]
         version = code_version()
-        ledger = Ledger(run.root) if lead else _NoLedger()
         if lead:
             ledger.append([{"type": "run", "config_id": cfg.config_id(),
                             "code_version": version,
@@ -413,7 +423,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
                           arts.signer)
             _ledger_existing(run, plan, arts, ledger)
 
-        bar = tqdm(total=0, desc=cfg.name, unit="cell", disable=not progress or not lead,
+        bar = _Bar(total=0, desc=printable(cfg.name), unit="cell", disable=not progress or not lead,
                    dynamic_ncols=True)
         weights = _Weights(run, plan, data, bar, arts, ledger)
         # Two passes at most: the second recomputes cells whose checkpoint this run had to
@@ -442,6 +452,28 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, *, config_text: str | None 
             records["run"] = cfg.name  # records.csv is this config's grid: one run name
         run.store_text(run.records_csv, records.to_csv(index=False))
     return records
+
+
+class _Bar:
+    """The progress bar (tqdm): its postfix names labels, escaped (no raw control
+    characters on the terminal)."""
+
+    def __init__(self, **kwargs):
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._bar, name)
+
+    def __setattr__(self, name, value):
+        if name == "_bar":
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._bar, name, value)
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self._bar.set_postfix_str(printable(s), refresh=refresh)
 
 
 def _cells_to_compute(run: RunDir, plan: Plan, weights: _Weights) -> set[str]:
@@ -491,6 +523,9 @@ class _NoLedger:
         pass
 
     def add_checkpoint(self, *args, **kwargs) -> None:
+        pass
+
+    def check_appendable(self, *args, **kwargs) -> None:
         pass
 
 

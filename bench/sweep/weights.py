@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from bench.errors import ConfigError
+from bench.errors import ConfigError, quiet
 
 META_KEY = "robustax"  # defenses.checkpoint's metadata entry
 
@@ -71,9 +71,10 @@ def read_flat(path: Path) -> dict[str, np.ndarray]:
     """``{"path/to/leaf": array}`` of a safetensors file or an Orbax checkpoint directory."""
     if path.is_dir():
         try:
-            import orbax.checkpoint as ocp
+            with quiet():  # Orbax's sharding UserWarning for arrays saved from jax
+                import orbax.checkpoint as ocp
 
-            tree = ocp.PyTreeCheckpointer().restore(str(path.resolve()))
+                tree = ocp.PyTreeCheckpointer().restore(str(path.resolve()))
         except Exception as e:  # orbax raises many types; one line either way
             detail = " ".join(str(e).split())[:200]
             raise ConfigError(f"{str(path)!r} is not a readable Orbax checkpoint ({detail}); "
