@@ -218,43 +218,45 @@ def _speed_models(text: str) -> tuple[str, ...]:
     return names
 
 
+def _report(args) -> None:
+    if not Path(args.run_dir, "cells").is_dir():
+        raise RobustaxError(f"{args.run_dir} is not a run directory (no cells/); pass the "
+                            f"--out directory of a `robustax run`")
+    paths = write_report(args.run_dir, baseline=args.baseline, gate=_gate(args))
+    print(summary(args.run_dir, width=_width()))
+    print(checklist_text(args.run_dir))
+    for folder in dict.fromkeys(p.parent for p in paths):
+        print(f"wrote {sum(p.parent == folder for p in paths)} files to {folder}/")
+
+
+def _compare(args) -> int:
+    return compare_main(args.baseline, args.new, out=args.out, **_gate(args))
+
+
+def _crosscheck(args) -> None:
+    crosscheck_main(args.run_dir, args.examples, args.seed, args.attack, args.eps, args.defense)
+
+
+def _speed(args) -> None:
+    speed_main(batch=args.batch, steps=args.steps, repeats=args.repeats,
+               torchattacks=args.torchattacks, out=args.out, models=_speed_models(args.models),
+               layers=args.layers)
+
+
+_COMMANDS = {"run": _run, "report": _report, "import-torch": _import_torch,
+             "list": lambda args: _list(), "compare": _compare, "crosscheck": _crosscheck,
+             "speed": _speed}
+"""One small function per command; the security commands (``security_cli.COMMANDS``) are
+dispatched by :func:`bench.security.commands.main`."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     xla.configure()
     args = _parser().parse_args(argv)
     previous = _on_sigterm()
     try:
-        if args.command == "run":
-            _run(args)
-        elif args.command == "report":
-
-            if not Path(args.run_dir, "cells").is_dir():
-                raise RobustaxError(f"{args.run_dir} is not a run directory (no cells/); pass the "
-                                    f"--out directory of a `robustax run`")
-            paths = write_report(args.run_dir, baseline=args.baseline, gate=_gate(args))
-            print(summary(args.run_dir, width=_width()))
-            print(checklist_text(args.run_dir))
-            for folder in dict.fromkeys(p.parent for p in paths):
-                print(f"wrote {sum(p.parent == folder for p in paths)} files to {folder}/")
-        elif args.command == "import-torch":
-            _import_torch(args)
-        elif args.command == "list":
-            _list()
-        elif args.command == "compare":
-
-            return compare_main(args.baseline, args.new, out=args.out, **_gate(args))
-        elif args.command == "crosscheck":
-
-            crosscheck_main(args.run_dir, args.examples, args.seed, args.attack, args.eps,
-                            args.defense)
-        elif args.command in security_cli.COMMANDS:
-
-            security_cli.main(args)
-        elif args.command == "speed":
-
-            speed_main(batch=args.batch, steps=args.steps, repeats=args.repeats,
-                       torchattacks=args.torchattacks, out=args.out,
-                       models=_speed_models(args.models), layers=args.layers)
+        return _COMMANDS.get(args.command, security_cli.main)(args) or 0
     except RobustaxError as e:
         print(f"robustax: error: {printable(e)}", file=sys.stderr)
         return 2
@@ -279,7 +281,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not _UNCHANGED:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-    return 0
 
 
 _UNCHANGED = object()
