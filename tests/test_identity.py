@@ -112,8 +112,12 @@ _IDS_SCRIPT = textwrap.dedent("""
     cfg = load_config(sys.argv[1])
     data = load_dataset(cfg.data.name, train_examples=cfg.data.train_examples)
     plan = make_plan(cfg, data.fingerprint())
-    print(json.dumps(sorted([c.cell_id for c in plan.cells] + [t.digest for t in plan.trainings])))
 """)
+_WHERE = """
+import bench.sweep.plan as where
+print(where.__file__)
+print(json.dumps(sorted([c.cell_id for c in plan.cells] + [t.digest for t in plan.trainings])))
+"""
 
 
 def test_moving_renaming_and_reformatting_code_keeps_every_id(tmp_path):
@@ -130,16 +134,17 @@ def test_moving_renaming_and_reformatting_code_keeps_every_id(tmp_path):
                 "bench/sweep/plan.py"):
         p = tmp_path / rel
         p.write_text("# reformatted\n\n" + p.read_text().replace("\n\n\n", "\n\n\n\n") + "\n# end\n")
-    script = tmp_path / "ids.py"
-    script.write_text(_IDS_SCRIPT)
     cfg = ROOT / "bench" / "configs" / "default.toml"
 
     def ids(cwd: Path) -> list[str]:
+        # ``-c``: sys.path starts at ``cwd`` (a script file would put its own folder first)
         env = {**os.environ, "PYTHONPATH": str(cwd), "JAX_PLATFORMS": "cpu"}
-        out = subprocess.run([sys.executable, str(script), str(cfg)], cwd=cwd, env=env,
-                             capture_output=True, text=True, timeout=300)
+        out = subprocess.run([sys.executable, "-c", _IDS_SCRIPT + _WHERE, str(cfg)], cwd=cwd,
+                             env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        *_, where, found = out.stdout.strip().splitlines()
+        assert Path(where) == cwd / "bench" / "sweep" / "plan.py", where  # that copy ran
+        return json.loads(found)
 
     moved = ids(tmp_path)
     assert not (tmp_path / "models" / "cnn.py").exists()
