@@ -20,6 +20,8 @@ from bench.pytorch.crosscheck import main as crosscheck_main
 from bench.pytorch.speed import main as speed_main
 from bench.pytorch.torch_import import import_torch
 from bench.reports.compare import main as compare_main
+from bench.reports.leaderboard import terminal as leaderboard_text
+from bench.reports.leaderboard import write_leaderboard
 from bench.reports.report import checklist_text, summary, write_report
 from bench.security import commands as security_cli
 from bench.security.commands import apply_run_flags
@@ -59,6 +61,17 @@ def _gate(args) -> dict:
             "by": args.by}
 
 
+def _eps(text: str) -> float:
+    """--eps as a number or a fraction (``8/255``, as RobustBench writes it)."""
+    num, slash, den = text.partition("/")
+    try:
+        value = float(num) / float(den) if slash else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"invalid ε {text!r}: give a number or a fraction "
+                                         f"such as 8/255") from None
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="robustax", description="JAX adversarial-robustness sweeps.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -81,6 +94,15 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("new", help="new run directory")
     _gate_flags(cmp_)
     cmp_.add_argument("--out", help="where compare.{csv,md,json} go (default NEW/compare/)")
+    lb = sub.add_parser("leaderboard", help="RobustBench model-info entries (JSON) and a "
+                                            "Markdown leaderboard of a run's rows at one ε")
+    lb.add_argument("run_dir")
+    lb.add_argument("--out", help="where the entries and leaderboard.md go (default "
+                                  "RUN_DIR/leaderboard/)")
+    lb.add_argument("--eps", type=_eps, help="the budget, e.g. 0.3 or 8/255 (default: the largest "
+                                             "ε with an AutoAttack cell)")
+    lb.add_argument("--norm", choices=("linf", "l2"),
+                    help="default: the norm of the chosen cells (L∞ first)")
     sub.add_parser("list", help="list data sets, models, defenses and attacks with options")
     speed = sub.add_parser("speed", help="time attacks against k × (forward + input gradient), "
                                          "the sweep engine and torchattacks (writes CSV + Markdown)")
@@ -233,6 +255,11 @@ def _compare(args) -> int:
     return compare_main(args.baseline, args.new, out=args.out, **_gate(args))
 
 
+def _leaderboard(args) -> None:
+    print(leaderboard_text(write_leaderboard(args.run_dir, out=args.out, eps=args.eps,
+                                             norm=args.norm)))
+
+
 def _crosscheck(args) -> None:
     crosscheck_main(args.run_dir, args.examples, args.seed, args.attack, args.eps, args.defense)
 
@@ -245,7 +272,7 @@ def _speed(args) -> None:
 
 _COMMANDS = {"run": _run, "report": _report, "import-torch": _import_torch,
              "list": lambda args: _list(), "compare": _compare, "crosscheck": _crosscheck,
-             "speed": _speed}
+             "speed": _speed, "leaderboard": _leaderboard}
 """One small function per command; the security commands (``security_cli.COMMANDS``) are
 dispatched by :func:`bench.security.commands.main`."""
 

@@ -11,7 +11,10 @@ chain check names them (``robustax verify``, and ``robustax run`` before it appe
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+
+from bench.errors import RobustaxError
 
 LEDGER = "ledger.jsonl"
 """The ledger's file name in a run directory."""
@@ -53,3 +56,28 @@ class LedgerView:
         """The latest entry of ``cell_id`` (None: not recorded, or no ledger)."""
         self._refresh()
         return self._cells.get(cell_id)
+
+
+def read_head(root: Path) -> dict | None:
+    """What ``ledger.head.json`` of a run directory states, as written: ``head`` (the hash of
+    the ledger's last line), ``length`` (its number of lines), ``updated``, ``key_id`` (empty
+    when unsigned) and ``signed``; None when the run has no head. Not checked here against the
+    ledger or a key (``robustax verify`` does that); a file that is not a head is a one-line
+    error."""
+    path = Path(root) / HEAD
+    if not path.is_file():
+        return None
+    try:
+        envelope = json.loads(path.read_bytes().decode("utf-8"))
+        statement = envelope["statement"]
+        head, length = statement["head"], statement["length"]
+        if not (isinstance(head, str) and re.fullmatch(r"[0-9a-f]{64}", head)
+                and isinstance(length, int) and length >= 0):
+            raise ValueError(head)
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        raise RobustaxError(f"{path} is not a ledger head; run `robustax verify {root}` (and "
+                            f"`robustax ledger repair {root}` if it fails)") from None
+    key_id = envelope.get("key_id") or ""
+    return {"head": head, "length": length, "updated": statement.get("updated"),
+            "key_id": key_id if isinstance(key_id, str) else "",
+            "signed": bool(envelope.get("signature"))}
