@@ -145,7 +145,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _import_torch(args) -> None:
-
     if args.check_inputs < 1:
         raise RobustaxError(f"--check-inputs {args.check_inputs} is impossible; give at least 1")
     conv = import_torch(args.arch, args.state_dict, args.out, mean=args.mean, std=args.std,
@@ -168,7 +167,6 @@ def _toml(v) -> str:
 
 
 def _run(args) -> None:
-
     text = read_config_text(args.config)
     cfg = load_config(args.config, text)
 
@@ -180,7 +178,6 @@ def _run(args) -> None:
                             f"existing run directory")
     lead = True
     if getattr(args, "distributed", False):
-
         lead = initialize()[0] == 0
     records = run_sweep(cfg, out, config_text=text, progress=not args.no_progress)
     if not lead:  # only process 0 writes the run directory and prints
@@ -224,7 +221,6 @@ def _width() -> int:
 
 
 def _list() -> None:
-
     for title, rows in (("data sets", describe_datasets()), ("models", MODELS.describe()),
                         ("defenses", DEFENSES.describe()), ("attacks", ATTACKS.describe())):
         print(f"{title}:")

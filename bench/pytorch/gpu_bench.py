@@ -70,7 +70,6 @@ def run_sweep_subprocess(b: Bench, timeout_s: float) -> None:
             raise RuntimeError(f"the default sweep exited with {p.returncode}")
         table = run_dir / "tables" / "robust_accuracy.md"
         if table.is_file():
-
             atomic_write_text(b.out / "sweep_robust_accuracy.md", table.read_text())
         env = json.loads((run_dir / "environment.json").read_text())
         b.sweep["backend"] = (env[-1] if isinstance(env, list) else env).get("backend")
@@ -139,7 +138,6 @@ def describe_device(b: Bench, torch_device: str) -> None:
 
 
 def cnn_section(b: Bench, batch: int, steps: int, repeats: int, torch_device: str) -> None:
-
     r = speed.measure(batch=batch, steps=steps, repeats=repeats)
     module, params, x, y = r.pop("_model")
     m = "cnn w32 28×28×1"

@@ -61,7 +61,6 @@ class Bench:
         self.flush()
 
     def flush(self) -> None:
-
         self.out.mkdir(parents=True, exist_ok=True)
         buf = io.StringIO()
         w = csv.DictWriter(buf, FIELDS, lineterminator="\n")

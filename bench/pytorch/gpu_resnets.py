@@ -101,7 +101,6 @@ class ResNetBench:
         return compiled, time.perf_counter() - t0
 
     def _time_jax(self, compiled, args, repeats):
-
         return _best_time(lambda: compiled(*args), repeats)
 
     def fwd_grad(self, prec: str, batch: int | None = None, ours: bool = True):

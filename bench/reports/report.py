@@ -141,7 +141,6 @@ def report_records(run: RunDir, records: pd.DataFrame | None = None,
         if write_csv:
             run.store_text(run.records_csv, records.to_csv(index=False))
     if records.empty:
-
         raise RobustaxError(f"{run.root} has no finished cells; run `robustax run CONFIG --out "
                             f"{run.root}` first")
     tables.check_eps_zero(records, run.read_mask)

@@ -101,7 +101,6 @@ def apply_run_flags(cfg, args):
 
 
 def _encryption_key(spec: str | None, passphrase: bool = False):
-
     import os
 
     if passphrase:
@@ -115,7 +114,6 @@ def _encryption_key(spec: str | None, passphrase: bool = False):
 
 
 def _file(path: str, what: str = "file") -> Path:
-
     p = Path(path)
     if not p.is_file():
         raise RobustaxError(f"{what} {path} does not exist; pass an existing file")
@@ -123,7 +121,6 @@ def _file(path: str, what: str = "file") -> Path:
 
 
 def main(args: argparse.Namespace) -> None:
-
     if args.command == "keys":
         _keys_new(Path(args.dir), args.passphrase)
     elif args.command == "ledger":

@@ -178,7 +178,6 @@ def evaluate(logits_fn: Callable, params: Any = _UNSET, data: str | tuple = _UNS
                           "eps=...) otherwise")
 
     if isinstance(data, str):
-
         ds = load_dataset(data, data_dir=data_dir)  # also "npz:path.npz"
         x, y, data_name = ds.x_test, ds.y_test, data
     else:

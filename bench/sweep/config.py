@@ -62,7 +62,6 @@ class DataConfig:
     stream: bool = False
 
     def __post_init__(self):
-
         if self.name.startswith("npz:"):
             if not self.name[4:].endswith(".npz"):
                 raise ValueError(f"name = {self.name!r}: give the path of a .npz file after "

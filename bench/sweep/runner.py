@@ -93,7 +93,6 @@ class _Weights:
     else trained and saved (one module per model, so compiled attacks are reused)."""
 
     def __init__(self, run: RunDir, plan: Plan, data: Dataset, bar, arts=None, ledger=None):
-
         self.run, self.plan, self.data, self.bar = run, plan, data, bar
         self.arts = Artifacts.from_config(plan.config.security) if arts is None else arts
         self.ledger = ledger
