@@ -17,6 +17,7 @@ from pathlib import Path
 from bench import xla
 from bench.errors import ConfigError, RobustaxError, Terminated, printable
 from bench.pytorch.crosscheck import main as crosscheck_main
+from bench.pytorch.speed import ISAS
 from bench.pytorch.speed import main as speed_main
 from bench.pytorch.torch_import import import_torch
 from bench.reports.compare import main as compare_main
@@ -117,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
                             "--torchattacks): layers.csv and layers.md")
     speed.add_argument("--models", default="cnn,user-cnn",
                        help="comma-separated: cnn (robustax's), user-cnn (plain flax.linen)")
+    speed.add_argument("--isa", choices=ISAS, default="native",
+                       help="cap XLA and PyTorch at this instruction set (run in a fresh "
+                            "process; default native: no cap)")
     cc = sub.add_parser("crosscheck", help="compare attacks with torchattacks on the same weights "
                                            "(cnn models of a finished run; needs torch)")
     cc.add_argument("run_dir")
@@ -263,7 +267,7 @@ def _crosscheck(args) -> None:
 def _speed(args) -> None:
     speed_main(batch=args.batch, steps=args.steps, repeats=args.repeats,
                torchattacks=args.torchattacks, out=args.out, models=_speed_models(args.models),
-               layers=args.layers)
+               layers=args.layers, isa=args.isa)
 
 
 _COMMANDS = {"run": _run, "report": _report, "import-torch": _import_torch,

@@ -5,14 +5,29 @@ adds nothing to the model's own cost. Each timing is the minimum over ``repeats`
 after a warm-up (compilation excluded), with ``block_until_ready``. With
 ``torchattacks=True`` the same weights are copied into an equivalent PyTorch model and
 torchattacks' PGD is timed on the same inputs.
+
+``isa`` (``robustax speed --isa avx2``) caps both frameworks at an instruction set, so the
+AVX2 figures can be produced on an AVX-512 machine: ``--xla_cpu_max_isa`` in ``XLA_FLAGS``
+for XLA, ``ONEDNN_MAX_CPU_ISA`` and ``ATEN_CPU_CAPABILITY`` for PyTorch (:func:`isa_env`).
+Each library reads its variable once, at a moment of its own (XLA when its backend starts,
+ATen and oneDNN on first use), so a capped run always happens in a fresh
+``python -m bench speed`` process started with the variables set: the cap then holds from
+the interpreter's first instruction whatever this process has already run (see
+:func:`plan_isa`).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
+import platform
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +35,7 @@ import numpy as np
 
 from attacks import APGD, FGSM, PGD, Square, fastpath
 from bench import xla
+from bench.errors import RobustaxError
 from bench.pytorch.torch_twin import cnn_twin, to_torch, user_cnn_twin
 from bench.pytorch.usercnn import UserCNN
 from bench.store.io import atomic_write_bytes
@@ -351,15 +367,13 @@ def layer_profile(batch: int = 256, repeats: int = 5, torch_too: bool = True,
 
 
 def write_layers(rows: list[dict], out: str, meta: dict) -> list:
-    """Writes ``layers.csv`` and ``layers.md`` (the :func:`layer_profile` rows) under ``out``."""
-    from pathlib import Path
-
+    """Writes ``layers.csv`` and ``layers.md`` (the :func:`layer_profile` rows) under ``out``;
+    the CSV carries ``meta`` as constant columns (:func:`_with_meta`)."""
     import pandas as pd
-
 
     frame = pd.DataFrame(rows)
     csv_path, md_path = Path(out) / "layers.csv", Path(out) / "layers.md"
-    atomic_write_bytes(csv_path, frame.to_csv(index=False).encode())
+    atomic_write_bytes(csv_path, _with_meta(frame, meta).to_csv(index=False).encode())
     show = frame.round(2).astype(object)
     show = show.where(frame.notna(), "")
     lines = ["# robustax speed --layers: where the cnn's forward + input gradient goes", ""] + [
@@ -372,6 +386,12 @@ def write_layers(rows: list[dict], out: str, meta: dict) -> list:
     return [csv_path, md_path]
 
 
+def _with_meta(frame, meta: dict):
+    """``frame`` with each entry of ``meta`` (CPU, ISA caps, versions, settings) appended as a
+    constant column, so a CSV says where it was measured; a row column of the same name wins."""
+    return frame.assign(**{k: str(v) for k, v in meta.items() if k not in frame.columns})
+
+
 def to_torch_batch(x: np.ndarray, y: np.ndarray):
     import torch
 
@@ -380,15 +400,13 @@ def to_torch_batch(x: np.ndarray, y: np.ndarray):
 
 
 def write_suite(rows: list[dict], out: str, meta: dict) -> list:
-    """Writes ``speed.csv`` and ``speed.md`` (with the settings in ``meta``) under ``out``."""
-    from pathlib import Path
-
+    """Writes ``speed.csv`` and ``speed.md`` (with the settings in ``meta``) under ``out``;
+    the CSV carries ``meta`` as constant columns (:func:`_with_meta`)."""
     import pandas as pd
-
 
     frame = pd.DataFrame(rows)
     csv_path, md_path = Path(out) / "speed.csv", Path(out) / "speed.md"
-    atomic_write_bytes(csv_path, frame.to_csv(index=False).encode())
+    atomic_write_bytes(csv_path, _with_meta(frame, meta).to_csv(index=False).encode())
     show = frame.copy()
     show["ms"] = (show.pop("seconds") * 1e3).round(1)
     show["compile_s"] = show.pop("compile_seconds").round(2)
@@ -407,8 +425,6 @@ def write_suite(rows: list[dict], out: str, meta: dict) -> list:
 
 
 def _cpu_name() -> str:
-    import platform
-
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -419,27 +435,159 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (``avx2``, ``avx512f``, ...); None where
+    there is no such file (not Linux) or it has no ``flags`` line (not x86)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+ISAS = ("native", "avx2", "avx")
+"""``robustax speed --isa``: native (no cap), or the instruction set both frameworks stop at."""
+
+_CAPS = {"avx2": {"xla": "AVX2", "onednn": "AVX2", "aten": "avx2"},
+         "avx": {"xla": "AVX", "onednn": "AVX", "aten": "default"}}
+"""Per cap, the value of ``--xla_cpu_max_isa``, ``ONEDNN_MAX_CPU_ISA`` and
+``ATEN_CPU_CAPABILITY`` (ATen has no AVX level: ``default`` is its plain, unvectorised one)."""
+
+_X86 = ("x86_64", "amd64", "i386", "i686", "x86")
+_CHILD = "ROBUSTAX_SPEED_ROWS"
+"""Set in the fresh process of a capped run: where it writes its rows (JSON) for the caller."""
+
+
+def _xla_max_isa(flags: str) -> str | None:
+    """The last ``--xla_cpu_max_isa`` in an ``XLA_FLAGS`` string (the one XLA keeps), or None."""
+    values = [f.split("=", 1)[1] for f in flags.split() if f.startswith("--xla_cpu_max_isa=")]
+    return values[-1] if values else None
+
+
+def caps(environ: Mapping[str, str]) -> dict:
+    """The ISA caps an environment sets: ``xla`` (``--xla_cpu_max_isa`` in ``XLA_FLAGS``),
+    ``onednn`` (``ONEDNN_MAX_CPU_ISA``), ``aten`` (``ATEN_CPU_CAPABILITY``); None where unset."""
+    return {"xla": _xla_max_isa(environ.get("XLA_FLAGS", "")),
+            "onednn": environ.get("ONEDNN_MAX_CPU_ISA"), "aten": environ.get("ATEN_CPU_CAPABILITY")}
+
+
+def isa_env(isa: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables to set on top of ``environ`` to cap both frameworks at ``isa``: its
+    ``XLA_FLAGS`` with any ``--xla_cpu_max_isa`` replaced by the cap's (every other flag
+    kept, in order), ``ONEDNN_MAX_CPU_ISA`` and ``ATEN_CPU_CAPABILITY``; empty for native."""
+    if isa == "native":
+        return {}
+    if isa not in _CAPS:
+        raise RobustaxError(f"--isa {isa!r}: choose from {', '.join(ISAS)}")
+    cap = _CAPS[isa]
+    flags = [f for f in environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_cpu_max_isa=")]
+    return {"XLA_FLAGS": " ".join([*flags, f"--xla_cpu_max_isa={cap['xla']}"]),
+            "ONEDNN_MAX_CPU_ISA": cap["onednn"], "ATEN_CPU_CAPABILITY": cap["aten"]}
+
+
+def plan_isa(isa: str, environ: Mapping[str, str], cpu_flags: set[str] | None,
+             machine: str) -> dict[str, str] | None:
+    """Where a run at ``isa`` happens: None for this process, else the variables of the fresh
+    process to start (:func:`isa_env`). Native runs here; a capped run runs here only in the
+    process started for it (``ROBUSTAX_SPEED_ROWS`` set), whose variables were in place
+    before any library loaded. Refuses (one-line :class:`~bench.errors.RobustaxError`) a cap
+    on a CPU that is not x86 or lacks that instruction set, and a started process whose
+    variables do not hold the cap (never starts another: no loop)."""
+    if isa == "native":
+        return None
+    env = isa_env(isa, environ)  # checks the name
+    if machine.lower() not in _X86:
+        raise RobustaxError(f"--isa {isa} caps an x86 instruction set; this machine is "
+                            f"{machine}: use --isa native")
+    if cpu_flags is not None and isa not in cpu_flags:
+        raise RobustaxError(f"--isa {isa}: this CPU has no {isa.upper()} "
+                            f"(/proc/cpuinfo flags); use a lower cap or --isa native")
+    if _CHILD in environ:
+        if caps(environ) != _CAPS[isa]:
+            raise RobustaxError(
+                f"--isa {isa}: this process was started for a capped run but its environment "
+                f"caps {caps(environ)}, not {_CAPS[isa]}; unset {_CHILD} and rerun "
+                f"`robustax speed --isa {isa}`")
+        return None
+    return env
+
+
+def isa_meta(isa: str, environ: Mapping[str, str], cpu_flags: set[str] | None,
+             torch_capability: str | None) -> dict:
+    """What the run records about instruction sets: the CPU, whether it has AVX-512, the
+    ``--isa`` asked for, the cap each framework runs under (read from the environment, so a
+    cap exported by hand is recorded too), ATen's capability in use, and ``XLA_FLAGS``."""
+    have = caps(environ)
+    torch_cap = ", ".join(f"{name}={value}" for name, value in (
+        ("ONEDNN_MAX_CPU_ISA", have["onednn"]), ("ATEN_CPU_CAPABILITY", have["aten"])) if value)
+    meta = {"cpu": _cpu_name(),
+            "cpu_avx512": "unknown" if cpu_flags is None else
+            ("yes" if "avx512f" in cpu_flags else "no"),
+            "isa": isa,
+            "xla_isa_cap": have["xla"] or "none",
+            "torch_isa_cap": torch_cap or "none"}
+    if torch_capability is not None:
+        meta["torch_cpu_capability"] = torch_capability
+    meta["XLA_FLAGS"] = environ.get("XLA_FLAGS", "")
+    return meta
+
+
+def _run_capped(env: dict[str, str], isa: str, argv: list[str], log) -> list[dict]:
+    """Runs ``python -m bench speed argv`` in a fresh process with ``env`` added (its output
+    streams through) and returns the rows it measured."""
+    root = str(Path(__file__).resolve().parents[2])  # the tree this module was loaded from
+    with tempfile.TemporaryDirectory(prefix="robustax-speed-") as tmp:
+        rows_path = Path(tmp) / "rows.json"
+        child = {**os.environ, **env, _CHILD: str(rows_path),
+                 "PYTHONPATH": os.pathsep.join(
+                     p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        log(f"robustax speed --isa {isa}: running in a fresh process with "
+            + " ".join(f"{k}={v!r}" for k, v in env.items()))
+        code = subprocess.run([sys.executable, "-m", "bench", "speed", *argv], env=child,
+                              check=False).returncode
+        if code != 0:
+            raise RobustaxError(f"speed --isa {isa}: the capped run exited with status {code} "
+                                f"(its output is above)")
+        return json.loads(rows_path.read_text())
+
+
 def main(batch: int = 256, steps: int = 20, repeats: int = 3, torchattacks: bool = False,
          out: str | None = None, models: tuple[str, ...] = ("cnn", "user-cnn"),
-         layers: bool = False) -> list[dict]:
+         layers: bool = False, isa: str = "native") -> list[dict]:
     """``robustax speed``: runs :func:`suite`, prints each figure as it is measured and,
-    with ``out``, writes ``speed.csv`` and ``speed.md`` there."""
-    import sys
-
+    with ``out``, writes ``speed.csv`` and ``speed.md`` there. ``isa`` other than native
+    caps XLA and PyTorch at that instruction set, in a fresh process (:func:`plan_isa`)."""
     log = functools.partial(print, flush=True)
+    flags = _cpu_flags()
+    env = plan_isa(isa, os.environ, flags, platform.machine())
+    if env is not None:
+        argv = ["--batch", str(batch), "--steps", str(steps), "--repeats", str(repeats),
+                "--models", ",".join(models), "--isa", isa]
+        argv += (["--torchattacks"] if torchattacks else []) + (["--layers"] if layers else [])
+        return _run_capped(env, isa, argv + (["--out", str(out)] if out else []), log)
     meta = {"command": "robustax " + " ".join(sys.argv[1:]) if sys.argv[0].endswith(
                 ("robustax", "__main__.py", "cli.py")) else "bench.pytorch.speed.main",
             "device": f"{jax.default_backend()} × {jax.device_count()}: {_cpu_name()}, "
                       f"{os.cpu_count()} cores",
-            "jax": jax.__version__, "batch": batch, "steps": steps, "repeats": repeats,
-            "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
+            "jax": jax.__version__, "batch": batch, "steps": steps, "repeats": repeats}
+    torch_capability = None
     try:
         import torch
+
         meta["torch"] = torch.__version__
+        torch_capability = torch.backends.cpu.get_cpu_capability()
     except ImportError:
         pass
+    meta.update(isa_meta(isa, os.environ, flags, torch_capability))
     log(f"robustax speed: batch {batch}, k = {steps}, min of {repeats} after warm-up, "
         f"{meta['device']}")
+    log(f"  AVX-512: {meta['cpu_avx512']}; ISA cap: XLA {meta['xla_isa_cap']}, PyTorch "
+        f"{meta['torch_isa_cap']}" + (f" (ATen uses {torch_capability})" if torch_capability
+                                      else "") + f"; XLA_FLAGS {meta['XLA_FLAGS']!r}")
     rows = suite(batch, steps, repeats, torchattacks, models, log=log)
     if out:
         for path in write_suite(rows, out, meta):
@@ -450,6 +598,8 @@ def main(batch: int = 256, steps: int = 20, repeats: int = 3, torchattacks: bool
         if out:
             for path in write_layers(profile, out, meta):
                 log(f"wrote {path}")
+    if _CHILD in os.environ:  # the fresh process of a capped run: hand the rows back
+        atomic_write_bytes(Path(os.environ[_CHILD]), json.dumps(rows, default=float).encode())
     return rows
 
 
