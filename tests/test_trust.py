@@ -152,7 +152,7 @@ def test_compare_passes_an_identical_run(tmp_path, capsys):
     base = write_run(tmp_path / "base", healthy_cells())
     new = write_run(tmp_path / "new", healthy_cells())
     code, out, _ = _compare(capsys, base.root, new.root)
-    assert code == 0 and "PASS: 5 cells matched by id" in out
+    assert code == 0 and "PASS: 5 cells matched by id (5 with the same cell id)" in out
     table = pd.read_csv(new.root / "compare" / "compare.csv")
     assert len(table) == 5 and (table["diff"] == 0).all() and (table["p"] == 1).all()
     assert "| m " in (new.root / "compare" / "compare.md").read_text()

@@ -222,7 +222,9 @@ def verdict(table: pd.DataFrame) -> str:
     only_b = int((table["status"] == "only in baseline").sum())
     only_n = int((table["status"] == "only in new").sum())
     head = "FAIL" if fails else "PASS"
-    text = (f"{head}: {len(matched)} cells matched by {a['by']}, {changed} with any per-example "
+    same_id = int((matched["base_cell"] == matched["new_cell"]).sum())
+    text = (f"{head}: {len(matched)} cells matched by {a['by']} ({same_id} with the same cell "
+            f"id), {changed} with any per-example "
             f"change, {fails} changed significantly (Holm-corrected exact McNemar p < "
             f"{a['alpha']:g}) by more than {a['tolerance']:g} points "
             f"({'either way' if a['fail_on'] == 'any' else a['fail_on'] + 's'} gated)")
