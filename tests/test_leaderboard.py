@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from bench.cli import main
@@ -310,7 +311,10 @@ def test_committed_autoattack_run(tmp_path):
     e = by_defense(board)
     assert list(e) == ["pgd-at", "standard"]
     assert e["pgd-at"]["autoattack_acc"] == "31.5" and e["pgd-at"]["clean_acc"] == "98.5"
-    assert e["pgd-at"]["robustax"]["cells"] == ["cnn.pgd-at.autoattack-linf.eps0.3.abb2509a37"]
+    records = pd.read_csv(ROOT / "results/autoattack/records.csv")
+    aa = records[(records["defense"] == "pgd-at") & (records["attack"] == "autoattack")
+                 & (records["norm"] == "linf") & (records["eps"] == 0.3)]
+    assert e["pgd-at"]["robustax"]["cells"] == list(aa["cell_id"]) and len(aa) == 1
     assert e["pgd-at"]["robustax"]["examples"] == 200
     assert e["pgd-at"]["dataset"] == "mnist5k" and e["pgd-at"]["eps"] == "0.3"
     assert (tmp_path / "aa/mnist5k/Linf/cnn.pgd-at.json").is_file()
