@@ -17,17 +17,66 @@ ALLOWED = {  # package or module -> the robustax packages or modules it may impo
 OURS = {"attacks", "models", "defenses", "bench"}
 
 
-def imported_modules(path: Path) -> list[tuple[int, str]]:
-    """(line, dotted name) of every import in a file, including those inside functions:
-    ``import a.b`` gives ``a.b``; ``from a.b import c`` gives ``a.b.c`` (c may be a module or
-    a name in it)."""
+def import_statements(path: Path) -> list[tuple[int, str, bool]]:
+    """(line, dotted name, inside a function) of every import in a file: ``import a.b`` gives
+    ``a.b``; ``from a.b import c`` gives ``a.b.c`` (c may be a module or a name in it)."""
     out = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+
+    def visit(node, in_function):
         if isinstance(node, ast.Import):
-            out += [(node.lineno, alias.name) for alias in node.names]
+            out.extend((node.lineno, alias.name, in_function) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            out += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+            out.extend((node.lineno, f"{node.module}.{alias.name}", in_function)
+                       for alias in node.names)
+        inner = in_function or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                                 ast.Lambda))
+        for child in ast.iter_child_nodes(node):
+            visit(child, inner)
+
+    visit(ast.parse(path.read_text(), str(path)), False)
     return out
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """(line, dotted name) of every import in a file, including those inside functions."""
+    return [(line, name) for line, name, _ in import_statements(path)]
+
+
+def module_graph(packages) -> tuple[dict[str, set[str]], list[tuple[str, str]]]:
+    """The import graph of our modules in ``packages`` (module -> modules of ours it imports,
+    imports inside functions counted) and the function-level imports of our modules."""
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+               for pkg in packages for p in sorted((ROOT / pkg).rglob("*.py"))}
+    graph, lazy = {}, []
+    for name, p in modules.items():
+        graph[name] = set()
+        for line, imported, in_function in import_statements(p):
+            target = imported
+            while target and target not in modules:  # a.b.c: module a.b's name c, or a's
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                graph[name].add(target)
+                if in_function:
+                    lazy.append((target, f"{name}:{line} imports {imported} inside a function"))
+    return graph, lazy
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` (its modules in order, the first repeated last), or None."""
+    done: set[str] = set()
+
+    def visit(n, stack):
+        if n in stack:
+            return stack[stack.index(n):] + [n]
+        if n in done:
+            return None
+        for d in sorted(graph.get(n, ())):
+            if (cycle := visit(d, stack + [n])) is not None:
+                return cycle
+        done.add(n)
+        return None
+
+    return next((c for n in sorted(graph) if (c := visit(n, [])) is not None), None)
 
 
 def imported_packages(path: Path) -> list[tuple[int, str]]:
@@ -80,40 +129,11 @@ def test_the_one_exception_is_one_module_edge(tmp_path):
     assert [is_allowed(n, layers) for _, n in imported_modules(f)] == [True, True, False]
 
 
-def module_file(name: str) -> Path | None:
-    """The library source file of a dotted import (``a.b.c``: a/b/c.py, a/b.py's name c, or
-    a/b/__init__.py), None outside attacks/models/defenses."""
-    parts = name.split(".")
-    if parts[0] not in ALLOWED:
-        return None
-    for n in range(len(parts), 0, -1):
-        for path in (ROOT.joinpath(*parts[:n]).with_suffix(".py"),
-                     ROOT.joinpath(*parts[:n], "__init__.py")):
-            if path.is_file():
-                return path
-    return None
-
-
 def test_library_modules_import_no_circle():
     """No import cycle among the library's modules (a circle is what function-level imports
     used to dodge: defenses.augment <-> defenses.training). Imports inside functions count."""
-    files = sorted(p for pkg in ("attacks", "models", "defenses") for p in (ROOT / pkg).rglob("*.py"))
-    graph = {p: {f for _, n in imported_modules(p) if (f := module_file(n)) and f != p}
-             for p in files}
-    done: set[Path] = set()
-
-    def visit(p, stack):
-        if p in stack:
-            cycle = stack[stack.index(p):] + [p]
-            raise AssertionError("import circle: " + " -> ".join(
-                str(q.relative_to(ROOT)) for q in cycle))
-        if p not in done:
-            for q in sorted(graph.get(p, ())):
-                visit(q, stack + [p])
-            done.add(p)
-
-    for p in files:
-        visit(p, [])
+    cycle = find_cycle(module_graph(("attacks", "models", "defenses"))[0])
+    assert cycle is None, "import circle: " + " -> ".join(cycle)
 
 
 def test_one_atomic_writer():
@@ -129,8 +149,6 @@ def test_one_atomic_writer():
     assert not offenders, offenders
 
 
-
-
 TORCH_AT_IMPORT = {"bench.pytorch.torch_models"}  # imported lazily: torch is optional
 BENCH_PARTS = ("store", "security", "sweep", "reports", "pytorch")
 
@@ -144,22 +162,8 @@ def _declared_imports(part: str) -> set[str]:
 
 
 def our_imports(path: Path) -> list[tuple[int, str]]:
-    """(line, dotted module) of every import of ours in a file, inside functions included;
-    ``from bench import xla`` counts as ``bench.xla``."""
-    out = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            out += [(node.lineno, a.name) for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module in ("bench", "attacks", "models", "defenses"):
-                out += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
-            else:
-                out.append((node.lineno, node.module))
-    return [(n, m) for n, m in out if m.split(".")[0] in OURS]
-
-
-def _allowed(module: str, allowed: set[str]) -> bool:
-    return any(module == a or module.startswith(a + ".") for a in allowed)
+    """(line, dotted name) of every import of ours in a file, inside functions included."""
+    return [(line, n) for line, n in imported_modules(path) if n.split(".")[0] in OURS]
 
 
 @pytest.mark.parametrize("part", BENCH_PARTS)
@@ -168,7 +172,7 @@ def test_bench_parts_import_only_what_their_docstring_declares(part):
     files = sorted((ROOT / "bench" / part).glob("*.py"))
     assert len(files) > 1
     bad = [f"{p.relative_to(ROOT)}:{line} imports {m}" for p in files
-           for line, m in our_imports(p) if not _allowed(m, allowed)]
+           for line, m in our_imports(p) if not is_allowed(m, allowed)]
     assert not bad, f"bench/{part} declares {sorted(allowed)}; " + "; ".join(bad)
 
 
@@ -184,68 +188,11 @@ def test_no_import_circles_and_no_function_level_imports_of_ours():
     """The module graph of our packages (imports inside functions counted) has no cycle, and
     no function imports a module of ours, except the one module that imports the optional
     torch at import time (``bench.pytorch.torch_models``): the CLI must start without torch."""
-    modules = {}
-    for p in sorted(ROOT.glob("*/**/*.py")):
-        rel = p.relative_to(ROOT)
-        if rel.parts[0] not in OURS or rel.parts[0] == "tests":
-            continue
-        name = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
-        modules[name] = p
-    lazy = []
-    graph: dict[str, set[str]] = {}
-    for name, p in modules.items():
-        tree = ast.parse(p.read_text())
-        top = {id(n) for n in tree.body}
-        deps = set()
-        for node in ast.walk(tree):
-            if not isinstance(node, (ast.Import, ast.ImportFrom)):
-                continue
-            for line, m in imported_modules_of(node):
-                target = m if m in modules else m.rsplit(".", 1)[0]
-                if target in modules and target != name:
-                    deps.add(target)
-                    if id(node) not in top and not _in_toplevel_block(tree, node) \
-                            and target not in TORCH_AT_IMPORT:
-                        lazy.append(f"{name}:{line} imports {m} inside a function")
-        graph[name] = deps
+    graph, lazy = module_graph(sorted(OURS))
+    lazy = [where for target, where in lazy if target not in TORCH_AT_IMPORT]
     assert not lazy, lazy
-    seen, stack, cycles = set(), [], []
-
-    def visit(n):
-        if n in stack:
-            cycles.append(stack[stack.index(n):] + [n])
-            return
-        if n in seen:
-            return
-        seen.add(n)
-        stack.append(n)
-        for d in sorted(graph[n]):
-            visit(d)
-        stack.pop()
-
-    for n in sorted(graph):
-        visit(n)
-    assert not cycles, " ; ".join(" -> ".join(c) for c in cycles)
-
-
-def imported_modules_of(node) -> list[tuple[int, str]]:
-    if isinstance(node, ast.Import):
-        return [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] in OURS]
-    if node.level or not node.module or node.module.split(".")[0] not in OURS:
-        return []
-    if node.module in ("bench", "attacks", "models", "defenses", "bench.sweep", "bench.store",
-                       "bench.reports", "bench.security", "bench.pytorch"):
-        return [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
-    return [(node.lineno, node.module)]
-
-
-def _in_toplevel_block(tree, node) -> bool:
-    """An import under a module-level ``if``/``try`` (not in a def or class) counts as top level."""
-    for top in tree.body:
-        if isinstance(top, (ast.If, ast.Try)) and any(n is node for n in ast.walk(top)):
-            return not any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
-                           and any(m is node for m in ast.walk(n)) for n in ast.walk(top))
-    return False
+    cycle = find_cycle(graph)
+    assert cycle is None, " -> ".join(cycle)
 
 
 def test_the_cli_starts_without_torch():
