@@ -40,7 +40,14 @@ from bench.sweep.plan import (
     make_plan,
     stable_hash,
 )
-from bench.sweep.unit import AttackRun, Context, Target, evaluate_unit, record_of
+from bench.sweep.unit import (
+    AttackRun,
+    Context,
+    Target,
+    direct,
+    evaluate_unit,
+    record_of,
+)
 from bench.sweep.weights import load as load_weights
 from bench.sweep.weights import shapes as weight_shapes
 from defenses import checkpoint_bytes, variables_from_bytes
@@ -219,7 +226,7 @@ def _evaluate_unit(unit: Unit, todo: set[str], weights: _Weights, plan: Plan, ru
         ctx.progress.update(1)
 
     def prepare(ctx, unit, a, target):
-        return _attack_setup(a, unit, target, plan, weights, run, ctx.progress, wrapped)
+        return _attack_setup(ctx, unit, a, target, plan, weights, run, wrapped)
 
     evaluate_unit(unit, todo, target, ctx, emit, prepare)
     clean_id = unit.cells[0].cell_id
@@ -312,24 +319,23 @@ def _pick(fn, i: int):
     return picked
 
 
-def _attack_setup(a, unit: Unit, target: Target, plan: Plan, weights: _Weights,
-                  run: RunDir, bar, wrapped: dict) -> AttackRun:
-    """Attack config ``a`` made runnable on ``unit``: the attack itself; a trainable attack
-    bound to its generator;
-    or, for ``transfer``, the crafting attack run on the surrogate(s) and scored on the unit.
-    A single surrogate crafts with the key of its own white-box cell of that attack, so a
-    model transferring to itself reproduces its white-box cell."""
-
-    cfg = plan.config
+def _attack_setup(ctx: Context, unit: Unit, a, target: Target, plan: Plan, weights: _Weights,
+                  run: RunDir, wrapped: dict) -> AttackRun:
+    """Attack config ``a`` made runnable on ``unit``: the attack itself (:func:`direct`); a
+    trainable attack bound to its generator; or, for ``transfer``, the crafting attack run on
+    the surrogate(s) and scored on the unit. A single surrogate crafts with the key of its own
+    white-box cell of that attack, so a model transferring to itself reproduces its white-box
+    cell."""
+    cfg, bar = plan.config, ctx.progress
     params, eval_fn, attack_fn = target
-    key = key_for(cfg.seed, *unit.attack_key_parts(a))
-    tag = f"{unit.model.label}/{unit.defense_label}"
     if not isinstance(a.attack, Transfer):
-        attack, details = a.attack, None
-        if isinstance(attack, Trainable):
-            attack, details = _generator(a, attack, _unit_ident(unit), tag, attack_fn or eval_fn,
-                                         params, plan, weights, run, bar)
-        return AttackRun(attack, eval_fn, params, attack_fn, key, details)
+        r = direct(ctx, unit, a, target)
+        if not isinstance(r.attack, Trainable):
+            return r
+        tag = f"{unit.model.label}/{unit.defense_label}"
+        attack, details = _generator(a, r.attack, _unit_ident(unit), tag, attack_fn or eval_fn,
+                                     params, plan, weights, run, bar)
+        return r._replace(attack=attack, details=details)
     t = a.attack
     crafter = next(c for c in cfg.attacks if c.attack is t.crafter)
     sunits = [next(u for u in plan.units if f"{u.model.label}/{u.defense_label}" == s)
