@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.reports import checklist, compare, figures, tables
+from bench.reports import checklist, compare, figures, tables, waterfall
 from bench.store.records import RunDir
 
 INTERVAL_EPS = 4
@@ -76,7 +76,8 @@ def _plots_section(run: RunDir, plot_paths: list[Path]) -> str:
     groups = (("Robust accuracy vs ε (95% intervals shaded)", "accuracy_vs_eps_"),
               ("Robust accuracy vs attack steps (one run)", "accuracy_vs_steps_"),
               ("Robust accuracy vs queries (one run)", "accuracy_vs_queries_"),
-              ("Model × defense against every attack at one ε", "heatmap_"))
+              ("Model × defense against every attack at one ε", "heatmap_"),
+              ("AutoAttack stage by stage", "waterfall_"))
     parts = []
     for title, prefix in groups:
         shown = [p for p in pngs if p.name.startswith(prefix)]
@@ -139,6 +140,14 @@ def write(records: pd.DataFrame, run: RunDir, order: tables.Order, plot_paths: l
         parts.append(f"### {tables.NORM_TEXT.get(norm, norm)}: "
                      f"{'worst case over ' if len(attacks) > 1 else ''}{', '.join(attacks)}\n")
         parts.append(_interval_table(records, order, norm) + "\n")
+    stage_tables = waterfall.waterfalls(records, order)
+    if stage_tables:
+        parts.append("## AutoAttack stage by stage\n")
+        parts.append("Which stage of the cascade does the work: robust accuracy left after each "
+                     "stage, from the per-stage counts each cascade cell records "
+                     "(`tables/waterfall_<attack>_<norm>.{md,csv}`).\n")
+        parts += [waterfall.markdown(a, nm, t, data, n)
+                  for (a, nm), t in stage_tables.items()]
     parts += ["## Plots\n", _plots_section(run, plot_paths)]
     parts.append("## Sanity checklist\n")
     parts.append("Carlini et al. (2019) and Athalye et al. (2018): a WARN is a sign of a "

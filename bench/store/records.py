@@ -69,7 +69,8 @@ def info_fields(mask: np.ndarray, info: dict | None, stage_names: tuple[str, ...
     ``queries`` (score-based attacks): mean and median over the examples the attack fooled
     (those with a positive count; examples misclassified before any query count 0).
     ``distance`` (minimum-norm attacks): the median of the finite distances found.
-    ``stage`` (cascades): how many points each stage broke, in ``details``.
+    ``stage`` (cascades): how many points each stage broke and the stages' order, in
+    ``details`` (AutoAttack's waterfall, :mod:`bench.reports.waterfall`).
     """
     out = {"queries_mean": float("nan"), "queries_median": float("nan"), "details": ""}
     if not info:
@@ -87,6 +88,7 @@ def info_fields(mask: np.ndarray, info: dict | None, stage_names: tuple[str, ...
         st = np.asarray(info["stage"])
         details["misclassified_clean"] = int(np.sum(st == -1))
         details["broken_by"] = {name: int(np.sum(st == i)) for i, name in enumerate(stage_names, 1)}
+        details["stages"] = list(stage_names)  # the cascade's order (broken_by is sorted)
     out["details"] = json.dumps(details, sort_keys=True) if details else ""
     return out
 
