@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import RobustaxError, warn
-from bench.reports import checklist, document, figures, tables, waterfall
+from bench.reports import checklist, document, figures, poisoning, tables, waterfall
 from bench.reports.tables import WORST
 from bench.store.io import slug
 from bench.store.records import CLEAN, RunDir, accuracy_fields, run_lock
@@ -55,14 +55,16 @@ def worst_case(records: pd.DataFrame, run: RunDir) -> pd.DataFrame:
 
 
 _TABLE_FILES = ("robust_accuracy*.csv", "robust_accuracy*.md", "robust_accuracy*.tex",
-                "waterfall_*.md", "waterfall_*.csv", "summary.txt")
+                "waterfall_*.md", "waterfall_*.csv", "poisoning*.md", "poisoning.csv",
+                "summary.txt")
 
 
 def write_tables(records: pd.DataFrame, run: RunDir, order: tables.Order,
                  intervals: str | None = "footnote") -> list[Path]:
     """Writes tables/: summary.txt, robust_accuracy.{csv,md,tex}, one Markdown file per
     attack × norm (and per norm's worst case), one LaTeX file per norm, AutoAttack's waterfall
-    per cascade attack × norm (table and plot, :mod:`bench.reports.waterfall`); removes the
+    per cascade attack × norm (table and plot, :mod:`bench.reports.waterfall`), a poisoned row's
+    difference from its model's standard row (:mod:`bench.reports.poisoning`); removes the
     table files of an earlier grid that this one no longer has. ``records`` includes the
     worst-case rows. Returns the paths."""
     run.tables.mkdir(parents=True, exist_ok=True)
@@ -77,6 +79,7 @@ def write_tables(records: pd.DataFrame, run: RunDir, order: tables.Order,
     files.update({f"robust_accuracy_{norm}.tex": tex for norm, tex in latex.items()})
     stage_files, paths = waterfall.write(records, run, order)
     files.update(stage_files)
+    files.update(poisoning.write(records, order))
     for name, text in files.items():
         run.store_text(run.tables / name, text)
         paths.append(run.tables / name)

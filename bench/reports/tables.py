@@ -44,6 +44,7 @@ class Order:
     defenses: tuple[str, ...]
     pairs: tuple[tuple[str, str], ...]  # (attack label, norm); derived worst-case pairs excluded
     worst: tuple[tuple[str, str], ...] = ()  # the derived worst-case pairs, after the attacks
+    names: tuple[tuple[str, str], ...] = ()  # (defense row label, registered defense name)
 
     @classmethod
     def of(cls, records: pd.DataFrame, plan: dict | None) -> Order:
@@ -52,6 +53,7 @@ class Order:
         not know go last. Computed once per report and passed down to every writer."""
         models = sorted(records["model"].unique())
         defenses = sorted(records["defense"].unique())
+        names = tuple(sorted((plan or {}).get("defense_names", {}).items()))
         attacked = records[records["attack"] != CLEAN]
         pairs = sorted(set(zip(attacked["attack"], attacked["norm"])))
         if plan is not None:
@@ -61,7 +63,7 @@ class Order:
             models, defenses = first(plan["models"], models), first(plan["defenses"], defenses)
             pairs = first([tuple(p) for p in plan["attacks"]], pairs)
         return cls(tuple(models), tuple(defenses), tuple(p for p in pairs if p[0] != WORST),
-                   tuple(p for p in pairs if p[0] == WORST))
+                   tuple(p for p in pairs if p[0] == WORST), names)
 
     @property
     def all_pairs(self) -> tuple[tuple[str, str], ...]:
@@ -74,6 +76,10 @@ class Order:
 
     def attacks(self, norm: str) -> list[str]:
         return [a for a, n in self.pairs if n == norm]
+
+    def defense_name(self, label: str) -> str | None:
+        """The registered defense name of a row label (None where the plan does not say)."""
+        return dict(self.names).get(label)
 
     def rows(self, index: pd.Index) -> list[tuple[str, str]]:
         return [(m, d) for m in self.models for d in self.defenses if (m, d) in index]

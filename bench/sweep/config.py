@@ -227,11 +227,15 @@ def _tables(raw: Mapping, key: str) -> list[tuple[str, dict]]:
     return [(f"[[{key}]] #{i + 1}", dict(v)) for i, v in enumerate(value)]
 
 
-def _name_and_label(entry: dict, where: str) -> tuple[str, str]:
+def _name_and_label(entry: dict, where: str, registry=None) -> tuple[str, str]:
+    """(canonical name, label) of an entry; an alias (``l-pda``) becomes the registered name
+    it stands for, and so does the default label."""
     name = entry.pop("name", None)
     if name is None:
         raise ConfigError(f"{where} has no name; add name = \"...\" (see `robustax list`)")
     name = opts.coerce(name, str, f"{where}: name")
+    if registry is not None:
+        name = registry.canonical(name)
     label = opts.coerce(entry.pop("label", name), str, f"{where}: label")
     if not label.strip():
         raise ConfigError(f"{where}: label = {label!r} is empty; give a visible name")
@@ -372,7 +376,7 @@ def _model(entry: dict, where: str, base_dir: Path | None) -> ModelConfig:
     if spec is not None:
         spec = opts.coerce(spec, str, f"{where}: module")
         entry.setdefault("name", spec)
-    mname, label = _name_and_label(entry, where)
+    mname, label = _name_and_label(entry, where, MODELS)
     if spec is None:
         module = MODELS.build(mname, entry, where)
     else:
@@ -482,7 +486,7 @@ def parse_config(raw: Mapping[str, Any], base_dir: str | Path | None = None) -> 
     all_pretrained = all(m.weights is not None for m in models)
     for where, entry in ([] if all_pretrained and not raw.get("defenses")
                          else _tables(raw, "defenses")):
-        dname, label = _name_and_label(entry, where)
+        dname, label = _name_and_label(entry, where, DEFENSES)
         parsed.append((where, dname, label, DEFENSES.build(dname, entry, where)))
     _unique([label for _, _, label, _ in parsed], "defenses")
     if any(m.weights is not None for m in models) and PRETRAINED in [p[2] for p in parsed]:
@@ -512,7 +516,7 @@ def parse_config(raw: Mapping[str, Any], base_dir: str | Path | None = None) -> 
     attack_cfgs, wheres = [], []
     for where, entry in _tables(raw, "attacks"):
         explicit = "label" in entry
-        aname, label = _name_and_label(entry, where)
+        aname, label = _name_and_label(entry, where, ATTACKS)
         if "eps" not in entry:
             raise ConfigError(f"{where} ({aname}) has no eps; add eps = [0.0, 0.1, ...]")
         eps = parse_eps(entry.pop("eps"), where)

@@ -168,6 +168,8 @@ class Plan:
                                           *(u.model.label for u in self.units)])),
             "defenses": list(dict.fromkeys(u.defense_label for u in self.units)),
             "attacks": [[a.label, a.norm] for a in self.config.attacks],
+            # the registered name of each row's defense (reports find e.g. poisoned rows by it)
+            "defense_names": {u.defense_label: u.defense.name for u in self.units},
             "cells": [c.cell_id for c in self.cells],
         }
 

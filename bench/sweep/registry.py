@@ -27,6 +27,7 @@ class Registry(Mapping[str, type]):
         self.exclude = exclude  # fields set by robustax, not by users
         self.int_min = int_min
         self._items: dict[str, type] = {}
+        self._aliases: dict[str, str] = {}
 
     def register(self, name: str, cls: type) -> type:
         """Adds ``cls`` under ``name`` and returns it."""
@@ -35,14 +36,26 @@ class Registry(Mapping[str, type]):
         self._items[name] = cls
         return cls
 
+    def alias(self, alias: str, name: str) -> None:
+        """Accepts ``alias`` for the registered ``name`` (a term from the literature); configs
+        and records carry the canonical name."""
+        if alias in self._items or alias in self._aliases or name not in self._items:
+            raise ValueError(f"{self.kind} alias {alias!r} clashes or names no entry")
+        self._aliases[alias] = name
+
+    def canonical(self, name: str) -> str:
+        """The registered name ``name`` stands for (itself unless it is an alias)."""
+        return self._aliases.get(name, name)
+
     def __getitem__(self, name: str) -> type:
+        name = self.canonical(name)
         if name not in self._items:
             raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: "
                               f"{', '.join(sorted(self._items))}")
         return self._items[name]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self._items or name in self._aliases
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
@@ -70,7 +83,10 @@ class Registry(Mapping[str, type]):
 
     def describe(self) -> list[tuple[str, str]]:
         """(name, summary and options with defaults) of every entry, for ``robustax list``."""
-        return [(n, opts.describe(c, self.exclude)) for n, c in sorted(self._items.items())]
+        aliases = {n: sorted(a for a, m in self._aliases.items() if m == n) for n in self._items}
+        return [(n, opts.describe(c, self.exclude)
+                 + (f" Also accepted as: {', '.join(aliases[n])}." if aliases[n] else ""))
+                for n, c in sorted(self._items.items())]
 
 
 ATTACKS = Registry("attack")
@@ -97,6 +113,7 @@ DEFENSES.register("trades", defenses.TRADES)
 DEFENSES.register("distillation", defenses.Distillation)
 DEFENSES.register("augment", defenses.Augment)
 DEFENSES.register("label-flip", defenses.LabelFlip)
+DEFENSES.alias("l-pda", "label-flip")  # label-flipping poisoning ("L-PDA") as the seed calls it
 DEFENSES.register("squeeze", defenses.Squeeze)
 DEFENSES.register("random-transform", defenses.RandomTransform)
 DEFENSES.register("ensemble", defenses.Ensemble)
