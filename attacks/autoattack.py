@@ -44,6 +44,9 @@ class AutoAttack:
     """
 
     numerics: ClassVar[int] = 2  # 2: DLR's plateau gradient exactly zero (losses.dlr)
+    # Against a random model (a key-dependent logits_fn) a sweep runs the EOT version unless
+    # the config sets ``version`` itself (bench.sweep.config.AttackConfig.for_random_model).
+    random_options: ClassVar[tuple[tuple[str, str], ...]] = (("version", "rand"),)
 
     norm: str = "linf"
     version: str = "standard"

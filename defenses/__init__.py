@@ -24,7 +24,7 @@ trained by the shared loop ``fit``; every one also takes the augmentation settin
 
 from defenses.augment import Augment
 from defenses.augmentation import Augmentation
-from defenses.base import InferenceWrapper, TrainingDefense, is_wrapper
+from defenses.base import InferenceWrapper, TrainingDefense, is_random, is_wrapper
 from defenses.checkpoint import (checkpoint_bytes, checkpoint_parameter_digest, parameter_digest,
                                  variables_from_bytes)
 from defenses.distillation import Distillation
@@ -40,7 +40,7 @@ from defenses.random_transform import RandomTransform
 from defenses.squeeze import Squeeze
 
 __all__ = ["InferenceWrapper", "PGDAT", "Standard", "TrainSettings", "TrainingDefense",
-           "checkpoint_bytes", "checkpoint_parameter_digest", "fit", "is_wrapper", "parameter_digest",
+           "checkpoint_bytes", "checkpoint_parameter_digest", "fit", "is_random", "is_wrapper", "parameter_digest",
            "variables_from_bytes"]
 __all__ += ["Augment", "Augmentation", "Distillation", "FGSMAT", "FGSMRS", "LabelFlip", "TRADES",
             "flip_labels"]

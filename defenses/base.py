@@ -12,8 +12,10 @@ A wrapper that is differentiable although it has ``adaptive`` sets ``needs_adapt
 A *member* wrapper (ensemble, fusion) has ``members`` instead of ``base``: the labels of
 several trained entries of the sweep; ``wrap(logits_fns)`` then takes their logits
 functions, in order, and its params are the tuple of their variables. A *random* wrapper
-returns ``f(params, x, key)`` with ``f.random = True``; the engine supplies every key from
-the seed (see DEVELOPERS.md, "Randomness").
+returns ``f(params, x, key)`` with ``f.random = True`` and declares ``random = True`` on its
+class, so a sweep knows before building anything that its rows are random (:func:`is_random`:
+they are scored over several draws, AutoAttack runs its ``rand`` version); the engine
+supplies every key from the seed (see DEVELOPERS.md, "Randomness").
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ class InferenceWrapper(Protocol):
 def is_wrapper(defense: Any) -> bool:
     """True for inference wrappers (``kind = "wrapper"``), False for training defenses."""
     return getattr(defense, "kind", "training") == "wrapper"
+
+
+def is_random(defense_or_logits_fn: Any) -> bool:
+    """True for a random defense (its class declares ``random = True``) or a random logits
+    function (``f.random = True``, called ``f(params, x, key)``): its output depends on a key,
+    so one evaluation is one draw of it."""
+    return bool(getattr(defense_or_logits_fn, "random", False))
 
 
 def check_budget(eps: float, norm: str) -> None:

@@ -112,6 +112,7 @@ class RandomTransform:
     """
 
     numerics: ClassVar[int] = 1
+    random: ClassVar[bool] = True  # its logits depend on a key (defenses.base.is_random)
 
     base: str = "standard"
     method: str = "resize-pad"

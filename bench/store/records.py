@@ -71,6 +71,9 @@ def info_fields(mask: np.ndarray, info: dict | None, stage_names: tuple[str, ...
     ``distance`` (minimum-norm attacks): the median of the finite distances found.
     ``stage`` (cascades): how many points each stage broke and the stages' order, in
     ``details`` (AutoAttack's waterfall, :mod:`bench.reports.waterfall`).
+    ``draw_correct`` (a random model scored over D draws, ``[N, D]``): ``draws``, the
+    accuracy of each single draw (``draw_acc``) and their mean (``draw_acc_mean``), in
+    ``details``; the mask is the AND over the draws.
     """
     out = {"queries_mean": float("nan"), "queries_median": float("nan"), "details": ""}
     if not info:
@@ -89,6 +92,11 @@ def info_fields(mask: np.ndarray, info: dict | None, stage_names: tuple[str, ...
         details["misclassified_clean"] = int(np.sum(st == -1))
         details["broken_by"] = {name: int(np.sum(st == i)) for i, name in enumerate(stage_names, 1)}
         details["stages"] = list(stage_names)  # the cascade's order (broken_by is sorted)
+    if "draw_correct" in info:
+        per_draw = np.asarray(info["draw_correct"]).mean(axis=0)
+        details["draws"] = int(per_draw.size)
+        details["draw_acc"] = [float(a) for a in per_draw]
+        details["draw_acc_mean"] = float(per_draw.mean())
     out["details"] = json.dumps(details, sort_keys=True) if details else ""
     return out
 

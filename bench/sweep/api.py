@@ -29,13 +29,14 @@ from bench.sweep.config import (
     parse_eps,
 )
 from bench.sweep.data import load_dataset
-from bench.sweep.plan import Cell, Unit, cell_id, key_for
+from bench.sweep.plan import Cell, Unit, cell_id, key_for, random_identity
 from bench.sweep.registry import ATTACKS
 from bench.sweep.unit import Context, Target, direct, evaluate_unit, record_of
 
 
-def _attack_specs(attacks: Sequence[Any], eps: Sequence[float] | None) -> list[tuple[str, Any, tuple]]:
-    """(label, attack instance, ε values) from dicts in config form or attack instances."""
+def _attack_specs(attacks: Sequence[Any], eps: Sequence[float] | None) -> list[tuple]:
+    """(label, attack instance, ε values, options set explicitly) from dicts in config form
+    (the keys written) or attack instances (the fields that differ from their defaults)."""
 
     specs = []
     for i, a in enumerate(attacks):
@@ -48,14 +49,19 @@ def _attack_specs(attacks: Sequence[Any], eps: Sequence[float] | None) -> list[t
             label = a.pop("label", name)
             values = a.pop("eps", eps)
             attack = ATTACKS.build(name, a, where)
+            explicit = frozenset(a)
         else:
             if not dataclasses.is_dataclass(a) or not callable(a) or not hasattr(a, "norm"):
                 raise ConfigError(f"{where} = {a!r} is not an attack; pass an attack instance "
                                   f"(e.g. attacks.PGD()) or a dict with a name")
             label, attack, values = ATTACKS.name_of(a), a, eps
+            # an instance's options count as set where they differ from their defaults
+            defaults = {f.name: f.default for f in dataclasses.fields(a)}
+            explicit = frozenset(k for k, _ in getattr(type(a), "random_options", ())
+                                 if getattr(a, k) != defaults.get(k))
         if values is None:
             raise ConfigError(f"{where} has no eps; pass eps=[...] or put \"eps\" in its dict")
-        specs.append((label, attack, parse_eps(values, where)))
+        specs.append((label, attack, parse_eps(values, where), explicit))
     return specs
 
 
@@ -138,7 +144,7 @@ def evaluate(logits_fn: Callable, params: Any = _UNSET, data: str | tuple = _UNS
              eps: Sequence[float] | None = None, eval_examples: int | None = None,
              batch_size: int = 500, seed: int = 0, model: str = "model", defense: str = "none",
              data_dir: str | None = None, return_masks: bool = False,
-             attack_logits_fn: Callable | None = None,
+             attack_logits_fn: Callable | None = None, draws: int = 10,
              ) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Robust accuracy of ``logits_fn(params, x)`` under each attack at each ε.
 
@@ -165,6 +171,12 @@ def evaluate(logits_fn: Callable, params: Any = _UNSET, data: str | tuple = _UNS
       return_masks: also return per-example correctness masks keyed by cell id.
       attack_logits_fn: for a non-differentiable or random defense, the stand-in the attacks
         differentiate (e.g. BPDA); accuracy is still measured on ``logits_fn``.
+      draws: a random ``logits_fn`` (``logits_fn.random = True``, called
+        ``logits_fn(params, x, key)``) is scored over this many draws per example: correct
+        (clean) or robust only if correct in every draw; the records' ``details`` give each
+        draw's accuracy. Against a random model AutoAttack runs its ``rand`` version unless
+        ``version`` is set (an instance's version counts as set when it is not the default:
+        pass ``{"name": "autoattack", "version": "standard", ...}`` to force the standard one).
 
     Returns:
       The tidy records frame (one row per attack × norm × ε, plus the clean row), with the
@@ -197,6 +209,7 @@ def evaluate(logits_fn: Callable, params: Any = _UNSET, data: str | tuple = _UNS
                           f"[attacks.PGD()]")
     if len(attacks) == 0:
         raise ConfigError("attacks = [] is empty; pass at least one attack, e.g. [attacks.PGD()]")
+    draws = ev.check_draws(draws)
     x, y = ev.check_arrays(x, y)
     if eval_examples is not None:
         x, y = x[:eval_examples], y[:eval_examples]
@@ -204,12 +217,12 @@ def evaluate(logits_fn: Callable, params: Any = _UNSET, data: str | tuple = _UNS
     if attack_logits_fn is not None:
         ev.check_model(attack_logits_fn, params, x, y, "attack_logits_fn")
     specs = _attack_specs(attacks, eps)
-    for label, attack, values in specs:
+    for label, attack, values, _ in specs:
         check_eps_range(values, attack.norm, f"attack {label!r}", x.shape[1:])
     specs = [(label, _trained(label, a, logits_fn, params, attack_logits_fn, data, data_dir, seed),
-              values) for label, a, values in specs]
+              values, explicit) for label, a, values, explicit in specs]
     data_id = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()[:12]
-    unit = api_unit(model, defense, specs, data_id, seed)
+    unit = api_unit(model, defense, specs, data_id, seed, ev.is_random(logits_fn), draws)
     ctx = Context("api", data_name, seed, x, y, batch_size, code_version())
     rows, masks = [], {}
 
@@ -227,20 +240,27 @@ def evaluate(logits_fn: Callable, params: Any = _UNSET, data: str | tuple = _UNS
     return (frame, masks) if return_masks else frame
 
 
-def api_unit(model: str, defense: str, specs: list[tuple[str, Any, tuple]], data_id: str,
-             seed: int) -> Unit:
+def api_unit(model: str, defense: str, specs: list[tuple], data_id: str, seed: int,
+             random: bool = False, draws: int = 1) -> Unit:
     """The one-unit plan of a ``bench.evaluate`` call: row ``model`` × ``defense``, its clean
-    cell and one cell per attack × ε, with ids from the examples' digest, the seed, the labels
-    and each attack's options and numerics version."""
+    cell and one cell per attack × ε (``specs``: label, attack, ε values and the options set
+    explicitly), with ids from the examples' digest, the seed, the labels, each attack's
+    options and numerics version and, for a random model, its draws. A random model gets
+    each attack as run on one (:meth:`AttackConfig.for_random_model`)."""
     m = ModelConfig(model, model, None)
     d = DefenseConfig(defense, defense, None)
-    base = {"data": data_id, "seed": seed, "model": model, "defense": defense}
+    draws = draws if random else 1
+    base = {"data": data_id, "seed": seed, "model": model, "defense": defense,
+            **random_identity(random, draws)}
 
     def cell(a: AttackConfig | None, e: float) -> Cell:
         ident = {**base, "eps": e, "attack": None if a is None else [a.label, a.attack]}
         return Cell(a, e, cell_id(model, defense, CLEAN if a is None else a.label,
                                   "none" if a is None else a.norm, e, ident))
 
-    configs = [AttackConfig(label, label, attack, values) for label, attack, values in specs]
+    configs = [AttackConfig(label, label, attack, values, explicit)
+               for label, attack, values, explicit in specs]
+    if random:
+        configs = [a.for_random_model() for a in configs]
     cells = [cell(None, 0.0)] + [cell(a, e) for a in configs for e in a.eps]
-    return Unit(m, d, False, (), tuple(cells))
+    return Unit(m, d, False, (), tuple(cells), random, draws)

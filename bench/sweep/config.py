@@ -70,11 +70,30 @@ class DataConfig:
             raise ValueError(f"name = {self.name!r} is unknown; choose one of: {', '.join(DATASETS)}")
 
 
+MAX_DRAWS = 1000
+"""The most draws a random model may be scored over (each is a forward pass per example)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """How evaluation is batched; results do not depend on it (keys are per example)."""
+    """How evaluation is done.
+
+    Attributes:
+      batch_size: examples per compiled call; results do not depend on it (keys are per
+        example).
+      draws: a random model (a ``random-transform`` row, any key-dependent ``logits_fn``) is
+        scored over this many independent draws: an example counts as correct (clean) or
+        robust (under an attack) only if it is classified correctly in every draw. Part of
+        the identity of a random model's cells; deterministic models ignore it.
+    """
 
     batch_size: int = dataclasses.field(default=500, metadata={"min": 1})
+    draws: int = dataclasses.field(default=10, metadata={"min": 1})
+
+    def __post_init__(self):
+        if self.draws > MAX_DRAWS:
+            raise ValueError(f"draws = {self.draws} is more than {MAX_DRAWS:,}; give at most "
+                             f"{MAX_DRAWS:,} (10 is the default)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,16 +191,32 @@ class DefenseConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AttackConfig:
-    """A registered attack, its typed instance and the ε values it runs at."""
+    """A registered attack, its typed instance and the ε values it runs at.
+
+    ``explicit``: the options the config wrote (the rest are the attack's defaults);
+    ``preset``: the options :meth:`for_random_model` set because the row is random."""
 
     name: str
     label: str
     attack: Any
     eps: tuple[float, ...]
+    explicit: frozenset[str] = frozenset()
+    preset: tuple[tuple[str, Any], ...] = ()
 
     @property
     def norm(self) -> str:
         return self.attack.norm
+
+    def for_random_model(self) -> AttackConfig:
+        """This attack as run on a random model: the options its class presets for random
+        models (``random_options``: AutoAttack's ``version = "rand"``, EOT), except those the
+        config wrote itself; itself when nothing changes."""
+        preset = tuple((k, v) for k, v in getattr(type(self.attack), "random_options", ())
+                       if k not in self.explicit and getattr(self.attack, k) != v)
+        if not preset:
+            return self
+        return dataclasses.replace(self, attack=dataclasses.replace(self.attack, **dict(preset)),
+                                   preset=preset)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,8 +356,8 @@ def _resolve_transfers(attack_cfgs: list[AttackConfig], wheres: list[tuple[str, 
                               f"label; list each surrogate once")
         crafter = found[0]
         label = a.label if explicit else f"transfer:{crafter.label}@{'+'.join(t.surrogate)}"
-        out.append(AttackConfig(a.name, label, dataclasses.replace(t, _crafter=crafter.attack),
-                                a.eps))
+        out.append(dataclasses.replace(a, label=label,
+                                       attack=dataclasses.replace(t, _crafter=crafter.attack)))
     return out
 
 
@@ -520,7 +555,8 @@ def parse_config(raw: Mapping[str, Any], base_dir: str | Path | None = None) -> 
         if "eps" not in entry:
             raise ConfigError(f"{where} ({aname}) has no eps; add eps = [0.0, 0.1, ...]")
         eps = parse_eps(entry.pop("eps"), where)
-        attack_cfgs.append(AttackConfig(aname, label, ATTACKS.build(aname, entry, where), eps))
+        attack_cfgs.append(AttackConfig(aname, label, ATTACKS.build(aname, entry, where), eps,
+                                        frozenset(entry)))
         wheres.append((where, explicit))
     attack_cfgs = _resolve_transfers(attack_cfgs, wheres, models, defenses)
     for a, (where, _) in zip(attack_cfgs, wheres):  # after transfers know their crafter's norm

@@ -9,8 +9,10 @@ its ε-ball or [0, 1] are errors, not numbers.
 
 Random models (``logits_fn.random = True``, called as ``logits_fn(params, x, key)``, e.g. a
 random input transform) get every key from the engine, so results are a function of the
-seed: scoring uses one draw per example, ``fold_in(score_key, index)``, the same for the
-clean cell and every attack at every ε (so ε = 0 reproduces clean accuracy); attacks get a
+seed: scoring uses ``draws`` draws per example (:func:`draw_keys` of ``fold_in(score_key,
+index)``; draw 0 is that key itself), the same for the clean cell and every attack at every
+ε (so ε = 0 reproduces clean accuracy), and an example counts as correct only if it is in
+every draw; the per-draw correctness is returned as ``info["draw_correct"]``; attacks get a
 two-argument form whose ``params`` carry a per-example key and which draws afresh for every
 query point (:func:`_keyed`), while attacks that pass keys themselves (APGD, FAB via
 ``attacks.base.apply_logits``) have their keys used as given.
@@ -32,7 +34,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from attacks import base, fastpath, losses, threat
-from bench.errors import DataError, RobustaxError
+from bench.errors import ConfigError, DataError, RobustaxError
+from defenses import is_random
 
 # Float32 slack for the ball check: projections are exact up to rounding.
 _BALL_RTOL, _BALL_ATOL = 1e-5, 1e-6
@@ -72,7 +75,7 @@ def check_model(logits_fn: Callable, params: Any, x: np.ndarray, y: np.ndarray,
     """Checks, by shape only (``jax.eval_shape``: nothing is computed), that
     ``logits_fn(params, x)`` takes these images and returns ``[N, K]`` logits with K ≥ 2, and
     that every label is in [0, K); returns K. Each problem is a one-line DataError."""
-    args = (params, x[:1]) + ((jax.random.key(0),) if _is_random(logits_fn) else ())
+    args = (params, x[:1]) + ((jax.random.key(0),) if is_random(logits_fn) else ())
     try:
         out = jax.eval_shape(logits_fn, *args)
     except Exception as e:  # noqa: BLE001 - the user's model: any failure is a bad input
@@ -114,17 +117,47 @@ def _padded_batch(batch_size: int, n: int) -> int:
 # grow memory without end (each entry holds an XLA executable).
 _CACHE_SIZE = 32
 
+_DRAW_TAG = 0xD2A5  # fold_in tag of the keys of draws 1, 2, ... (draw 0 is the key itself)
 
-def _is_random(logits_fn: Callable | None) -> bool:
-    return bool(getattr(logits_fn, "random", False))
+
+def draw_keys(key: jax.Array, draws: int) -> jax.Array:
+    """The ``draws`` keys one example of a random model is scored with: draw 0 is ``key``
+    itself (so one draw is exactly the single draw scoring always used), draw d ≥ 1
+    ``fold_in(fold_in(key, tag), d)``. A draw's key does not depend on how many draws there
+    are, so more draws only add draws: the AND over them can only fall."""
+    rest = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
+        jax.random.fold_in(key, _DRAW_TAG), jnp.arange(1, draws))
+    return jnp.concatenate([key[None], rest])
+
+
+def check_draws(draws: Any, where: str = "draws") -> int:
+    """``draws`` as an integer in [1, 1000], else a one-line ConfigError."""
+    if not isinstance(draws, (int, np.integer)) or isinstance(draws, bool) or not 1 <= draws <= 1000:
+        raise ConfigError(f"{where} = {draws!r} is impossible; it must be an integer from 1 to "
+                          f"1000 (the draws a random model is scored over; 10 is the default)")
+    return int(draws)
 
 
 def _score_logits(logits_fn: Callable, params: Any, x: jax.Array, keys: jax.Array | None):
-    """Logits for scoring: a random model draws once per example with that example's key (so
-    the draw does not depend on batching); a deterministic one is called as is."""
+    """Logits for scoring: ``[N, K]`` of a deterministic model, called as is; ``[N, D, K]`` of
+    a random one with keys ``[N, D]``: example i, draw d with ``keys[i, d]`` (so a draw does
+    not depend on batching)."""
     if keys is None:
         return logits_fn(params, x)
-    return jax.vmap(lambda xi, ki: logits_fn(params, xi[None], ki)[0])(x, keys)
+
+    def one(xi, ki):
+        return logits_fn(params, xi[None], ki)[0]
+
+    if keys.shape[1] == 1:  # one draw: exactly the single-draw program (no draw axis inside)
+        return jax.vmap(one)(x, keys[:, 0])[:, None]
+    return jax.vmap(lambda xi, ks: jax.vmap(functools.partial(one, xi))(ks))(x, keys)
+
+
+def _scored(logits: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(correct: ``[N]``, or ``[N, D]`` per draw of a random model; finite: ``[N]``)."""
+    labels = y if logits.ndim == 2 else y[:, None]
+    finite = jnp.all(jnp.isfinite(logits), axis=tuple(range(1, logits.ndim)))
+    return jnp.argmax(logits, -1) == labels, finite
 
 
 def _digest(z: jax.Array) -> jax.Array:
@@ -163,8 +196,7 @@ def _keyed(logits_fn: Callable) -> Callable:
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _clean_fn(logits_fn: Callable) -> Callable:
     def run(params, x, y, keys=None):
-        logits = _score_logits(logits_fn, params, x, keys)
-        return jnp.argmax(logits, -1) == y, jnp.all(jnp.isfinite(logits), -1)
+        return _scored(_score_logits(logits_fn, params, x, keys), y)
 
     return jax.jit(run)
 
@@ -179,7 +211,7 @@ def _attack_fn(attack: Any, logits_fn: Callable, attack_logits_fn: Callable | No
     ``vmap`` axis). The score always comes from ``logits_fn``, never from the attack."""
     norm = attack.norm
     attacked = attack_logits_fn or logits_fn
-    random_attack = _is_random(attacked)
+    random_attack = is_random(attacked)
     if random_attack:
         attacked = _keyed(attacked)
     attacked = fastpath.fast(attacked)  # fast input gradients for any model (attacks/fastpath.py)
@@ -189,11 +221,11 @@ def _attack_fn(attack: Any, logits_fn: Callable, attack_logits_fn: Callable | No
         return (params, jax.random.fold_in(key, _QUERY_TAG)) if random_attack else params
 
     def score(params, x, y, x_adv, eps, score_keys):
-        logits = _score_logits(logits_fn, params, x_adv, score_keys)
+        ok, finite = _scored(_score_logits(logits_fn, params, x_adv, score_keys), y)
         dist = threat.distance(x_adv, x, norm)
         inside = (dist <= eps * (1 + _BALL_RTOL) + _BALL_ATOL)
         inside &= jnp.all((x_adv >= 0) & (x_adv <= 1), axis=(1, 2, 3))
-        return jnp.argmax(logits, -1) == y, jnp.all(jnp.isfinite(logits), -1), inside
+        return ok, finite, inside
 
     if isinstance(attack, base.MinimumNorm):
         def one_min(params, x, y, key):
@@ -380,20 +412,36 @@ _DEFAULT_SCORE_KEY = 0
 """Seed of the scoring key of a random model when the caller gives none (the Python API)."""
 
 
-def _score_data(logits_fn: Callable, key: jax.Array | None, n: int) -> tuple:
-    """(per-example key data [N, ...], key impl) for scoring a random model, else (None,
-    None): example i draws with ``fold_in(key, i)``."""
-    if not _is_random(logits_fn):
+def _score_data(logits_fn: Callable, key: jax.Array | None, n: int, draws: int = 1) -> tuple:
+    """(per-example, per-draw key data [N, D, ...], key impl) for scoring a random model,
+    else (None, None): example i, draw d with ``draw_keys(fold_in(key, i), draws)[d]``."""
+    if not is_random(logits_fn):
         return None, None
     key = jax.random.key(_DEFAULT_SCORE_KEY) if key is None else key
-    return np.asarray(jax.random.key_data(_example_keys(key, n))), jax.random.key_impl(key)
+    keys = jax.vmap(draw_keys, in_axes=(0, None))(_example_keys(key, n), check_draws(draws))
+    return np.asarray(jax.random.key_data(keys)), jax.random.key_impl(key)
+
+
+def _draw_info(correct: np.ndarray, random: bool) -> tuple[np.ndarray, dict]:
+    """(mask, info) from correctness ``[..., N]``, or ``[..., N, D]`` per draw of a random
+    model: correct only if correct in every draw; info ``draw_correct`` keeps the draws."""
+    if not random:
+        return correct, {}
+    return correct.all(-1), {"draw_correct": correct}
 
 
 def clean_correct(logits_fn: Callable, params: Any, x: np.ndarray, y: np.ndarray,
-                  batch_size: int = 500, key: jax.Array | None = None) -> np.ndarray:
+                  batch_size: int = 500, key: jax.Array | None = None, draws: int = 1,
+                  with_info: bool = False):
     """Per-example clean correctness, shape [N]. ``key`` is the scoring key of a random
-    ``logits_fn`` (example i draws with ``fold_in(key, i)``); deterministic models ignore it."""
-    return _clean(logits_fn, params, x, y, batch_size, *_score_data(logits_fn, key, len(x)))
+    ``logits_fn``: example i is drawn ``draws`` times (:func:`draw_keys` of ``fold_in(key,
+    i)``) and is correct only if it is in every draw; deterministic models ignore both. With
+    ``with_info`` the result is ``(mask, info)``, info ``{"draw_correct": [N, D]}`` for a
+    random model (``{}`` otherwise)."""
+    score = _score_data(logits_fn, key, len(x), draws)
+    mask, info = _draw_info(_clean(logits_fn, params, x, y, batch_size, *score),
+                            score[0] is not None)
+    return (mask, info) if with_info else mask
 
 
 def _clean(logits_fn, params, x, y, batch_size, score_data, score_impl) -> np.ndarray:
@@ -424,8 +472,8 @@ def _run_attack(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y:
                 attack_logits_fn: Callable | None, score_data: np.ndarray | None = None,
                 score_impl: Any = None) -> tuple[np.ndarray, dict, float, float]:
     """Runs one (non-cascade) attack over ``x`` in padded batches with the given per-example
-    key data (and, for a random ``logits_fn``, per-example scoring key data): (correct
-    [E, N], info {name: [E, N]}, seconds, compile seconds)."""
+    key data (and, for a random ``logits_fn``, per-example, per-draw scoring key data):
+    (correct [E, N] or, per draw, [E, N, D], info {name: [E, N]}, seconds, compile seconds)."""
     n = len(x)
     b = _padded_batch(batch_size, n)
     put = _Placer()
@@ -466,22 +514,27 @@ def _bucket(count: int, batch_size: int) -> int:
 
 def _cascade(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y: np.ndarray,
              eps: Sequence[float], key: jax.Array, batch_size: int,
-             attack_logits_fn: Callable | None,
-             score_key: jax.Array | None = None) -> tuple[np.ndarray, dict, float, float]:
+             attack_logits_fn: Callable | None, score_key: jax.Array | None = None,
+             draws: int = 1) -> tuple[np.ndarray, dict, float, float]:
     """An ensemble run as AutoAttack does: each stage only on the points every earlier stage
     left robust, gathered into padded buckets. Per example, stage ``s`` gets the key
     ``fold_in(fold_in(key, index), s)``, exactly what ``attack.run`` uses on one example, so
     the cascade equals running every stage on every point and taking the per-example worst
-    case. ``info["stage"]``: 0 robust, -1 misclassified clean, s ≥ 1 broken by stage s."""
+    case. ``info["stage"]``: 0 robust, -1 misclassified clean, s ≥ 1 broken by stage s.
+    A random model is scored per draw: a stage breaks a point if it is misclassified in any
+    draw; ``info["draw_correct"]`` is, per draw, clean and correct at every stage's point."""
     n = len(x)
     impl = jax.random.key_impl(key)
     example_keys = _example_keys(key, n)
-    score_data, score_impl = _score_data(logits_fn, score_key, n)
-    clean = _clean(logits_fn, params, x, y, batch_size, score_data, score_impl)
-    masks, stages_out = [], []
+    score_data, score_impl = _score_data(logits_fn, score_key, n, draws)
+    random = score_data is not None
+    clean_draws = _clean(logits_fn, params, x, y, batch_size, score_data, score_impl)
+    clean = _draw_info(clean_draws, random)[0]
+    masks, stages_out, per_draw = [], [], []
     seconds = compile_s = 0.0
     for e in eps:
         robust = clean.copy()
+        correct = clean_draws.copy()  # per draw (a random model's), else the same as robust
         stage = np.where(clean, 0, -1).astype(np.int32)
         for s, (_, stage_attack) in enumerate(attack.stages(), start=1):
             idx = np.flatnonzero(robust)
@@ -493,19 +546,22 @@ def _cascade(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y: np
                 np.asarray(jax.random.key_data(keys)), impl, _bucket(len(idx), batch_size),
                 attack_logits_fn, None if score_data is None else score_data[idx], score_impl)
             seconds, compile_s = seconds + sec, compile_s + comp
-            broken = idx[~ok[0]]
+            correct[idx] &= ok[0]
+            broken = idx[~_draw_info(ok[0], random)[0]]
             robust[broken] = False
             stage[broken] = s
         masks.append(robust)
         stages_out.append(stage)
-    return np.stack(masks), {"stage": np.stack(stages_out)}, seconds, compile_s
+        per_draw.append(correct)
+    info = {"stage": np.stack(stages_out), **_draw_info(np.stack(per_draw), random)[1]}
+    return np.stack(masks), info, seconds, compile_s
 
 
 def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
                    y: np.ndarray, eps: Sequence[float], key: jax.Array,
                    batch_size: int = 500, attack_logits_fn: Callable | None = None,
                    with_info: bool = False, cascade: bool = True,
-                   score_key: jax.Array | None = None):
+                   score_key: jax.Array | None = None, draws: int = 1):
     """Per-example correctness under ``attack`` at every ε: ``(mask [E, N], seconds, compile_s)``.
 
     The attack runs on ``attack_logits_fn`` when given (an adaptive stand-in such as BPDA for
@@ -515,9 +571,11 @@ def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
     the result has a fourth element: the attack's per-example info ``{name: [E, N]}``
     (``queries`` for Square, ``distance`` for minimum-norm attacks, ``stage`` for cascades).
 
-    Random models (``random = True``) are scored with one draw per example from
-    ``score_key`` (pass the key their clean accuracy was measured with, so ε = 0 reproduces
-    it; without one a fixed default key is used); attacks draw from ``key``.
+    Random models (``random = True``) are scored over ``draws`` draws per example from
+    ``score_key`` (pass the key and draws their clean accuracy was measured with, so ε = 0
+    reproduces it; without a key a fixed default key is used): an example is robust only if
+    it is classified correctly, at x and at the attack's point, in every draw; the info then
+    holds ``draw_correct`` ``[E, N, D]``. Attacks draw from ``key``.
     """
     bad = [e for e in eps if not np.isfinite(e) or e < 0]
     if bad:  # the config and bench.evaluate check this first; a direct caller gets it here
@@ -525,17 +583,20 @@ def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
                             f"in [0, 1] pixel units")
     if cascade and isinstance(attack, base.Cascade):
         masks, info, seconds, compile_s = _cascade(attack, logits_fn, params, x, y, eps, key,
-                                                   batch_size, attack_logits_fn, score_key)
+                                                   batch_size, attack_logits_fn, score_key,
+                                                   draws)
     else:
-        score = _score_data(logits_fn, score_key, len(x))
-        masks, info, seconds, compile_s = _run_attack(
+        score = _score_data(logits_fn, score_key, len(x), draws)
+        correct, info, seconds, compile_s = _run_attack(
             attack, logits_fn, params, x, y, eps,
             np.asarray(jax.random.key_data(_example_keys(key, len(x)))),
             jax.random.key_impl(key), batch_size, attack_logits_fn, *score)
         # Robust means correct at x and at the attack's point (x is in every ball): an attack
         # that wanders from a misclassified x onto a correct point, as a blind one on a
-        # masked or random defense can, must not count it.
-        masks = masks & _clean(logits_fn, params, x, y, batch_size, *score)[None]
+        # masked or random defense can, must not count it. Per draw for a random model.
+        correct = correct & _clean(logits_fn, params, x, y, batch_size, *score)[None]
+        masks, draw_info = _draw_info(correct, score[0] is not None)
+        info = {**info, **draw_info}
     return (masks, seconds, compile_s, info) if with_info else (masks, seconds, compile_s)
 
 
@@ -544,7 +605,10 @@ def _gradient_fn(logits_fn: Callable) -> Callable:
 
     def run(params, x, y, keys=None):
         def loss(z):
-            return jnp.sum(losses.cross_entropy(_score_logits(logits_fn, params, z, keys), y))
+            logits = _score_logits(logits_fn, params, z, keys)
+            if logits.ndim == 3:  # a random model: differentiated on its first draw
+                logits = logits[:, 0]
+            return jnp.sum(losses.cross_entropy(logits, y))
 
         g = jax.grad(loss)(x)
         return jnp.sum(g != 0, axis=tuple(range(1, x.ndim))), jnp.all(jnp.isfinite(g), (1, 2, 3))

@@ -28,6 +28,7 @@ from bench.sweep.config import (
     defense_label,
     has_adaptive,
 )
+from defenses import is_random
 
 
 def numerics_of(cls: type) -> int | str:
@@ -74,6 +75,12 @@ def key_for(seed: int, *parts: str) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), digest)
 
 
+def random_identity(random: bool, draws: int) -> dict:
+    """The identity part of a random model's cells: how many draws they are scored over (a
+    deterministic model's cells get none, so their ids are those they always had)."""
+    return {"draws": draws} if random else {}
+
+
 def cell_id(model: str, defense: str, attack: str, norm: str, eps: float, identity: Any) -> str:
     """The one cell-id format: readable labels (slugged) plus a hash of the cell's identity."""
     what = CLEAN if attack == CLEAN else f"{slug(attack)}-{norm}"
@@ -114,7 +121,9 @@ class Unit:
     differentiable stand-in (BPDA, EOT) and are scored on the wrapper itself. ``trainings``
     are the checkpoints it reads: one, or one per member of a member wrapper (ensemble,
     fusion) in ``members`` order. ``model`` is the table row: a model of the config, or for
-    members on several models a row of its own labelled ``"<model>+<model>"``.
+    members on several models a row of its own labelled ``"<model>+<model>"``. ``random``
+    marks a random model (``defenses.is_random``), scored over ``draws`` independent draws
+    (1 for a deterministic model).
     """
 
     model: ModelConfig
@@ -122,6 +131,8 @@ class Unit:
     adaptive: bool
     trainings: tuple[Training, ...]
     cells: tuple[Cell, ...]
+    random: bool = False
+    draws: int = 1
 
     @property
     def training(self) -> Training:
@@ -218,6 +229,10 @@ def make_plan(cfg: SweepConfig, data_fingerprint: str) -> Plan:
         """The naive (and adaptive) unit of row ``m`` × ``d`` reading checkpoints ``ts``."""
         out = []
         modes = (False, True) if d.is_wrapper and has_adaptive(d.defense) else (False,)
+        random = is_random(d.defense)
+        draws = cfg.eval.draws if random else 1
+        # A random model gets each attack as run on one (AutoAttack: version "rand").
+        attacks = [a.for_random_model() for a in cfg.attacks] if random else list(cfg.attacks)
         for adaptive in modes:
             row = defense_label(d.label, adaptive)
             # The evaluated examples (the data's content digest and how many are evaluated),
@@ -232,6 +247,7 @@ def make_plan(cfg: SweepConfig, data_fingerprint: str) -> Plan:
                         "defense": [d.name, d.defense], "weights": ts[0].digest}
             if adaptive:
                 base["adaptive"] = True
+            base.update(random_identity(random, draws))
 
             def make(attack: AttackConfig | None, eps: float, base=base, row=row) -> Cell:
                 ident = {**base, "eps": eps, "attack": None if attack is None
@@ -242,8 +258,8 @@ def make_plan(cfg: SweepConfig, data_fingerprint: str) -> Plan:
                 norm = "none" if attack is None else attack.norm
                 return Cell(attack, eps, cell_id(m.label, row, label, norm, eps, ident))
 
-            cells = [make(None, 0.0)] + [make(a, e) for a in cfg.attacks for e in a.eps]
-            out.append(Unit(m, d, adaptive, ts, tuple(cells)))
+            cells = [make(None, 0.0)] + [make(a, e) for a in attacks for e in a.eps]
+            out.append(Unit(m, d, adaptive, ts, tuple(cells), random, draws))
         return out
 
     def member_trainings(d: DefenseConfig, m: ModelConfig | None) -> tuple[Training, ...]:

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from attacks.base import Cascade
+from bench.errors import RobustaxError
 from bench.store.records import CLEAN, make_record
 from bench.sweep import engine as ev
 from bench.sweep.config import AttackConfig
@@ -126,7 +127,10 @@ def record_of(ctx: Context, unit: Unit, cell: Cell, result: Result,
         "defense_options": _options(unit.defense.defense),
         "checkpoint_sha256": checkpoint_sha256,
     }
-    return make_record(fields, result.mask, result.info, stages, result.details)
+    details = result.details
+    if a is not None and a.preset:  # options set because the model is random: say so
+        details = {**(details or {}), "random_model_options": dict(a.preset)}
+    return make_record(fields, result.mask, result.info, stages, details)
 
 
 def evaluate_unit(unit: Unit, todo: set[str], target: Target, ctx: Context,
@@ -135,17 +139,24 @@ def evaluate_unit(unit: Unit, todo: set[str], target: Target, ctx: Context,
                   ) -> None:
     """Computes the cells of ``unit`` whose ids are in ``todo`` and passes each, with its
     result, to ``emit``: the clean cell, then per attack all its missing ε values in one
-    compiled call. A random model is scored with one draw per example shared by the clean
-    cell and every attack (the unit's score key), so ε = 0 reproduces clean accuracy."""
+    compiled call. A random model (``unit.random``) is scored over ``unit.draws`` draws per
+    example shared by the clean cell and every attack (from the unit's score key), so ε = 0
+    reproduces clean accuracy; an example counts only if it is correct in every draw."""
     tag = f"{unit.model.label}/{unit.defense_label}"
+    if unit.random != ev.is_random(target.eval_fn):  # the plan's identity must say what runs
+        what = "random" if unit.random else "deterministic"
+        raise RobustaxError(f"{tag}: the plan takes it for a {what} model but its logits "
+                            f"function is not; a random defense must declare random = True on "
+                            f"its class (and only a random one)")
     score_key = key_for(ctx.seed, *unit.score_key_parts)
     for cell in unit.cells:
         if cell.attack is None and cell.cell_id in todo:
             ctx.progress.set_postfix_str(f"{tag} clean", refresh=False)
             t0 = time.perf_counter()
-            mask = ev.clean_correct(target.eval_fn, target.params, ctx.x, ctx.y,
-                                    ctx.batch_size, key=score_key)
-            emit(cell, Result(mask, time.perf_counter() - t0, 0.0))
+            mask, info = ev.clean_correct(target.eval_fn, target.params, ctx.x, ctx.y,
+                                          ctx.batch_size, key=score_key, draws=unit.draws,
+                                          with_info=True)
+            emit(cell, Result(mask, time.perf_counter() - t0, 0.0, info or None))
     attacks = list(dict.fromkeys(c.attack for c in unit.cells if c.attack is not None))
     for a in attacks:
         missing = [c for c in unit.cells if c.attack is a and c.cell_id in todo]
@@ -155,7 +166,8 @@ def evaluate_unit(unit: Unit, todo: set[str], target: Target, ctx: Context,
         r = prepare(ctx, unit, a, target)
         masks, seconds, compile_s, info = ev.attack_correct(
             r.attack, r.fn, r.params, ctx.x, ctx.y, [c.eps for c in missing], r.key,
-            ctx.batch_size, attack_logits_fn=r.attack_fn, with_info=True, score_key=score_key)
+            ctx.batch_size, attack_logits_fn=r.attack_fn, with_info=True, score_key=score_key,
+            draws=unit.draws)
         for i, (c, mask) in enumerate(zip(missing, masks)):
             emit(c, Result(mask, seconds / len(missing), compile_s / len(missing),
                            {k: v[i] for k, v in info.items()}, r.details))
