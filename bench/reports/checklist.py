@@ -1,6 +1,6 @@
 """The sanity checklist of a run (Carlini et al. 2019, "On evaluating adversarial robustness";
-Athalye et al. 2018): five checks that catch a broken attack or a masked gradient before a
-number is cited. Each is PASS, WARN or SKIP (the grid has nothing to check it with) and says
+Athalye et al. 2018): six checks that catch a broken attack, a masked gradient or too few
+draws of a random model before a number is cited. Each is PASS, WARN or SKIP (the grid has nothing to check it with) and says
 which numbers it rests on. Comparisons between attacks are per example, on the stored masks.
 
 1. ``monotone``: robust accuracy never rises with ε (per attack); the largest ε drives it to
@@ -15,6 +15,9 @@ which numbers it rests on. Comparisons between attacks are per example, on the s
    and attacks of the grid that differ only in steps/restarts/queries.
 5. ``gradients``: the clean cross-entropy input gradient is not exactly zero (recorded by the
    runner per row, on the function the attacks differentiate).
+6. ``draws``: a random model's cells are scored over several draws (correct only if correct
+   in every draw): the spread of single-draw accuracy, and whether the last draw still
+   lowered the accuracy (more draws would lower it further).
 
 A check WARNs when the numbers behind it exceed ``tolerance`` percentage points of the test
 examples (default 1).
@@ -312,7 +315,9 @@ def curve_of(r: _Run, row) -> tuple[str, np.ndarray, np.ndarray] | None:
     """(kind, budgets, accuracies) of a cell whose info records its per-example budget."""
     info = r.run.read_info(row["cell_id"])
     clean = r.clean(row["model"], row["defense"])
-    if clean is None:
+    if clean is None or _draws(info) > 1:
+        # Scored over several draws, a cell's mask is not what its attack saw: points the
+        # attack never fooled fail in some draw, and the curve would drop at its last point.
         return None
     opts = r.opts[row["cell_id"]]
     if "first_fooled_step" in info and opts.get("steps"):
@@ -421,7 +426,51 @@ def check_gradients(r: _Run, tolerance: float) -> Item:
                 rows)
 
 
-CHECKS = (check_monotone, check_iterative, check_white_box, check_stable, check_gradients)
+def _draws(info: dict) -> int:
+    """How many draws a cell was scored over (1: a deterministic model, or one draw)."""
+    d = info.get("draw_correct")
+    return 1 if d is None else int(np.shape(d)[-1])
+
+
+def check_draws(r: _Run, tolerance: float) -> Item:
+    title = "a random model's accuracy over its draws"
+    rows, warns = [], 0
+    for _, row in r.records.iterrows():
+        d = _options(row["details"]).get("draws")
+        if not d or d < 2:
+            continue
+        correct = np.asarray(r.run.read_info(row["cell_id"])["draw_correct"], bool)
+        single = 100 * correct.mean(axis=0)
+        running = 100 * np.logical_and.accumulate(correct, axis=1).mean(axis=0)
+        last = float(running[-2] - running[-1])
+        bad = last > tolerance
+        warns += bad
+        rows.append({"model": row["model"], "defense": row["defense"], "attack": row["attack"],
+                     "norm": row["norm"], "eps": row["eps"], "draws": int(d),
+                     "single-draw min (%)": float(single.min()),
+                     "single-draw mean (%)": float(single.mean()),
+                     "single-draw max (%)": float(single.max()),
+                     "all draws (%)": float(running[-1]),
+                     "drop by the last draw (pp)": last, "status": WARN if bad else PASS})
+    if not rows:
+        return Item("draws", title, SKIP, "no random model scored over several draws")
+    widest = max(rows, key=lambda x: x["single-draw max (%)"] - x["single-draw min (%)"])
+    gap = max(rows, key=lambda x: x["single-draw mean (%)"] - x["all draws (%)"])
+    return Item("draws", title, _status(warns, len(rows)),
+                f"{len(rows)} cells scored over {rows[0]['draws']} draws; single-draw accuracy "
+                f"spans at most {widest['single-draw min (%)']:.1f}–"
+                f"{widest['single-draw max (%)']:.1f}% ({widest['model']}/{widest['defense']}/"
+                f"{widest['attack']} ε = {widest['eps']:g}); correct in every draw is at most "
+                f"{gap['single-draw mean (%)'] - gap['all draws (%)']:.1f} pp below the "
+                f"single-draw mean ({gap['model']}/{gap['defense']}/{gap['attack']} "
+                f"ε = {gap['eps']:g}: {gap['single-draw mean (%)']:.1f}% → "
+                f"{gap['all draws (%)']:.1f}%); {warns} cells still lost more than "
+                f"{tolerance:g} pp to their last draw (more draws would lower them further)",
+                rows)
+
+
+CHECKS = (check_monotone, check_iterative, check_white_box, check_stable, check_gradients,
+          check_draws)
 
 
 def checklist(run: RunDir, records: pd.DataFrame, tolerance: float = 1.0) -> list[Item]:
@@ -431,7 +480,7 @@ def checklist(run: RunDir, records: pd.DataFrame, tolerance: float = 1.0) -> lis
 
 
 def terminal(items: list[Item]) -> str:
-    """Five lines: status, check, the numbers."""
+    """One line per check: status, check, the numbers."""
     import textwrap
 
     lines = ["Sanity checklist (Carlini et al. 2019; WARN: look before citing):"]
