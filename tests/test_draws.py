@@ -17,6 +17,7 @@ import pytest
 import bench
 from attacks import FGSM
 from bench.errors import ConfigError
+from bench.reports import checklist
 from bench.store.records import RunDir
 from bench.sweep import engine as ev
 from bench.sweep import runner
@@ -47,25 +48,25 @@ def uniform_of(key) -> float:
 
 
 def by_hand(shift: float = 0.0, draws: int = DRAWS) -> np.ndarray:
-    """[N, draws]: example i correct in draw d with its first pixel at min(t_i + shift, 1)."""
+    """[N, draws]: example i correct in draw d with its first pixel at t_i + shift in [0, 1]."""
     out = np.zeros((N, draws), bool)
     for i in range(N):
         k = jax.random.fold_in(SCORE_KEY, i)
         keys = [k] + [jax.random.fold_in(jax.random.fold_in(k, 0xD2A5), d)
                       for d in range(1, draws)]
-        out[i] = [uniform_of(kd) > min(T[i] + shift, 1.0) for kd in keys]
+        out[i] = [uniform_of(kd) > min(max(T[i] + shift, 0.0), 1.0) for kd in keys]
     return out
 
 
 @dataclasses.dataclass(frozen=True)
 class Shift:
-    """A toy attack: every pixel raised by ``frac`` · ε (inside the ball and the box)."""
+    """A toy attack: every pixel moved by ``frac`` · ε (inside the ball and the box)."""
 
     norm: str = "linf"
     frac: float = 1.0
 
     def __call__(self, logits_fn, params, x, y, eps, key, target=None):
-        return jnp.minimum(x + self.frac * eps, 1.0)
+        return jnp.clip(x + self.frac * eps, 0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +108,14 @@ def test_an_attack_is_scored_per_draw_and_anded_with_clean():
     np.testing.assert_array_equal(info["draw_correct"][1], clean & shifted)
     np.testing.assert_array_equal(masks, np.stack([clean.all(1), (clean & shifted).all(1)]))
     assert masks[1].sum() < (clean[:, 0] & shifted[:, 0]).sum()  # below the single-draw number
+    # an attack that makes points easier: robust still needs correct at x in that same draw
+    masks, _, _, info = ev.attack_correct(Shift(frac=-1.0), coin, None, X, Y, [0.25],
+                                          jax.random.key(1), batch_size=16, with_info=True,
+                                          score_key=SCORE_KEY, draws=DRAWS)
+    lowered = by_hand(-0.25)
+    assert (lowered & ~clean).any()
+    np.testing.assert_array_equal(info["draw_correct"][0], clean & lowered)
+    np.testing.assert_array_equal(masks[0], (clean & lowered).all(1))
 
 
 def test_a_cascade_breaks_a_point_in_any_draw_and_keeps_the_draws():
@@ -195,6 +204,10 @@ def _config(aa_options: str = "", draws: str = "") -> str:
         name = "fgsm"
         eps = [0.0, 0.1]
         [[attacks]]
+        name = "pgd"
+        steps = 2
+        eps = [0.1]
+        [[attacks]]
         name = "autoattack"
         steps = 2
         queries = 10
@@ -223,8 +236,16 @@ def test_autoattack_runs_rand_on_random_rows_unless_version_is_set():
     # the Python API: an instance's default version counts as unset, a changed one as set
     from attacks import AutoAttack
 
-    unit = bench.sweep.api.api_unit("m", "d", [("aa", AutoAttack(), (0.1,), frozenset())],
-                                    "data", 0, True, 3)
+    from bench.sweep.api import _attack_specs, api_unit
+
+    specs = _attack_specs([AutoAttack(), AutoAttack(version="plus"),
+                           {"name": "autoattack", "version": "standard"}], [0.1])
+    assert [s[3] for s in specs] == [frozenset(), {"version"}, {"version"}]
+    unit = api_unit("m", "d", specs, "data", 0, True, 3)
+    assert [c.attack.attack.version for c in unit.cells[1:]] == ["rand", "plus", "standard"]
+    unit = api_unit("m", "d", specs, "data", 0, False, 3)
+    assert [c.attack.attack.version for c in unit.cells[1:]] == ["standard", "plus", "standard"]
+    unit = api_unit("m", "d", [("aa", AutoAttack(), (0.1,), frozenset())], "data", 0, True, 3)
     assert unit.cells[-1].attack.attack.version == "rand"
     assert unit.cells[-1].attack.preset == (("version", "rand"),)
 
@@ -261,6 +282,21 @@ def test_a_sweep_scores_random_rows_over_draws_and_resumes_only_them(tmp_path):
     zero = first[(first["defense"] == "noise") & (first["attack"] == "fgsm")
                  & (first["eps"] == 0)].iloc[0]
     np.testing.assert_array_equal(run.read_mask(zero["cell_id"]), run.read_mask(clean["cell_id"]))
+
+    items = {i.key: i for i in checklist.checklist(run, first)}
+    rows = items["draws"].rows
+    assert {(r["defense"], r["attack"]) for r in rows} == {
+        (d, a) for d in ("noise", "noise (adaptive)") for a in ("clean", "fgsm", "pgd",
+                                                               "autoattack")}
+    row = next(r for r in rows if r["defense"] == "noise" and r["attack"] == "clean")
+    single = 100 * info.mean(0)
+    assert (row["single-draw min (%)"], row["single-draw max (%)"]) == (single.min(), single.max())
+    assert row["all draws (%)"] == 100 * info.all(1).mean()
+    assert row["drop by the last draw (pp)"] == 100 * (info[:, :2].all(1).mean()
+                                                       - info.all(1).mean())
+    # a multi-draw cell has no budget curve (its mask is not what the attack saw)
+    stable = {(r["defense"], r["attack"]) for r in items["stable"].rows}
+    assert ("standard", "pgd") in stable and not any(d.startswith("noise") for d, _ in stable)
 
     path.write_text(_config(draws="draws = 4"))
     before = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
