@@ -521,8 +521,13 @@ def _cascade(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y: np
     ``fold_in(fold_in(key, index), s)``, exactly what ``attack.run`` uses on one example, so
     the cascade equals running every stage on every point and taking the per-example worst
     case. ``info["stage"]``: 0 robust, -1 misclassified clean, s ≥ 1 broken by stage s.
-    A random model is scored per draw: a stage breaks a point if it is misclassified in any
-    draw; ``info["draw_correct"]`` is, per draw, clean and correct at every stage's point."""
+
+    A random model is scored per draw: a point is robust only while every draw classifies it
+    correctly (``info["stage"]``: the first stage after which some draw does not). A stage's
+    points do not depend on the draw they are scored with, so each stage runs on the points
+    that some draw still holds robust, and ``info["draw_correct"]`` ``[E, N, D]`` is exactly
+    what the cascade scored with draw d alone would give (per draw: clean, and correct at
+    every stage's point while it was robust in that draw)."""
     n = len(x)
     impl = jax.random.key_impl(key)
     example_keys = _example_keys(key, n)
@@ -537,7 +542,7 @@ def _cascade(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y: np
         correct = clean_draws.copy()  # per draw (a random model's), else the same as robust
         stage = np.where(clean, 0, -1).astype(np.int32)
         for s, (_, stage_attack) in enumerate(attack.stages(), start=1):
-            idx = np.flatnonzero(robust)
+            idx = np.flatnonzero(correct.any(-1) if random else robust)
             if len(idx) == 0:
                 break
             keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(example_keys[idx], s)
@@ -547,7 +552,7 @@ def _cascade(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y: np
                 attack_logits_fn, None if score_data is None else score_data[idx], score_impl)
             seconds, compile_s = seconds + sec, compile_s + comp
             correct[idx] &= ok[0]
-            broken = idx[~_draw_info(ok[0], random)[0]]
+            broken = robust & ~_draw_info(correct, random)[0]
             robust[broken] = False
             stage[broken] = s
         masks.append(robust)
