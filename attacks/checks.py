@@ -20,6 +20,9 @@ MAX_QUERIES = 1_000_000
 """Upper bound of ``queries`` (score-based attacks such as Square; the reference uses 5,000)."""
 MAX_EPOCHS = 10_000
 """Upper bound of training ``epochs``."""
+MAX_DRAWS = 1_000
+"""Upper bound of the draws a random model is scored over (``[eval] draws``): each is another
+forward pass per example and attack point."""
 
 EPS_MAX = {"linf": 1.0}
 """The largest meaningful ε per norm for images in [0, 1]: at L∞ ε = 1 every image already

@@ -70,10 +70,6 @@ class DataConfig:
             raise ValueError(f"name = {self.name!r} is unknown; choose one of: {', '.join(DATASETS)}")
 
 
-MAX_DRAWS = 1000
-"""The most draws a random model may be scored over (each is a forward pass per example)."""
-
-
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """How evaluation is done.
@@ -91,9 +87,9 @@ class EvalConfig:
     draws: int = dataclasses.field(default=10, metadata={"min": 1})
 
     def __post_init__(self):
-        if self.draws > MAX_DRAWS:
-            raise ValueError(f"draws = {self.draws} is more than {MAX_DRAWS:,}; give at most "
-                             f"{MAX_DRAWS:,} (10 is the default)")
+        if self.draws > checks.MAX_DRAWS:
+            raise ValueError(f"draws = {self.draws} is more than {checks.MAX_DRAWS:,}; give at "
+                             f"most {checks.MAX_DRAWS:,} (10 is the default)")
 
 
 @dataclasses.dataclass(frozen=True)

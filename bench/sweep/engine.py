@@ -33,7 +33,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from attacks import base, fastpath, losses, threat
+from attacks import base, checks, fastpath, losses, threat
 from bench.errors import ConfigError, DataError, RobustaxError
 from defenses import is_random
 
@@ -131,10 +131,12 @@ def draw_keys(key: jax.Array, draws: int) -> jax.Array:
 
 
 def check_draws(draws: Any, where: str = "draws") -> int:
-    """``draws`` as an integer in [1, 1000], else a one-line ConfigError."""
-    if not isinstance(draws, (int, np.integer)) or isinstance(draws, bool) or not 1 <= draws <= 1000:
+    """``draws`` as an integer in [1, ``MAX_DRAWS``], else a one-line ConfigError."""
+    whole = isinstance(draws, (int, np.integer)) and not isinstance(draws, bool)
+    if not whole or not 1 <= draws <= checks.MAX_DRAWS:
         raise ConfigError(f"{where} = {draws!r} is impossible; it must be an integer from 1 to "
-                          f"1000 (the draws a random model is scored over; 10 is the default)")
+                          f"{checks.MAX_DRAWS:,} (the draws a random model is scored over; 10 "
+                          f"is the default)")
     return int(draws)
 
 
