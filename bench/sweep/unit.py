@@ -144,9 +144,9 @@ def evaluate_unit(unit: Unit, todo: set[str], target: Target, ctx: Context,
     reproduces clean accuracy; an example counts only if it is correct in every draw."""
     tag = f"{unit.model.label}/{unit.defense_label}"
     if unit.random != ev.is_random(target.eval_fn):  # the plan's identity must say what runs
-        what = "random" if unit.random else "deterministic"
-        raise RobustaxError(f"{tag}: the plan takes it for a {what} model but its logits "
-                            f"function is not; a random defense must declare random = True on "
+        plan, fn = (("random", "deterministic") if unit.random else ("deterministic", "random"))
+        raise RobustaxError(f"{tag}: the plan takes it for a {plan} model but its logits "
+                            f"function is {fn}; a random defense must declare random = True on "
                             f"its class (and only a random one)")
     score_key = key_for(ctx.seed, *unit.score_key_parts)
     for cell in unit.cells:
