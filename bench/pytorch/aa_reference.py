@@ -36,6 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
+import attacks
+from bench.pytorch.torch_twin import to_torch, user_cnn_twin
+from bench.pytorch.usercnn import UserCNN
+from bench.store.io import atomic_write_bytes, atomic_write_text
+from bench.sweep import engine
+from bench.sweep.data import load_dataset
+from models import make_logits_fn
+
 STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
 VARIANTS = {
     # robustax AutoAttack options per variant name
@@ -56,9 +64,6 @@ def train_user_cnn(data, seed: int, out: Path):
     import jax.numpy as jnp
     import optax
 
-    import attacks
-    from bench.pytorch.usercnn import UserCNN
-    from models import make_logits_fn
 
     module = UserCNN(features=TRAIN["features"], dense=TRAIN["dense"])
     params = module.init(jax.random.key(seed), data.x_train[:1])
@@ -91,7 +96,7 @@ def train_user_cnn(data, seed: int, out: Path):
                                  jnp.asarray(data.y_train[idx]),
                                  jax.random.key(seed * 100_000 + epoch * 1000 + i))
         print(f"epoch {epoch + 1}/{TRAIN['epochs']}", flush=True)
-    path.write_bytes(flax.serialization.to_bytes(params))
+    atomic_write_bytes(path, flax.serialization.to_bytes(params))
     return module, params, path
 
 
@@ -125,7 +130,6 @@ def torch_cascade(stages, net, x, y, batch: int = 250) -> np.ndarray:
     ``run_standard_evaluation``."""
     import torch
 
-    from bench.pytorch.torch_twin import to_torch
 
     xt, yt = to_torch(x), torch.tensor(y.astype(np.int64))
     with torch.no_grad():
@@ -145,8 +149,6 @@ def torch_cascade(stages, net, x, y, batch: int = 250) -> np.ndarray:
 def robustax_cascade(options: dict, logits_fn, params, x, y, eps: float, seed: int) -> np.ndarray:
     import jax
 
-    import attacks
-    from bench.sweep import engine
 
     aa = attacks.AutoAttack(norm="linf", **options)
     _, _, _, info = engine.attack_correct(aa, logits_fn, params, x, y, [eps],
@@ -157,9 +159,6 @@ def robustax_cascade(options: dict, logits_fn, params, x, y, eps: float, seed: i
 def compare(out: Path, examples: int, eps_list, variants, seed: int, ta_autoattack: bool) -> None:
     import torch
 
-    from bench.pytorch.torch_twin import user_cnn_twin
-    from bench.sweep.data import load_dataset
-    from models import make_logits_fn
 
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset("mnist5k")
@@ -182,8 +181,6 @@ def compare(out: Path, examples: int, eps_list, variants, seed: int, ta_autoatta
         row["reference_broken_by"] = {s: int(np.sum(ref == i)) for i, s in enumerate(STAGES, 1)}
         if ta_autoattack:
             import torchattacks as ta
-
-            from bench.pytorch.torch_twin import to_torch
 
             t0 = time.perf_counter()
             atk = ta.AutoAttack(net, norm="Linf", eps=eps, version="standard",
@@ -208,10 +205,10 @@ def compare(out: Path, examples: int, eps_list, variants, seed: int, ta_autoatta
             print(f"ε={eps:g} {v}: robustax {ours.mean():.3f} reference {theirs.mean():.3f} "
                   f"b={b} c={c}", flush=True)
         tag = f"eps{eps:g}" + (f".seed{seed}" if seed else "")
-        (out / f"{tag}.json").write_text(json.dumps(row, indent=1) + "\n")
+        atomic_write_text(out / f"{tag}.json", json.dumps(row, indent=1) + "\n")
         import pandas as pd
 
-        pd.DataFrame(cols).to_csv(out / f"examples_{tag}.csv", index=False)
+        atomic_write_text(out / f"examples_{tag}.csv", pd.DataFrame(cols).to_csv(index=False))
         summarize(out)
 
 
@@ -238,8 +235,8 @@ def summarize(out: Path) -> None:
                                                         r[v]["broken_by"].values()),
                          "ta_autoattack_acc": r.get("ta_autoattack_acc")})
     frame = pd.DataFrame(rows)
-    frame.to_csv(out / "summary.csv", index=False)
-    (out / "summary.md").write_text(
+    atomic_write_text(out / "summary.csv", frame.to_csv(index=False))
+    atomic_write_text(out / "summary.md",
         "broken_by: points broken by APGD-CE/APGD-T/FAB-T/Square.\n\n"
         + frame.to_markdown(index=False, floatfmt=".4g") + "\n")
 
@@ -257,8 +254,6 @@ def main(argv=None) -> None:
     ap.add_argument("--train-only", action="store_true")
     a = ap.parse_args(argv)
     if a.train_only:
-        from bench.sweep.data import load_dataset
-
         a.out.mkdir(parents=True, exist_ok=True)
         train_user_cnn(load_dataset("mnist5k"), a.seed, a.out)
         return
