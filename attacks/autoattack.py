@@ -41,9 +41,22 @@ class AutoAttack:
       queries: Square's query budget (5,000 in the reference).
       n_target_classes: targets of APGD-T and FAB-T (the top 9 other classes).
       eot_iter: EOT draws per gradient in the ``rand`` version.
+      fab_refine: bisection steps after each FAB stage (``FAB.refine``). The reference's FAB
+        has none (0, the default); 12 brings FAB's best point onto the decision boundary, a
+        stronger attack than the reference's, so it is an option recorded in the cell.
+      square_resc_schedule: stretch Square's ``p`` schedule to ``queries``
+        (``Square.resc_schedule``). The reference's AutoAttack builds Square with
+        ``resc_schedule=False`` (the default here); torchattacks' port leaves it ``True``.
+
+    Square runs ``queries`` iterations after its initial query (``Square(queries=queries +
+    1)``, whose budget counts the initial point), as the reference's loop
+    ``for i_iter in range(n_queries)`` does.
     """
 
-    numerics: ClassVar[int] = 2  # 2: DLR's plateau gradient exactly zero (losses.dlr)
+    # 2: DLR's plateau gradient exactly zero (losses.dlr); 3: FAB without the final bisection,
+    # Square with the reference's un-rescaled schedule and n_queries iterations (both were
+    # stronger than the reference's AutoAttack)
+    numerics: ClassVar[int] = 3
     # Against a random model (a key-dependent logits_fn) a sweep runs the EOT version unless
     # the config sets ``version`` itself (bench.sweep.config.AttackConfig.for_random_model).
     random_options: ClassVar[tuple[tuple[str, str], ...]] = (("version", "rand"),)
@@ -54,30 +67,34 @@ class AutoAttack:
     queries: int = 5000
     n_target_classes: int = 9
     eot_iter: int = 20
+    fab_refine: int = 0
+    square_resc_schedule: bool = False
 
     def __post_init__(self):
         checks.check_choice("norm", self.norm, ("linf", "l2"))
         checks.check_choice("version", self.version, VERSIONS)
-        for name, high in (("steps", checks.MAX_STEPS), ("queries", checks.MAX_QUERIES),
+        for name, high in (("steps", checks.MAX_STEPS), ("queries", checks.MAX_QUERIES - 1),
                            ("n_target_classes", checks.MAX_RESTARTS),
                            ("eot_iter", checks.MAX_RESTARTS)):
             checks.check_count(name, getattr(self, name), high)
+        checks.check_positive("fab_refine", self.fab_refine, allow_zero=True)
 
     def stages(self) -> tuple[tuple[str, object], ...]:
         """(name, attack) in the order the cascade runs them."""
-        n, s, t = self.norm, self.steps, self.n_target_classes
+        n, s, t, r = self.norm, self.steps, self.n_target_classes, self.fab_refine
+        square = Square(norm=n, queries=self.queries + 1, resc_schedule=self.square_resc_schedule)
         if self.version == "standard":
             return (("apgd-ce", APGD(norm=n, steps=s)),
                     ("apgd-t", APGDT(norm=n, steps=s, n_target_classes=t)),
-                    ("fab-t", FAB(norm=n, steps=s, n_target_classes=t)),
-                    ("square", Square(norm=n, queries=self.queries)))
+                    ("fab-t", FAB(norm=n, steps=s, n_target_classes=t, refine=r)),
+                    ("square", square))
         if self.version == "plus":
             return (("apgd-ce", APGD(norm=n, steps=s, restarts=5)),
                     ("apgd-dlr", APGDDLR(norm=n, steps=s, restarts=5)),
-                    ("fab", FAB(norm=n, steps=s, restarts=5, targeted=False)),
-                    ("square", Square(norm=n, queries=self.queries)),
+                    ("fab", FAB(norm=n, steps=s, restarts=5, targeted=False, refine=r)),
+                    ("square", square),
                     ("apgd-t", APGDT(norm=n, steps=s, n_target_classes=t)),
-                    ("fab-t", FAB(norm=n, steps=s, n_target_classes=t)))
+                    ("fab-t", FAB(norm=n, steps=s, n_target_classes=t, refine=r)))
         return (("apgd-ce", APGD(norm=n, steps=s, eot_iter=self.eot_iter)),
                 ("apgd-dlr", APGDDLR(norm=n, steps=s, eot_iter=self.eot_iter)))
 

@@ -139,3 +139,62 @@ def test_torch_twin_and_the_crosscheck_mapping():
     with torch.no_grad():
         twin = net(to_torch(x)).numpy()
     np.testing.assert_allclose(twin, make_logits_fn(module)(params, x), atol=1e-5)
+
+
+def _settings(attack):
+    keep = ("norm", "steps", "restarts", "loss", "n_target_classes", "targeted", "refine",
+            "queries", "p_init", "resc_schedule", "rho", "eot_iter", "alpha_max", "eta", "beta")
+    return {k: getattr(attack, k) for k in keep if hasattr(attack, k)}
+
+
+def test_standard_stages_follow_the_reference():
+    """fra31/auto-attack, autoattack.py: APGD(n_restarts=1 in set_version, n_iter=100, rho=.75,
+    eot_iter=1), APGDAttack_targeted(n_iter=100, n_target_classes=9, n_restarts=1),
+    FABAttack_PT(n_iter=100, n_restarts=1, n_target_classes=9; no final bisection), and
+    SquareAttack(p_init=.8, n_queries=5000, resc_schedule=False), whose loop runs n_queries
+    iterations after the initial query (our budget counts that query: 5001)."""
+    got = {name: _settings(a) for name, a in attacks.AutoAttack().stages()}
+    assert list(got) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert got["apgd-ce"] == dict(norm="linf", steps=100, restarts=1, loss="ce", rho=0.75,
+                                  eot_iter=1)
+    assert {k: got["apgd-t"][k] for k in ("steps", "restarts", "n_target_classes", "rho")} \
+        == dict(steps=100, restarts=1, n_target_classes=9, rho=0.75)
+    assert got["fab-t"] == dict(norm="linf", steps=100, restarts=1, n_target_classes=9,
+                                targeted=True, refine=0, alpha_max=0.1, eta=1.05, beta=0.9)
+    assert got["square"] == dict(norm="linf", restarts=1, loss="margin", queries=5001,
+                                 targeted=False, p_init=0.8, resc_schedule=False)
+    # the L2 version has the same settings but the norm
+    l2 = {name: _settings(a) for name, a in attacks.AutoAttack(norm="l2").stages()}
+    assert {n: {**s, "norm": "linf"} for n, s in l2.items()} == got
+
+
+def test_stronger_fab_and_square_settings_are_options_of_every_version():
+    """fab_refine reaches every FAB stage (standard and plus), square_resc_schedule every
+    Square stage; both are fields, so a cell that uses them has its own id."""
+    for version in ("standard", "plus"):
+        aa = attacks.AutoAttack(version=version, fab_refine=12, square_resc_schedule=True,
+                                queries=99)
+        stages = dict(aa.stages())
+        fabs = [a for n, a in stages.items() if n.startswith("fab")]
+        assert fabs and all(a.refine == 12 for a in fabs)
+        assert stages["square"].resc_schedule is True and stages["square"].queries == 100
+        plain = dict(attacks.AutoAttack(version=version).stages())
+        assert all(a.refine == 0 for n, a in plain.items() if n.startswith("fab"))
+    from bench.sweep.plan import stable_hash
+
+    assert stable_hash(attacks.AutoAttack()) != stable_hash(attacks.AutoAttack(fab_refine=12))
+    with pytest.raises(ValueError, match="fab_refine"):
+        attacks.AutoAttack(fab_refine=-1)
+
+
+def test_square_stage_spends_queries_iterations_after_the_initial_query(small):
+    """The reference counts the initial query and then runs n_queries iterations, so an
+    example it never fools costs n_queries + 1 queries; AutoAttack(queries=7)'s Square does
+    the same (ε = 0 fools nothing)."""
+    f, params, x, y = small
+    square = dict(attacks.AutoAttack(queries=7).stages())["square"]
+    _, _, _, info = engine.attack_correct(square, f, params, x[:4], y[:4], [0.0],
+                                          jax.random.key(0), with_info=True)
+    clean = engine.clean_correct(f, params, x[:4], y[:4])
+    assert clean.any()
+    np.testing.assert_array_equal(info["queries"][0][clean], 8)

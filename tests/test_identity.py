@@ -57,6 +57,12 @@ def default_cfg():
 # and the committed single-draw ones no longer match. Exactly these rows are exempt, and only
 # while the committed cells still differ (a rebuild makes this test say to delete it).
 _AWAITING_REBUILD = {"defenses": {"noise", "noise (adaptive)"}}
+# TEMPORARY (branch aaref): AutoAttack numerics 3 (FAB without the final bisection, Square's
+# schedule un-rescaled with n_queries iterations, as fra31's standard version) and its two new
+# options give the AutoAttack cells of these two runs new ids. Only those cells are exempt, and
+# only here; the lead rebuilds results/autoattack and results/defenses after merging and then
+# deletes this set and its use below.
+_PENDING_AUTOATTACK_REBUILD = {"autoattack", "defenses"}
 
 
 def test_every_shipped_config_matches_its_committed_results_by_id():
@@ -70,6 +76,9 @@ def test_every_shipped_config_matches_its_committed_results_by_id():
         planned = set(ids)
         frame = pd.read_csv(ROOT / "results" / name / "records.csv")
         committed = set(frame["cell_id"])
+        if name in _PENDING_AUTOATTACK_REBUILD:
+            planned = {i for i in planned if ids[i][2] != "autoattack"}
+            committed = set(frame["cell_id"][frame["attack"] != "autoattack"])
         exempt = _AWAITING_REBUILD.get(name, set())
         if exempt:
             old = set(frame[frame["defense"].isin(exempt)]["cell_id"])

@@ -65,16 +65,18 @@ def torch_attack(name: str, attack, net, eps: float, num_classes: int, seed: int
     if name == "deepfool" and attack.norm == "l2":
         # torchattacks applies the overshoot to every step (the reference: to the total).
         return ta.DeepFool(net, steps=attack.steps, overshoot=attack.overshoot)
-    if name == "autoattack" and attack.version == "standard":
+    if name == "autoattack" and attack.version == "standard" and attack.fab_refine == 0:
         # Not ta.AutoAttack: torchattacks 3.5.1 builds its APGD, APGD-T and FAB stages with their
-        # default 10 steps instead of the reference's 100, a much weaker attack. The same four
-        # stages with our settings, as torchattacks' own MultiAttack:
+        # default 10 steps instead of the reference's 100, a much weaker attack, and Square
+        # with resc_schedule=True where fra31 has False. The same four stages with our
+        # settings, as torchattacks' own MultiAttack (its FAB has no final bisection):
         return ta.MultiAttack([
             ta.APGD(net, norm=norm, eps=eps, steps=attack.steps, loss="ce", seed=seed),
             ta.APGDT(net, norm=norm, eps=eps, steps=attack.steps, n_classes=num_classes, seed=seed),
             ta.FAB(net, norm=norm, eps=eps, steps=attack.steps, multi_targeted=True,
                    n_classes=num_classes, seed=seed),
-            ta.Square(net, norm=norm, eps=eps, n_queries=attack.queries, seed=seed)])
+            ta.Square(net, norm=norm, eps=eps, n_queries=attack.queries, seed=seed,
+                      resc_schedule=attack.square_resc_schedule)])
     return None
 
 
