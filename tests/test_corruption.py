@@ -410,6 +410,12 @@ def test_sweep_records_skips_and_reports(swept):
         "accuracy_vs_severity.png", "accuracy_vs_severity.pdf"}
     checklist = json.loads((out / "checklist.json").read_text())
     assert "corruption" not in json.dumps(checklist)
+    from bench.reports.report import report_records
+    from bench.store.records import RunDir
+
+    rows = report_records(RunDir(out))
+    worst = rows[rows["attack"] == "worst-case"]
+    assert (worst["norm"] != "severity").all()  # corruptions are averaged, never worst-cased
 
 
 def test_tfds_cifar10_c_loads_under_mock():
