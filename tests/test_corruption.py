@@ -454,3 +454,29 @@ def test_tfds_cifar10_c_loads_under_mock():
     for bad in ("tfds:cifar10_corrupted/fog_6", "tfds:cifar10_corrupted/fgo_1"):
         with pytest.raises(ConfigError, match="not a CIFAR-10-C config"):
             parse_config({**_raw({"name": "pgd", "eps": [0.1]}), "data": {"name": bad}})
+
+
+def test_python_api_takes_corruptions_as_a_sweep_does():
+    """``bench.evaluate``: a corruption dict expands per kind with the skipped one named; an
+    instance is labelled by its kind; a severity that is not an integer is refused."""
+    import bench
+    from bench.sweep.data import load_dataset
+
+    d = load_dataset("digits")
+    x, y = d.x_test[:16], d.y_test[:16]
+    w = jax.random.normal(jax.random.key(0), (64, 10))
+
+    def f(w, x):
+        return x.reshape(len(x), -1) @ w
+
+    r = bench.evaluate(f, w, (x, y), [{"name": "corruption", "kinds": ["fog", "frost"],
+                                       "eps": [0, 2]}])
+    c = r[r["norm"] == "severity"]
+    assert list(c["attack"]) == ["corruption-fog"] * 2
+    assert all(json.loads(v)["skipped"] == {"frost": corr.NOT_PORTED["frost"]}
+               for v in c["details"])
+    assert c["robust_acc"].iloc[0] == r[r["attack"] == "clean"]["robust_acc"].iloc[0]
+    r = bench.evaluate(f, w, (x, y), [attacks.Corruption(kind="contrast")], eps=[1])
+    assert list(r["attack"]) == ["clean", "corruption-contrast"]
+    with pytest.raises(ConfigError, match="eps = 0.5 is not a severity"):
+        bench.evaluate(f, w, (x, y), [attacks.Corruption(kind="contrast")], eps=[0.5])

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attacks import Transfer
+from attacks import Corruption, Transfer
 from attacks.base import Trainable
 from bench.errors import ConfigError
 from bench.store.provenance import code_version
@@ -26,6 +26,8 @@ from bench.sweep.config import (
     DefenseConfig,
     ModelConfig,
     check_eps_range,
+    check_severities,
+    corruption_attacks,
     parse_eps,
 )
 from bench.sweep.data import load_dataset
@@ -34,8 +36,9 @@ from bench.sweep.registry import ATTACKS
 from bench.sweep.unit import Context, Target, direct, evaluate_unit, record_of
 
 
-def _attack_specs(attacks: Sequence[Any], eps: Sequence[float] | None) -> list[tuple[str, Any, tuple]]:
-    """(label, attack instance, ε values) from dicts in config form or attack instances."""
+def _attack_specs(attacks: Sequence[Any], eps: Sequence[float] | None) -> list[tuple]:
+    """(label, attack instance, ε values, skipped corruptions) from dicts in config form or
+    attack instances; a ``corruption`` dict gives one attack per kind, as in a sweep."""
 
     specs = []
     for i, a in enumerate(attacks):
@@ -44,18 +47,30 @@ def _attack_specs(attacks: Sequence[Any], eps: Sequence[float] | None) -> list[t
             a = dict(a)
             if "name" not in a:
                 raise ConfigError(f"{where} has no name; add \"name\": \"pgd\" (see `robustax list`)")
-            name = a.pop("name")
+            name = ATTACKS.canonical(a.pop("name"))
             label = a.pop("label", name)
             values = a.pop("eps", eps)
+            if name == "corruption":  # one attack per kind, as in a sweep config
+                if values is None:
+                    raise ConfigError(f"{where} has no eps; pass eps=[...] or put \"eps\" in "
+                                      f"its dict")
+                specs += [(c.label, c.attack, c.eps, c.skipped) for c in corruption_attacks(
+                    a, where, label, parse_eps(values, where))]
+                continue
             attack = ATTACKS.build(name, a, where)
         else:
             if not dataclasses.is_dataclass(a) or not callable(a) or not hasattr(a, "norm"):
                 raise ConfigError(f"{where} = {a!r} is not an attack; pass an attack instance "
                                   f"(e.g. attacks.PGD()) or a dict with a name")
             label, attack, values = ATTACKS.name_of(a), a, eps
+            if isinstance(a, Corruption):
+                label = f"{label}-{a.kind}"
         if values is None:
             raise ConfigError(f"{where} has no eps; pass eps=[...] or put \"eps\" in its dict")
-        specs.append((label, attack, parse_eps(values, where)))
+        values = parse_eps(values, where)
+        if isinstance(attack, Corruption):
+            check_severities(values, where)
+        specs.append((label, attack, values, ()))
     return specs
 
 
@@ -204,10 +219,10 @@ def evaluate(logits_fn: Callable, params: Any = _UNSET, data: str | tuple = _UNS
     if attack_logits_fn is not None:
         ev.check_model(attack_logits_fn, params, x, y, "attack_logits_fn")
     specs = _attack_specs(attacks, eps)
-    for label, attack, values in specs:
+    for label, attack, values, _ in specs:
         check_eps_range(values, attack.norm, f"attack {label!r}", x.shape[1:])
     specs = [(label, _trained(label, a, logits_fn, params, attack_logits_fn, data, data_dir, seed),
-              values) for label, a, values in specs]
+              values, skipped) for label, a, values, skipped in specs]
     data_id = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()[:12]
     unit = api_unit(model, defense, specs, data_id, seed)
     ctx = Context("api", data_name, seed, x, y, batch_size, code_version())
@@ -227,7 +242,7 @@ def evaluate(logits_fn: Callable, params: Any = _UNSET, data: str | tuple = _UNS
     return (frame, masks) if return_masks else frame
 
 
-def api_unit(model: str, defense: str, specs: list[tuple[str, Any, tuple]], data_id: str,
+def api_unit(model: str, defense: str, specs: list[tuple], data_id: str,
              seed: int) -> Unit:
     """The one-unit plan of a ``bench.evaluate`` call: row ``model`` × ``defense``, its clean
     cell and one cell per attack × ε, with ids from the examples' digest, the seed, the labels
@@ -241,6 +256,7 @@ def api_unit(model: str, defense: str, specs: list[tuple[str, Any, tuple]], data
         return Cell(a, e, cell_id(model, defense, CLEAN if a is None else a.label,
                                   "none" if a is None else a.norm, e, ident))
 
-    configs = [AttackConfig(label, label, attack, values) for label, attack, values in specs]
+    configs = [AttackConfig(label, label, attack, values, *rest) for label, attack, values, *rest
+               in specs]
     cells = [cell(None, 0.0)] + [cell(a, e) for a in configs for e in a.eps]
     return Unit(m, d, False, (), tuple(cells))

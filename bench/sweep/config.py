@@ -457,7 +457,15 @@ def parse_eps(value: Any, where: str) -> tuple[float, ...]:
     return eps
 
 
-def _corruptions(entry: dict, where: str, label: str, eps: tuple[float, ...]
+def check_severities(eps: tuple[float, ...], where: str) -> None:
+    """A corruption's budgets are severities: the integers 0 (clean) to 5."""
+    for e in eps:
+        if e != int(e) or not 0 <= e <= 5:
+            raise ConfigError(f"{where} (corruption): eps = {e!r} is not a severity; severities "
+                              f"are the integers 0 (clean), 1, 2, 3, 4, 5")
+
+
+def corruption_attacks(entry: dict, where: str, label: str, eps: tuple[float, ...]
                  ) -> list[AttackConfig]:
     """A ``corruption`` entry expanded into one attack per corruption of its ``kinds``
     (default: the 15 standard ones), labelled ``<label>-<kind>``, at the severities ``eps``
@@ -477,10 +485,7 @@ def _corruptions(entry: dict, where: str, label: str, eps: tuple[float, ...]
     if len(set(kinds)) != len(kinds):
         raise ConfigError(f"{where} (corruption): kinds = {list(kinds)} repeats a corruption; "
                           f"list each once")
-    for e in eps:
-        if e != int(e) or not 0 <= e <= 5:
-            raise ConfigError(f"{where} (corruption): eps = {e!r} is not a severity; severities "
-                              f"are the integers 0 (clean), 1, 2, 3, 4, 5")
+    check_severities(eps, where)
     skipped = tuple((k, corr.NOT_PORTED[k]) for k in kinds if not corr.available(k))
     run = [k for k in kinds if corr.available(k)]
     if not run:
@@ -563,7 +568,7 @@ def parse_config(raw: Mapping[str, Any], base_dir: str | Path | None = None) -> 
             raise ConfigError(f"{where} ({aname}) has no eps; add eps = [0.0, 0.1, ...]")
         eps = parse_eps(entry.pop("eps"), where)
         if aname == "corruption":
-            expanded = _corruptions(entry, where, label, eps)
+            expanded = corruption_attacks(entry, where, label, eps)
             attack_cfgs += expanded
             wheres += [(where, True)] * len(expanded)
             continue
