@@ -15,8 +15,12 @@ numbers the port draws (``np.random`` replaced for the call): each port's i-th d
 ``fold_in(key, i)``, in the reference's order.
 
 Tolerances (pixel values in [0, 1]): 2e-5 for float32 ports of float64 code; pixelate 1/255
-(Pillow rounds each of its two resampling passes to 8 bits, the port does not); JPEG exact
-(the same codec, Pillow's). Images are 32×32 (the reference refuses smaller ones).
+more (Pillow rounds each of its two resampling passes to 8 bits, the port does not);
+glass_blur 1/255 and snow 2/255 more: both round an intermediate to 8 bits (glass_blur
+truncates its first blur, snow rounds its layer, added twice), and the test images have blurred
+values within 1e-8 of an integer, which float32 and float64 may truncate differently on another
+instruction set (measured here: 2.4e-7 and 1.8e-7, no such flip). JPEG: the same codec.
+Images are 32×32 (the reference refuses smaller ones).
 """
 
 from __future__ import annotations
@@ -191,7 +195,7 @@ def test_port_agrees_with_the_reference(reference, kind):
     equals the reference's float output / 255 (its draws fed to the reference); the digit is
     also corrupted as one grayscale channel and must equal the reference's first channel
     (deterministic corruptions: the reference's channels are equal)."""
-    tol = 1 / 255 + 1e-6 if kind == "pixelate" else ATOL
+    tol = {"pixelate": 1 / 255, "glass_blur": 1 / 255, "snow": 2 / 255}.get(kind, 0) + ATOL
     for i, img in enumerate(IMAGES):
         for s in corr.SEVERITIES:
             key = jax.random.fold_in(jax.random.key(11), 10 * i + s)
