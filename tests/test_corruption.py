@@ -196,11 +196,12 @@ def test_port_agrees_with_the_reference(reference, kind):
     also corrupted as one grayscale channel and must equal the reference's first channel
     (deterministic corruptions: the reference's channels are equal)."""
     tol = {"pixelate": 1 / 255, "glass_blur": 1 / 255, "snow": 2 / 255}.get(kind, 0) + ATOL
+    run = jax.jit(lambda x, s, k: corr.corrupt_image(x, kind, s, k))  # one compile per shape
     for i, img in enumerate(IMAGES):
         for s in corr.SEVERITIES:
             key = jax.random.fold_in(jax.random.key(11), 10 * i + s)
             x = jnp.asarray(img, jnp.float32) / 255.0
-            ours = np.asarray(corr.corrupt_image(x, kind, jnp.float32(s), key))
+            ours = np.asarray(run(x, jnp.float32(s), key))
             with draws_of(key):
                 try:
                     ref = _reference_output(reference, kind, img, s)
@@ -212,7 +213,7 @@ def test_port_agrees_with_the_reference(reference, kind):
             err = np.abs(ours - ref).max()
             assert err <= tol, (kind, i, s, err)
             if i == 2 and kind in DETERMINISTIC:
-                gray = np.asarray(corr.corrupt_image(x[..., :1], kind, jnp.float32(s), key))
+                gray = np.asarray(run(x[..., :1], jnp.float32(s), key))
                 assert np.abs(gray[..., 0] - ref[..., 0]).max() <= tol, (kind, s)
 
 
@@ -274,8 +275,8 @@ def test_corruption_grows_with_severity(kind, batch):
     key = jax.random.key(3)
     big = jax.image.resize(batch[:12], (12, 32, 32, 1), "bilinear")  # not blocky: pixelate
     big = jnp.clip(big, 0, 1)  # to 16×16 or 8×8 would give back 4×-repeated pixels exactly
-    d = [float(jnp.abs(corr.corrupt(big, kind, jnp.float32(s), key) - big).mean())
-         for s in corr.SEVERITIES]
+    run = jax.jit(lambda x, s: corr.corrupt(x, kind, s, key))
+    d = [float(jnp.abs(run(big, jnp.float32(s)) - big).mean()) for s in corr.SEVERITIES]
     if kind not in ("glass_blur", "snow"):  # their tables are not monotone: glass_blur's
         # severity 2 runs 1 sweep of swaps to severity 1's 2; snow's severity 3 zooms its
         # layer 4× against severity 2's 2× (the distances: 0.066, 0.062, … and 0.24, 0.24, …)
