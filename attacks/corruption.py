@@ -530,8 +530,7 @@ def corrupt(x: jax.Array, kind: str, severity: jax.Array, key: jax.Array) -> jax
     """A NHWC batch in [0, 1] corrupted by ``kind`` at ``severity``: image i draws from
     ``split(key, N)[i]``."""
     keys = jax.random.split(key, x.shape[0])
-    sev = jnp.broadcast_to(jnp.asarray(severity, jnp.float32).reshape(-1), (x.shape[0],)) \
-        if jnp.ndim(severity) else jnp.full((x.shape[0],), severity, jnp.float32)
+    sev = jnp.broadcast_to(jnp.asarray(severity, jnp.float32), (x.shape[0],))  # scalar or [N]
     return jax.vmap(lambda xi, si, ki: corrupt_image(xi, kind, si, ki))(x, sev, keys)
 
 
