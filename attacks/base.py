@@ -58,6 +58,16 @@ class Cascade(Protocol):
 
 
 @runtime_checkable
+class ModelBlind(Protocol):
+    """A transformation that never looks at the model (common corruptions):
+    ``transform(x, eps, key) -> x'`` with ``eps`` its severity. Not adversarial: an example
+    counts as correct when the model classifies ``x'`` correctly, whatever it does on ``x``,
+    and ``x'`` need not lie in any ball around ``x`` (only in [0, 1])."""
+
+    def transform(self, x: jax.Array, eps: jax.Array, key: jax.Array) -> jax.Array: ...
+
+
+@runtime_checkable
 class Trainable(Protocol):
     """A generator attack (AdvGAN): a recipe that is ``fit`` on a training split against a
     model and then ``bind``-ed to its trained variables, which gives an ordinary attack."""

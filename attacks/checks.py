@@ -24,9 +24,10 @@ MAX_DRAWS = 1_000
 """Upper bound of the draws a random model is scored over (``[eval] draws``): each is another
 forward pass per example and attack point."""
 
-EPS_MAX = {"linf": 1.0}
+EPS_MAX = {"linf": 1.0, "severity": 5.0}
 """The largest meaningful ε per norm for images in [0, 1]: at L∞ ε = 1 every image already
-reaches every other, so a larger ε is a mistake (often ε given in 0–255 units). L2 and L1
+reaches every other, so a larger ε is a mistake (often ε given in 0–255 units); a
+corruption's severity (``attacks.corruption``) runs 0..5. L2 and L1
 depend on the image size (the diameter of [0, 1]^d is √d and d): see :func:`eps_limit`."""
 
 

@@ -244,7 +244,7 @@ def test_autoattack_runs_rand_on_random_rows_unless_version_is_set():
     assert [c.attack.attack.version for c in unit.cells[1:]] == ["rand", "plus", "standard"]
     unit = api_unit("m", "d", specs, "data", 0, False, 3)
     assert [c.attack.attack.version for c in unit.cells[1:]] == ["standard", "plus", "standard"]
-    unit = api_unit("m", "d", [("aa", AutoAttack(), (0.1,), frozenset())], "data", 0, True, 3)
+    unit = api_unit("m", "d", [("aa", AutoAttack(), (0.1,), frozenset(), ())], "data", 0, True, 3)
     assert unit.cells[-1].attack.attack.version == "rand"
     assert unit.cells[-1].attack.preset == (("version", "rand"),)
 

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import printable
+from bench.reports.tables import CORRUPTION
 from bench.store.records import CLEAN, RunDir
 
 PASS, WARN, SKIP = "PASS", "WARN", "SKIP"
@@ -117,7 +118,11 @@ class _Run:
         clean = self.records[self.records["attack"] == CLEAN]
         self.clean_cell = {(m, d): c for m, d, c in
                            zip(clean["model"], clean["defense"], clean["cell_id"])}
-        self.attacked = self.records[self.records["attack"] != CLEAN]
+        # Corruptions (norm "severity") are not attacks: their severities are not nested
+        # balls (accuracy need not fall with severity), there is no gradient or query budget
+        # to check, and no attack to compare them with. No check reads them.
+        self.attacked = self.records[(self.records["attack"] != CLEAN)
+                                     & (self.records["norm"] != CORRUPTION)]
         self._masks: dict[str, np.ndarray] = {}
 
     def mask(self, cell_id: str) -> np.ndarray:

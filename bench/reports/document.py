@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.reports import checklist, compare, figures, poisoning, tables, waterfall
+from bench.reports import checklist, compare, corruptions, figures, poisoning, tables, waterfall
 from bench.store.records import RunDir
 
 INTERVAL_EPS = 4
@@ -140,6 +140,12 @@ def write(records: pd.DataFrame, run: RunDir, order: tables.Order, plot_paths: l
         parts.append(f"### {tables.NORM_TEXT.get(norm, norm)}: "
                      f"{'worst case over ' if len(attacks) > 1 else ''}{', '.join(attacks)}\n")
         parts.append(_interval_table(records, order, norm) + "\n")
+    corrupted = corruptions.markdown(records, order, heading="###")
+    if corrupted:
+        parts.append("## Common corruptions\n")
+        parts.append("Tables: `tables/corruptions.md`, `tables/robust_accuracy_corruptions.csv`; "
+                     "plot: `plots/accuracy_vs_severity.png`.\n")
+        parts.append(corrupted)
     poisoned = poisoning.drops(records, order)
     if not poisoned.empty:
         parts.append("## Poisoning against the standard model\n")

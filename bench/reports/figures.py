@@ -152,7 +152,7 @@ def write_heatmaps(records: pd.DataFrame, run: RunDir, order: Order) -> list[Pat
     plt = _plt()
     models, defenses, pairs = order.models, order.defenses, order.all_pairs
     paths = []
-    for norm in dict.fromkeys(n for _, n in pairs):
+    for norm in order.norms:  # corruptions: plots/accuracy_vs_severity (bench.reports.corruptions)
         e = heatmap_eps(records, norm)
         if e is None:
             continue

@@ -8,7 +8,8 @@ the stored masks), each in its own file and all together in ``robust_accuracy.md
 LaTeX table per norm (``robust_accuracy_<norm>.tex``; ``robust_accuracy.tex`` holds them all);
 and the wide ``robust_accuracy.csv``. ε = 0 is shown once, as clean, after checking per example
 that every attack's ε = 0 cell equals it. Plots: accuracy vs ε per attack and norm, one line per
-model × defense with its 95% interval shaded, as PNG and PDF.
+model × defense with its 95% interval shaded, as PNG and PDF. Common corruptions (norm
+``severity``) get their own mean tables and severity plot (:mod:`bench.reports.corruptions`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import RobustaxError, warn
-from bench.reports import checklist, document, figures, poisoning, tables, waterfall
+from bench.reports import checklist, corruptions, document, figures, poisoning, tables, waterfall
 from bench.reports.tables import WORST
 from bench.store.io import slug
 from bench.store.records import CLEAN, RunDir, accuracy_fields, run_lock
@@ -38,7 +39,8 @@ def worst_case(records: pd.DataFrame, run: RunDir) -> pd.DataFrame:
     """AutoAttack's rule over the sweep's attacks: an example counts as robust at (norm, ε)
     only if every attack run at that norm and ε failed on it. One derived row per
     (model, defense, norm, ε) that two or more attacks share, from the stored masks."""
-    attacked = records[(records["attack"] != CLEAN) & (records["attack"] != WORST)]
+    attacked = records[(records["attack"] != CLEAN) & (records["attack"] != WORST)
+                       & (records["norm"] != tables.CORRUPTION)]  # corruptions are averaged
     rows = []
     for (data, model, defense, norm, eps), g in attacked.groupby(
             ["data", "model", "defense", "norm", "eps"], sort=False):
@@ -56,6 +58,7 @@ def worst_case(records: pd.DataFrame, run: RunDir) -> pd.DataFrame:
 
 _TABLE_FILES = ("robust_accuracy*.csv", "robust_accuracy*.md", "robust_accuracy*.tex",
                 "waterfall_*.md", "waterfall_*.csv", "poisoning*.md", "poisoning.csv",
+                "corruptions.md",
                 "summary.txt")
 
 
@@ -68,7 +71,7 @@ def write_tables(records: pd.DataFrame, run: RunDir, order: tables.Order,
     table files of an earlier grid that this one no longer has. ``records`` includes the
     worst-case rows. Returns the paths."""
     run.tables.mkdir(parents=True, exist_ok=True)
-    files = {"summary.txt": tables.terminal_summary(records, order, SUMMARY_WIDTH),
+    files = {"summary.txt": _summary(records, order, SUMMARY_WIDTH),
              "robust_accuracy.csv": tables.wide_table(records, order).to_csv()}
     sections = tables.markdown_sections(records, order)
     files["robust_accuracy.md"] = tables.markdown_index(records, order, sections)
@@ -80,6 +83,7 @@ def write_tables(records: pd.DataFrame, run: RunDir, order: tables.Order,
     stage_files, paths = waterfall.write(records, run, order)
     files.update(stage_files)
     files.update(poisoning.write(records, order))
+    files.update(corruptions.write(records, order))
     for name, text in files.items():
         run.store_text(run.tables / name, text)
         paths.append(run.tables / name)
@@ -100,7 +104,10 @@ def write_plots(records: pd.DataFrame, run: RunDir, order: tables.Order) -> list
     run.plots.mkdir(parents=True, exist_ok=True)
     paths = []
     models, defenses = order.models, order.defenses
+    paths += corruptions.plot(records, run, order)
     for attack, norm in order.all_pairs:
+        if norm == tables.CORRUPTION:  # one plot of them all: plots/accuracy_vs_severity
+            continue
         group = records[(records["attack"] == attack) & (records["norm"] == norm)]
         curves = {(m, d): g.sort_values("eps") for m in models for d in defenses
                   if not (g := group[(group["model"] == m) & (group["defense"] == d)]).empty}
@@ -184,5 +191,11 @@ def summary(run_dir: str | Path, width: int = SUMMARY_WIDTH) -> str:
     ``width`` columns wide."""
     run = RunDir(Path(run_dir))
     records = report_records(run)
-    return tables.terminal_summary(records, table_order(records, run), width,
-                                   where=str(run.tables))
+    return _summary(records, table_order(records, run), width, where=str(run.tables))
+
+
+def _summary(records: pd.DataFrame, order: tables.Order, width: int,
+             where: str | None = None) -> str:
+    """The terminal summary: the norms' blocks and, if the grid has corruptions, their means."""
+    return tables.terminal_summary(records, order, width, where,
+                                   extra=corruptions.terminal_block(records, order, width))

@@ -28,6 +28,11 @@ from bench.store.records import CLEAN
 WORST = "worst-case"
 """The attack name of derived rows: per example, the worst over all attacks at a norm and ε."""
 
+CORRUPTION = "severity"
+"""The norm of common corruptions (``attacks.corruption``): ε is a severity 1..5, not a ball.
+Their cells are averaged over corruptions in tables of their own (:mod:`bench.reports.corruptions`),
+never mixed into a norm's worst case; :attr:`Order.norms` leaves this norm out."""
+
 NORM_TEXT = {"linf": "L∞", "l2": "L2", "l1": "L1"}
 NORM_TEX = {"linf": r"$\ell_\infty$", "l2": r"$\ell_2$", "l1": r"$\ell_1$"}
 MAX_LATEX_EPS = 8
@@ -72,7 +77,8 @@ class Order:
 
     @property
     def norms(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(norm for _, norm in self.pairs))
+        """The threat models with an ε-ball, in plan order (corruptions are not one)."""
+        return tuple(dict.fromkeys(norm for _, norm in self.pairs if norm != CORRUPTION))
 
     def attacks(self, norm: str) -> list[str]:
         return [a for a, n in self.pairs if n == norm]
@@ -509,12 +515,12 @@ def _norm_block(records: pd.DataFrame, order: Order, norm: str, width: int,
 
 
 def terminal_summary(records: pd.DataFrame, order: Order, width: int = 100,
-                     where: str | None = None) -> str:
+                     where: str | None = None, extra: str = "") -> str:
     """The summary that ``robustax run`` and ``robustax report`` print: one block per norm,
     rows model × defense, columns clean and ε; each cell the strongest evaluation (the
     per-example worst case where several attacks share the budget) and, where several ran,
     the strongest single attack. Lines fit ``width`` columns: long labels are cut and ε
-    columns split only when needed."""
+    columns split only when needed. ``extra``: a further block (the corruption means)."""
     width = max(width, 40)
     data, n = _describe(records)
     lines = [textwrap.fill(f"Robust accuracy (%) on {data}, {n} test images (95% intervals "
@@ -524,7 +530,9 @@ def terminal_summary(records: pd.DataFrame, order: Order, width: int = 100,
     norms = [norm for norm in order.norms if (s["norm"] == norm).any()]
     for norm in norms:
         lines += ["", _norm_block(records, order, norm, width, cut)]
-    if not norms:  # no attack at a budget above 0: clean accuracy only
+    if extra:
+        lines += ["", extra]
+    if not norms and not extra:  # no attack at a budget above 0: clean accuracy only
         clean = norm_table(records, order, "")
         rows = [[shorten(m, None), shorten(d, None), f"{v:.1f}"]
                 for (m, d), v in clean["clean"].items()]

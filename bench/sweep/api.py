@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attacks import Transfer
+from attacks import Corruption, Transfer
 from attacks.base import Trainable
 from bench.errors import ConfigError
 from bench.store.provenance import code_version
@@ -26,6 +26,8 @@ from bench.sweep.config import (
     DefenseConfig,
     ModelConfig,
     check_eps_range,
+    check_severities,
+    corruption_attacks,
     parse_eps,
 )
 from bench.sweep.data import load_dataset
@@ -35,8 +37,9 @@ from bench.sweep.unit import Context, Target, direct, evaluate_unit, record_of
 
 
 def _attack_specs(attacks: Sequence[Any], eps: Sequence[float] | None) -> list[tuple]:
-    """(label, attack instance, ε values, options set explicitly) from dicts in config form
-    (the keys written) or attack instances (the fields that differ from their defaults)."""
+    """(label, attack instance, ε values, options set explicitly, skipped corruptions) from
+    dicts in config form (the keys written) or attack instances (the fields that differ from
+    their defaults); a ``corruption`` dict gives one attack per kind, as in a sweep."""
 
     specs = []
     for i, a in enumerate(attacks):
@@ -45,9 +48,16 @@ def _attack_specs(attacks: Sequence[Any], eps: Sequence[float] | None) -> list[t
             a = dict(a)
             if "name" not in a:
                 raise ConfigError(f"{where} has no name; add \"name\": \"pgd\" (see `robustax list`)")
-            name = a.pop("name")
+            name = ATTACKS.canonical(a.pop("name"))
             label = a.pop("label", name)
             values = a.pop("eps", eps)
+            if name == "corruption":  # one attack per kind, as in a sweep config
+                if values is None:
+                    raise ConfigError(f"{where} has no eps; pass eps=[...] or put \"eps\" in "
+                                      f"its dict")
+                specs += [(c.label, c.attack, c.eps, frozenset(), c.skipped)
+                          for c in corruption_attacks(a, where, label, parse_eps(values, where))]
+                continue
             attack = ATTACKS.build(name, a, where)
             explicit = frozenset(a)
         else:
@@ -59,9 +69,14 @@ def _attack_specs(attacks: Sequence[Any], eps: Sequence[float] | None) -> list[t
             defaults = {f.name: f.default for f in dataclasses.fields(a)}
             explicit = frozenset(k for k, _ in getattr(type(a), "random_options", ())
                                  if getattr(a, k) != defaults.get(k))
+            if isinstance(a, Corruption):
+                label = f"{label}-{a.kind}"
         if values is None:
             raise ConfigError(f"{where} has no eps; pass eps=[...] or put \"eps\" in its dict")
-        specs.append((label, attack, parse_eps(values, where), explicit))
+        values = parse_eps(values, where)
+        if isinstance(attack, Corruption):
+            check_severities(values, where)
+        specs.append((label, attack, values, explicit, ()))
     return specs
 
 
@@ -217,10 +232,10 @@ def evaluate(logits_fn: Callable, params: Any = _UNSET, data: str | tuple = _UNS
     if attack_logits_fn is not None:
         ev.check_model(attack_logits_fn, params, x, y, "attack_logits_fn")
     specs = _attack_specs(attacks, eps)
-    for label, attack, values, _ in specs:
+    for label, attack, values, *_ in specs:
         check_eps_range(values, attack.norm, f"attack {label!r}", x.shape[1:])
     specs = [(label, _trained(label, a, logits_fn, params, attack_logits_fn, data, data_dir, seed),
-              values, explicit) for label, a, values, explicit in specs]
+              values, *rest) for label, a, values, *rest in specs]
     data_id = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()[:12]
     unit = api_unit(model, defense, specs, data_id, seed, ev.is_random(logits_fn), draws)
     ctx = Context("api", data_name, seed, x, y, batch_size, code_version())
@@ -258,8 +273,8 @@ def api_unit(model: str, defense: str, specs: list[tuple], data_id: str, seed: i
         return Cell(a, e, cell_id(model, defense, CLEAN if a is None else a.label,
                                   "none" if a is None else a.norm, e, ident))
 
-    configs = [AttackConfig(label, label, attack, values, explicit)
-               for label, attack, values, explicit in specs]
+    configs = [AttackConfig(label, label, attack, values, explicit, skipped=skipped)
+               for label, attack, values, explicit, skipped in specs]
     if random:
         configs = [a.for_random_model() for a in configs]
     cells = [cell(None, 0.0)] + [cell(a, e) for a in configs for e in a.eps]

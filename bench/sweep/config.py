@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from attacks import Transfer, checks
+from attacks import corruption as corr
 from bench.errors import ConfigError
 from bench.sweep import options as opts
 from bench.sweep import weights as wts
-from bench.sweep.data import DATASETS
+from bench.sweep.data import CIFAR10_C_PATTERN, DATASETS, cifar10_c_problem, known
 from bench.sweep.registry import ATTACKS, DEFENSES, MODEL_FIXED, MODELS
 from defenses import is_wrapper
 
@@ -66,8 +67,11 @@ class DataConfig:
             if not self.name[4:].endswith(".npz"):
                 raise ValueError(f"name = {self.name!r}: give the path of a .npz file after "
                                  f"'npz:' (e.g. \"npz:data/cifar10_test.npz\")")
-        elif self.name not in DATASETS:
-            raise ValueError(f"name = {self.name!r} is unknown; choose one of: {', '.join(DATASETS)}")
+        elif problem := cifar10_c_problem(self.name):
+            raise ValueError(problem)
+        elif not known(self.name):
+            raise ValueError(f"name = {self.name!r} is unknown; choose one of: "
+                             f"{', '.join(DATASETS)}, {CIFAR10_C_PATTERN}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +202,9 @@ class AttackConfig:
     eps: tuple[float, ...]
     explicit: frozenset[str] = frozenset()
     preset: tuple[tuple[str, Any], ...] = ()
+    # Corruptions of the entry's ``kinds`` that cannot be applied, with why (recorded in the
+    # details of each of its cells, so a skipped corruption is never silently missing).
+    skipped: tuple[tuple[str, str], ...] = ()
 
     @property
     def norm(self) -> str:
@@ -481,6 +488,47 @@ def parse_eps(value: Any, where: str) -> tuple[float, ...]:
     return eps
 
 
+def check_severities(eps: tuple[float, ...], where: str) -> None:
+    """A corruption's budgets are severities: the integers 0 (clean) to 5."""
+    for e in eps:
+        if e != int(e) or not 0 <= e <= 5:
+            raise ConfigError(f"{where} (corruption): eps = {e!r} is not a severity; severities "
+                              f"are the integers 0 (clean), 1, 2, 3, 4, 5")
+
+
+def corruption_attacks(entry: dict, where: str, label: str, eps: tuple[float, ...]
+                 ) -> list[AttackConfig]:
+    """A ``corruption`` entry expanded into one attack per corruption of its ``kinds``
+    (default: the 15 standard ones), labelled ``<label>-<kind>``, at the severities ``eps``
+    (integers 0..5; 0 = clean). Kinds robustax cannot apply are skipped and named, with the
+    reason, in every cell of the entry (``details.skipped``)."""
+    if "kind" in entry:
+        raise ConfigError(f"{where} (corruption): write kinds = [{json.dumps(entry['kind'])}], "
+                          f"a list, not kind")
+    kinds = opts.coerce(entry.pop("kinds", list(corr.KINDS)), tuple[str, ...], f"{where}: kinds")
+    if not kinds:
+        raise ConfigError(f"the grid is empty: {where} (corruption): kinds = [] names no "
+                          f"corruption; choose from: {', '.join(corr.KINDS)}")
+    for k in kinds:
+        if k not in corr.KINDS:
+            raise ConfigError(f"{where} (corruption): kinds has {k!r}, not a standard "
+                              f"corruption; choose from: {', '.join(corr.KINDS)}")
+    if len(set(kinds)) != len(kinds):
+        raise ConfigError(f"{where} (corruption): kinds = {list(kinds)} repeats a corruption; "
+                          f"list each once")
+    check_severities(eps, where)
+    skipped = tuple((k, corr.NOT_PORTED[k]) for k in kinds if not corr.available(k))
+    run = [k for k in kinds if corr.available(k)]
+    if not run:
+        raise ConfigError(f"the grid is empty: {where} (corruption): none of kinds = "
+                          f"{list(kinds)} can be applied ({'; '.join(f'{k}: {r}' for k, r in skipped)}); "
+                          f"choose from: {', '.join(k for k in corr.KINDS if corr.available(k))}")
+    return [AttackConfig("corruption", f"{label}-{k}",
+                         ATTACKS.build("corruption", {**entry, "kind": k}, where), eps,
+                         frozenset(entry), skipped=skipped)
+            for k in run]
+
+
 def check_eps_range(eps: tuple[float, ...], norm: str, where: str,
                     image_shape: tuple[int, ...] | None = None) -> None:
     """Every ε of an attack within its norm's meaningful range (L∞ ≤ 1; L2 ≤ √d and L1 ≤ d
@@ -551,6 +599,11 @@ def parse_config(raw: Mapping[str, Any], base_dir: str | Path | None = None) -> 
         if "eps" not in entry:
             raise ConfigError(f"{where} ({aname}) has no eps; add eps = [0.0, 0.1, ...]")
         eps = parse_eps(entry.pop("eps"), where)
+        if aname == "corruption":
+            expanded = corruption_attacks(entry, where, label, eps)
+            attack_cfgs += expanded
+            wheres += [(where, True)] * len(expanded)
+            continue
         attack_cfgs.append(AttackConfig(aname, label, ATTACKS.build(aname, entry, where), eps,
                                         frozenset(entry)))
         wheres.append((where, explicit))

@@ -9,6 +9,8 @@ validated on load, so models, attacks and defenses can rely on one layout and on
 * ``tfds:<name>`` reads a data set that TFDS has already prepared in the array_record
   format, through ``tfds.data_source`` (which needs no TensorFlow). Nothing is downloaded:
   a set that is not prepared is a :class:`~bench.errors.DataError` saying how to prepare it.
+  ``tfds:cifar10_corrupted/<corruption>_<severity>`` reads the published CIFAR-10-C (a test
+  split only).
 
 Loading is deterministic and keeps no global state besides an LRU cache of the embedded
 sets' (read-only) arrays.
@@ -26,7 +28,8 @@ import numpy as np
 
 from bench.errors import DataError, quiet, warn
 
-__all__ = ["DATASETS", "Dataset", "StreamedImages", "describe_datasets", "load_dataset"]
+__all__ = ["CIFAR10_C_KINDS", "DATASETS", "Dataset", "StreamedImages", "describe_datasets",
+           "known", "load_dataset"]
 
 DATASETS: tuple[str, ...] = (
     "digits",
@@ -52,6 +55,17 @@ _TFDS: dict[str, tuple[int, tuple[int, int, int], str]] = {
     "cifar100": (100, (32, 32, 3), "CIFAR-100 natural images, 32x32x3, 100 fine classes, 50k train / 10k test (TFDS)"),
     "svhn_cropped": (10, (32, 32, 3), "SVHN cropped house-number digits, 32x32x3, 10 classes, 73k train / 26k test (TFDS)"),
 }
+
+# CIFAR-10-C (Hendrycks & Dietterich 2019) as TFDS publishes it: one config per corruption
+# and severity, a 10,000-image test split only (models evaluated on it bring their weights).
+CIFAR10_C = "cifar10_corrupted"
+CIFAR10_C_KINDS = ("brightness", "contrast", "defocus_blur", "elastic", "fog", "frost",
+                   "frosted_glass_blur", "gaussian_blur", "gaussian_noise", "impulse_noise",
+                   "jpeg_compression", "motion_blur", "pixelate", "saturate", "shot_noise",
+                   "snow", "spatter", "speckle_noise", "zoom_blur")
+"""TFDS's names of CIFAR-10-C's corruptions (``elastic`` and ``frosted_glass_blur`` are its
+names for ``elastic_transform`` and ``glass_blur``)."""
+CIFAR10_C_PATTERN = f"tfds:{CIFAR10_C}/<corruption>_<severity>"
 
 _TFDS_PREFIX = "tfds:"
 _NPZ_PREFIX = "npz:"
@@ -113,7 +127,31 @@ def describe_datasets() -> list[tuple[str, str]]:
             out.append((name, _TFDS[name[len(_TFDS_PREFIX):]][2]))
         else:
             out.append((name, _EMBEDDED[name][1]))
+    out.append((CIFAR10_C_PATTERN, f"CIFAR-10-C, 32x32x3, 10 classes, 10k test only (TFDS); "
+                                   f"severity 1-5; corruptions: {', '.join(CIFAR10_C_KINDS)}"))
     return out
+
+
+def cifar10_c_problem(name: str) -> str | None:
+    """None when ``name`` is ``tfds:cifar10_corrupted/<corruption>_<severity>`` with a
+    corruption TFDS publishes and a severity 1..5, else what is wrong with it; also None for
+    names that are not CIFAR-10-C at all (see :func:`known`)."""
+    prefix = f"{_TFDS_PREFIX}{CIFAR10_C}"
+    if not name.startswith(prefix):
+        return None
+    kind, _, sev = name[len(prefix) + 1:].rpartition("_")
+    if name[len(prefix):len(prefix) + 1] != "/" or kind not in CIFAR10_C_KINDS or \
+            sev not in ("1", "2", "3", "4", "5"):
+        return (f"data set {name!r} is not a CIFAR-10-C config; write {CIFAR10_C_PATTERN} "
+                f"with severity 1-5 and a corruption among: {', '.join(CIFAR10_C_KINDS)}")
+    return None
+
+
+def known(name: str) -> bool:
+    """Whether ``name`` is a data set robustax loads by name (:data:`DATASETS` or a
+    CIFAR-10-C config; ``npz:`` paths are checked apart)."""
+    return name in DATASETS or (name.startswith(f"{_TFDS_PREFIX}{CIFAR10_C}/")
+                                and cifar10_c_problem(name) is None)
 
 
 def load_dataset(
@@ -138,7 +176,9 @@ def load_dataset(
              f"memory whole (stream ignored)")
     if isinstance(name, str) and name.startswith(_NPZ_PREFIX):
         return _load_npz(name, base_dir, train_examples)
-    if name not in DATASETS:
+    if isinstance(name, str) and (problem := cifar10_c_problem(name)):
+        raise DataError(problem)
+    if not known(name):
         hint = ""
         if _TFDS_PREFIX + str(name) in DATASETS:
             hint = f" (did you mean '{_TFDS_PREFIX}{name}'?)"
@@ -156,7 +196,12 @@ def load_dataset(
             )
         train_examples = int(train_examples)
 
-    if name.startswith(_TFDS_PREFIX):
+    if name.startswith(f"{_TFDS_PREFIX}{CIFAR10_C}/"):  # a test split only
+        num_classes, shape = 10, (32, 32, 3)
+        _, _, x_test, y_test = _load_tfds(name[len(_TFDS_PREFIX):], data_dir, None, stream,
+                                          splits=("test",))
+        x_train, y_train = np.zeros((0, *shape), np.float32), np.zeros((0,), np.int32)
+    elif name.startswith(_TFDS_PREFIX):
         tfds_name = name[len(_TFDS_PREFIX):]
         num_classes, shape, _ = _TFDS[tfds_name]
         x_train, y_train, x_test, y_test = _load_tfds(tfds_name, data_dir, train_examples,
@@ -167,14 +212,16 @@ def load_dataset(
         if train_examples is not None:
             x_train, y_train = x_train[:train_examples], y_train[:train_examples]
 
-    _validate(name, x_train, y_train, num_classes, "train", shape)
+    if len(x_train):  # an evaluation-only set (CIFAR-10-C) has no training split
+        _validate(name, x_train, y_train, num_classes, "train", shape)
     _validate(name, x_test, y_test, num_classes, "test", shape)
     arrays = [x_train, y_train, x_test, y_test]
     for arr in arrays:
         if isinstance(arr, np.ndarray):
             arr.flags.writeable = False
-    mean = x_train.mean(axis=(0, 1, 2), dtype=np.float64)
-    std = x_train.std(axis=(0, 1, 2), dtype=np.float64)
+    stats_from = x_train if len(x_train) else x_test
+    mean = stats_from.mean(axis=(0, 1, 2), dtype=np.float64)
+    std = stats_from.std(axis=(0, 1, 2), dtype=np.float64)
     return Dataset(
         name=name,
         x_train=x_train,
@@ -315,9 +362,11 @@ def _where(data_dir: str | None) -> str:
 
 
 def _load_tfds(
-    tfds_name: str, data_dir: str | None, train_examples: int | None, stream: bool = False
-) -> tuple[np.ndarray, np.ndarray, Any, np.ndarray]:
-    """Read the train and test splits of a prepared TFDS set; never downloads."""
+    tfds_name: str, data_dir: str | None, train_examples: int | None, stream: bool = False,
+    splits: tuple[str, ...] = ("train", "test"),
+) -> tuple[Any, ...]:
+    """Read the train and test splits of a prepared TFDS set (images and labels of each of
+    ``splits``, in that order); never downloads."""
     dir_arg = str(data_dir) if data_dir else "DIR"
     try:
         import tensorflow_datasets as tfds  # lazy: heavy, and only the TFDS sets need it
@@ -326,7 +375,7 @@ def _load_tfds(
             sources = {
                 split: tfds.data_source(tfds_name, split=split, data_dir=data_dir,
                                         download=False)
-                for split in ("train", "test")
+                for split in splits
             }
     except Exception:
         raise DataError(
@@ -351,7 +400,7 @@ def _load_tfds(
                 f"(split {split!r}: {detail}); prepare it again (tfds build {tfds_name} "
                 f"--file_format=array_record --data_dir {dir_arg})"
             ) from None
-    return out[0], out[1], out[2], out[3]
+    return tuple(out) if len(splits) == 2 else (None, None, *out)
 
 
 def _read_split(source: Any, limit: int | None) -> tuple[np.ndarray, np.ndarray]:

@@ -222,11 +222,14 @@ def _attack_fn(attack: Any, logits_fn: Callable, attack_logits_fn: Callable | No
         """What the attack passes to ``attacked``: a random model's params carry a key."""
         return (params, jax.random.fold_in(key, _QUERY_TAG)) if random_attack else params
 
+    blind = isinstance(attack, base.ModelBlind)  # a corruption: no ball, only the box
+
     def score(params, x, y, x_adv, eps, score_keys):
         ok, finite = _scored(_score_logits(logits_fn, params, x_adv, score_keys), y)
-        dist = threat.distance(x_adv, x, norm)
-        inside = (dist <= eps * (1 + _BALL_RTOL) + _BALL_ATOL)
-        inside &= jnp.all((x_adv >= 0) & (x_adv <= 1), axis=(1, 2, 3))
+        inside = jnp.all((x_adv >= 0) & (x_adv <= 1), axis=(1, 2, 3))
+        if not blind:
+            dist = threat.distance(x_adv, x, norm)
+            inside &= (dist <= eps * (1 + _BALL_RTOL) + _BALL_ATOL)
         return ok, finite, inside
 
     if isinstance(attack, base.MinimumNorm):
@@ -571,6 +574,10 @@ def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
                    score_key: jax.Array | None = None, draws: int = 1):
     """Per-example correctness under ``attack`` at every ε: ``(mask [E, N], seconds, compile_s)``.
 
+    A model-blind transformation (:class:`attacks.base.ModelBlind`, a corruption at severity
+    ``eps``) is scored as it is: correct on the corrupted image, whatever the clean prediction,
+    and checked to stay in [0, 1] (it has no ball).
+
     The attack runs on ``attack_logits_fn`` when given (an adaptive stand-in such as BPDA for
     a non-differentiable defense) and is always scored on ``logits_fn``. ``seconds`` is the
     wall time of the attack itself; ``compile_s`` that of compilation. An attack with
@@ -600,8 +607,11 @@ def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
             jax.random.key_impl(key), batch_size, attack_logits_fn, *score)
         # Robust means correct at x and at the attack's point (x is in every ball): an attack
         # that wanders from a misclassified x onto a correct point, as a blind one on a
-        # masked or random defense can, must not count it. Per draw for a random model.
-        correct = correct & _clean(logits_fn, params, x, y, batch_size, *score)[None]
+        # masked or random defense can, must not count it (per draw for a random model). A
+        # corruption (base.ModelBlind) is a distribution shift, not a search around x: its
+        # accuracy is the corrupted images' own, as Hendrycks & Dietterich and RobustBench count it.
+        if not isinstance(attack, base.ModelBlind):
+            correct = correct & _clean(logits_fn, params, x, y, batch_size, *score)[None]
         masks, draw_info = _draw_info(correct, score[0] is not None)
         info = {**info, **draw_info}
     return (masks, seconds, compile_s, info) if with_info else (masks, seconds, compile_s)

@@ -103,6 +103,7 @@ ATTACKS.register("cw", attacks.CW)
 ATTACKS.register("deepfool", attacks.DeepFool)
 ATTACKS.register("advgan", attacks.AdvGAN)
 ATTACKS.register("transfer", attacks.Transfer)
+ATTACKS.register("corruption", attacks.Corruption)
 
 DEFENSES = Registry("defense")
 DEFENSES.register("standard", defenses.Standard)

@@ -88,7 +88,8 @@ def direct(ctx: Context, unit: Unit, a: AttackConfig, target: Target) -> AttackR
     """The ordinary ``prepare``: the attack as configured, on the unit's own functions, with
     the unit's key for it."""
     return AttackRun(a.attack, target.eval_fn, target.params, target.attack_fn,
-                     key_for(ctx.seed, *unit.attack_key_parts(a)))
+                     key_for(ctx.seed, *unit.attack_key_parts(a)),
+                     {"skipped": dict(a.skipped)} if a.skipped else None)
 
 
 def _options(o: Any) -> str:
