@@ -52,19 +52,6 @@ def default_cfg():
     return load_config(ROOT / "bench" / "configs" / "default.toml")
 
 
-# TEMPORARY, delete after rebuilding results/defenses: random rows are now scored over
-# [eval] draws (10) and AutoAttack runs its rand version on them, so their cells have new ids
-# and the committed single-draw ones no longer match. Exactly these rows are exempt, and only
-# while the committed cells still differ (a rebuild makes this test say to delete it).
-_AWAITING_REBUILD = {"defenses": {"noise", "noise (adaptive)"}}
-# TEMPORARY (branch aaref): AutoAttack numerics 3 (FAB without the final bisection, Square's
-# schedule un-rescaled with n_queries iterations, as fra31's standard version) and its two new
-# options give the AutoAttack cells of these two runs new ids. Only those cells are exempt, and
-# only here; the lead rebuilds results/autoattack and results/defenses after merging and then
-# deletes this set and its use below.
-_PENDING_AUTOATTACK_REBUILD = {"defenses"}
-
-
 def test_every_shipped_config_matches_its_committed_results_by_id():
     """`robustax compare results/X <rerun>` pairs cells by id: a fresh plan of each shipped
     config must name exactly the committed cells (a numerics bump must rebuild the results
@@ -76,16 +63,6 @@ def test_every_shipped_config_matches_its_committed_results_by_id():
         planned = set(ids)
         frame = pd.read_csv(ROOT / "results" / name / "records.csv")
         committed = set(frame["cell_id"])
-        if name in _PENDING_AUTOATTACK_REBUILD:
-            planned = {i for i in planned if ids[i][2] != "autoattack"}
-            committed = set(frame["cell_id"][frame["attack"] != "autoattack"])
-        exempt = _AWAITING_REBUILD.get(name, set())
-        if exempt:
-            old = set(frame[frame["defense"].isin(exempt)]["cell_id"])
-            new = {i for i, k in ids.items() if k[1] in exempt}
-            assert old and new and not old & new, (
-                f"results/{name} was rebuilt: delete _AWAITING_REBUILD in tests/test_identity.py")
-            planned, committed = planned - new, committed - old
         if planned != committed:
             bad.append(f"{name}: {len(planned & committed)} of {len(committed)} committed "
                        f"cells matched, {len(planned - committed)} planned cells are new")
