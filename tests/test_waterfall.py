@@ -84,6 +84,21 @@ def test_a_cell_scored_below_its_counts_gets_a_scored_column():
     assert np.isnan(table.loc[("cnn", "standard", 0.1), waterfall.SCORED])
 
 
+def test_a_rand_cascade_beside_standard_gets_its_own_table():
+    # a random row runs AutoAttack rand (apgd-ce, apgd-dlr): its stages are no columns of the
+    # standard table; by hand: rand 4 examples, 1 broken by apgd-ce, 1 by apgd-dlr -> 75, 50
+    rand = ("apgd-ce", "apgd-dlr")
+    std = _cell(np.array([1, 0, 0, 0]), STANDARD, "standard")
+    noisy = _cell(np.array([1, 2, 0, 0]), rand, "noise")
+    noisy["attack_options"] = json.dumps({"version": "rand", "norm": "linf"})
+    tables = waterfall.waterfalls(pd.DataFrame([std, noisy]), _order(pd.DataFrame([std])))
+    assert list(tables) == [("autoattack", "linf"), ("autoattack-rand", "linf")]
+    assert list(tables["autoattack", "linf"].columns) == ["clean", *STANDARD]
+    assert list(tables["autoattack", "linf"].index) == [("cnn", "standard", 0.1)]
+    assert tables["autoattack-rand", "linf"].loc[("cnn", "noise", 0.1)].tolist() == [
+        100.0, 75.0, 50.0]
+
+
 def test_rows_follow_the_plan_and_eps_within_a_row():
     records = pd.DataFrame([_cell(np.array([1, 0]), STANDARD, d, e)
                             for d in ("b", "a") for e in (0.2, 0.1)])

@@ -9,7 +9,8 @@ model scored over several draws after the cascade ran, gets a ``scored`` column 
 recorded number). Which stage does the work on which defense is then one row to read.
 
 - ``tables/waterfall_<attack>_<norm>.md`` and ``.csv``: rows model × defense × ε, columns
-  ``clean`` and one per stage (robust accuracy in %).
+  ``clean`` and one per stage (robust accuracy in %). Cells with another stage sequence (the
+  ``rand`` version on random rows) get their own table, ``waterfall_<attack>-<version>_<norm>``.
 - ``plots/waterfall_<attack>_<norm>.png`` and ``.pdf``: one line per row over the stages.
 
 Records written before the stage order was stored fall back to the stage names in sorted
@@ -54,13 +55,13 @@ def waterfalls(records: pd.DataFrame, order: Order) -> dict[tuple[str, str], pd.
         (m, d) for m in order.models for d in order.defenses)}
     out: dict[tuple[str, str], pd.DataFrame] = {}
     for (attack, norm), g in attacked.groupby(["attack", "norm"], sort=False):
-        rows, stage_order = [], None
+        by_order: dict[tuple[str, ...], list[dict]] = {}
+        names: dict[tuple[str, ...], str] = {}
         for r in g.itertuples():
             parsed = _stages(r.details)
             if parsed is None:
                 continue
             stages, d = parsed
-            stage_order = stage_order or stages
             n = int(r.examples)
             left = n - int(d.get("misclassified_clean", 0))
             row = {"model": r.model, "defense": r.defense, "eps": float(r.eps),
@@ -70,15 +71,29 @@ def waterfalls(records: pd.DataFrame, order: Order) -> dict[tuple[str, str], pd.
                 row[s] = 100.0 * left / n
             if left != int(r.correct):
                 row[SCORED] = 100.0 * int(r.correct) / n
-            rows.append(row)
-        if not rows:
-            continue
-        t = pd.DataFrame(rows)
-        t["_rank"] = [rank.get((m, d), len(rank)) for m, d in zip(t["model"], t["defense"])]
-        t = t.sort_values(["_rank", "eps"], kind="stable").drop(columns="_rank")
-        columns = ["clean", *stage_order] + ([SCORED] if SCORED in t else [])
-        out[attack, norm] = t.set_index(["model", "defense", "eps"])[columns]
+            by_order.setdefault(stages, []).append(row)
+            names.setdefault(stages, _version(getattr(r, "attack_options", None), stages))
+        # One table per stage sequence: AutoAttack's rand version (on random rows) runs other
+        # stages than standard, and a column of one is no stage of the other. The first
+        # sequence met keeps the attack's name; the others are named by their version.
+        for i, (stages, rows) in enumerate(by_order.items()):
+            t = pd.DataFrame(rows)
+            t["_rank"] = [rank.get((m, d), len(rank)) for m, d in zip(t["model"], t["defense"])]
+            t = t.sort_values(["_rank", "eps"], kind="stable").drop(columns="_rank")
+            columns = ["clean", *stages] + ([SCORED] if SCORED in t else [])
+            name = attack if i == 0 else f"{attack}-{names[stages]}"
+            out[name, norm] = t.set_index(["model", "defense", "eps"])[columns]
     return out
+
+
+def _version(options: object, stages: tuple[str, ...]) -> str:
+    """A stage sequence's name: the cell's ``version`` option (AutoAttack's ``rand``), else
+    its stages joined."""
+    try:
+        version = json.loads(options).get("version") if isinstance(options, str) else None
+    except (ValueError, AttributeError):
+        version = None
+    return slug(str(version)) if version else "-".join(stages)
 
 
 def _text(table: pd.DataFrame) -> str:
