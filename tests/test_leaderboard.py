@@ -341,3 +341,20 @@ def test_committed_default_run_worst_case_and_refusal(tmp_path):
                for e in board.entries.values())
     accs = [float(e["external"]) for e in board.entries.values()]
     assert accs == sorted(accs, reverse=True)
+
+
+def test_committed_random_rows_say_their_draws(tmp_path):
+    """The noise rows of results/defenses are scored over 10 draws: their entries say so, with
+    the mean clean accuracy read from the clean cell's details; deterministic rows say nothing."""
+    board = lb.write_leaderboard(ROOT / "results/defenses", out=tmp_path / "def")
+    e = by_defense(board)
+    records = pd.read_csv(ROOT / "results/defenses/records.csv")
+    clean = records[(records["defense"] == "noise") & (records["attack"] == "clean")]
+    mean = json.loads(clean["details"].iloc[0])["draw_acc_mean"]
+    for row in ("noise", "noise (adaptive)"):
+        assert e[row]["robustax"]["draws"] == 10
+        assert e[row]["robustax"]["clean_acc_mean_over_draws"] == round(100 * mean, 2)
+        assert "scored over 10 draws" in e[row]["footnote"]
+        assert e[row]["robustax"]["evaluation_text"] == "AutoAttack (rand)"
+    assert e["standard"]["robustax"]["draws"] is None
+    assert "draws" not in e["standard"]["footnote"]

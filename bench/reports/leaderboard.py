@@ -243,6 +243,19 @@ def evaluation_text(p: Pick) -> str:
     return f"worst case over {', '.join(attacks)}"
 
 
+def _draws(p: Pick) -> tuple[int, float | None] | None:
+    """(draws, mean clean accuracy over them in %) of a random row scored over several
+    draws (records' ``details``: ``draws``, ``draw_acc_mean``), else None."""
+    details = p.result.get("details")
+    d = json.loads(details) if isinstance(details, str) and details else {}
+    if int(d.get("draws") or 1) <= 1:
+        return None
+    clean = p.clean.get("details") if p.clean is not None else None
+    c = json.loads(clean) if isinstance(clean, str) and clean else {}
+    mean = c.get("draw_acc_mean")
+    return int(d["draws"]), None if mean is None else round(100 * float(mean), 2)
+
+
 def entry(p: Pick, norm: str, eps: float, head: dict | None, paired: str | None,
           written_by: str, manifest: str = "ok") -> dict:
     """The RobustBench model-info object of a pick, with robustax's provenance under
@@ -257,6 +270,11 @@ def entry(p: Pick, norm: str, eps: float, head: dict | None, paired: str | None,
     note = (f"robustax: {evaluation_text(p)} at {NORM_TEXT.get(norm, norm)} ε = {eps:g} on {n:,} "
             f"{p.data} test images (95% interval {lo:.1f}–{hi:.1f}%); row {p.model} / "
             f"{p.defense}.")
+    draws = _draws(p)
+    if draws:
+        mean = "" if draws[1] is None else f"; mean clean accuracy over the draws {draws[1]:.2f}%"
+        note += (f" A random model, scored over {draws[0]} draws: an example counts only if it "
+                 f"is classified correctly in every draw{mean}.")
     if paired:
         note += (f" An inference wrapper evaluated naively and adaptively (BPDA, EOT): rows "
                  f"{p.defense} and {paired} are one model; cite the lower of the two.")
@@ -291,6 +309,8 @@ def entry(p: Pick, norm: str, eps: float, head: dict | None, paired: str | None,
         "ledger_length": None if head is None else head["length"],
         "ledger_key_id": None if head is None else head["key_id"],
         "paired_row": paired,
+        "draws": draws[0] if draws else None,
+        "clean_acc_mean_over_draws": draws[1] if draws else None,
         "manifest": manifest,
         "unfilled": list(UNFILLED),
         "written_by": written_by,
