@@ -293,9 +293,12 @@ def test_corruption_grows_with_severity(kind, batch):
     big = jnp.clip(big, 0, 1)  # to 16×16 or 8×8 would give back 4×-repeated pixels exactly
     run = jax.jit(lambda x, s: corr.corrupt(x, kind, s, key))
     d = [float(jnp.abs(run(big, jnp.float32(s)) - big).mean()) for s in corr.SEVERITIES]
-    if kind not in ("glass_blur", "snow"):  # their tables are not monotone: glass_blur's
-        # severity 2 runs 1 sweep of swaps to severity 1's 2; snow's severity 3 zooms its
-        # layer 4× against severity 2's 2× (the distances: 0.066, 0.062, … and 0.24, 0.24, …)
+    if kind not in ("glass_blur", "snow", "frost"):  # their tables are not monotone:
+        # glass_blur's severity 2 runs 1 sweep of swaps to severity 1's 2; snow's severity 3
+        # zooms its layer 4× against severity 2's 2× (the distances: 0.066, 0.062, … and
+        # 0.24, 0.24, …); frost's severity 4 keeps less of the image (0.65·x) than 3 (0.7·x)
+        # under the same frost weight 0.7, which can bring x + 0.7·frost, clipped at 1,
+        # nearer to x (0.255, 0.336, 0.376, 0.368, 0.389)
         assert all(b >= a - 1e-4 for a, b in zip(d, d[1:])), (kind, d)
     assert d[-1] > d[0], (kind, d)
 
@@ -375,7 +378,8 @@ def test_vendored_frost_equals_opencv():
     """``attacks/data/frost`` holds exactly what the reference's ``cv2.imread`` + 1.1×
     ``cv2.resize(INTER_CUBIC)`` give (run where OpenCV and imagecorruptions are installed)."""
     cv2 = pytest.importorskip("cv2")
-    if not hasattr(cv2, "INTER_CUBIC") or importlib.util.find_spec("imagecorruptions") is None:
+    if getattr(cv2, "__file__", None) is None or importlib.util.find_spec(
+            "imagecorruptions") is None:  # no file: the reference fixture's stand-in
         pytest.skip("needs the real OpenCV and imagecorruptions")
     src = Path(importlib.util.find_spec("imagecorruptions").origin).parent / "frost"
     for i, name in enumerate(["frost1.png", "frost2.png", "frost3.png", "frost4.jpg",
