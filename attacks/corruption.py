@@ -489,9 +489,10 @@ def _frost_layer(shape: tuple[int, ...], key: jax.Array) -> jax.Array:
     0.1140) of the crop as it is, i.e. weighing B, G, R (a quirk kept)."""
     H, W, C = shape
     if H > FROST_MAX_SIZE[0] or W > FROST_MAX_SIZE[1] or C > 3:
-        raise ValueError(f"frost takes images of at most "
-                         f"{FROST_MAX_SIZE[0]}×{FROST_MAX_SIZE[1]} px with 1 to 3 channels, not {H}×{W}×{C} (the reference resizes its "
-                         f"photographs differently for larger images); resize the images first")
+        raise ValueError(f"frost takes images of at most {FROST_MAX_SIZE[0]}×"
+                         f"{FROST_MAX_SIZE[1]} px with 1 to 3 channels, not {H}×{W}×{C} (the "
+                         f"reference resizes its photographs differently for larger images); "
+                         f"resize the images first")
     photos = _frost_photos()
     idx = jax.random.randint(jax.random.fold_in(key, 0), (), 0, len(photos))
     rows = jnp.asarray([p.shape[0] for p in photos], jnp.int32)[idx]
