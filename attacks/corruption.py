@@ -20,9 +20,11 @@ draw of the reference's own sequence (``_uniform``/``_normal``), which lets the 
 reference the very same numbers. Every function is pure and jit/vmap friendly; the severity
 may be traced (``lax.switch`` over the five static parameter sets).
 
-Of the 15 standard corruptions, ``glass_blur``, ``snow`` and ``frost`` are not ported
-(:data:`NOT_PORTED` says why); ``jpeg_compression`` runs Pillow's JPEG codec, the codec the
-reference uses, on the host through ``jax.pure_callback``.
+All 15 standard corruptions are ported (:data:`NOT_PORTED`, the corruptions a sweep would
+skip and why, is empty). ``jpeg_compression`` runs Pillow's JPEG codec, the codec the
+reference uses, on the host through ``jax.pure_callback``. ``frost`` blends crops of the
+reference's frost photographs, vendored in ``attacks/data/frost/`` as the reference resizes
+them for images of at most 315 × 527 px (:data:`FROST_MAX_SIZE`; larger images are refused).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import dataclasses
 import functools
 import io
 import math
+from pathlib import Path
 from typing import ClassVar
 
 import jax
@@ -44,11 +47,9 @@ KINDS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass
          "elastic_transform", "pixelate", "jpeg_compression")
 """The 15 standard corruptions of ImageNet-C / CIFAR-10-C, in the reference's order."""
 
-NOT_PORTED = {
-    "frost": "not ported: it blends crops of six frost photographs that the reference "
-             "package ships and robustax does not",
-}
-"""Standard corruptions robustax cannot apply, and why; a sweep skips them with this note."""
+NOT_PORTED: dict[str, str] = {}
+"""Standard corruptions robustax cannot apply, and why (none since frost was ported); a sweep
+skips them and names them with this note in every cell of the entry (``details.skipped``)."""
 
 SEVERITIES = (1, 2, 3, 4, 5)
 SEVERITY_NORM = "severity"
@@ -462,6 +463,57 @@ def glass_blur(x, s, key):
     return jnp.clip(blur(img / 255.0), 0, 1)
 
 
+_FROST_DIR = Path(__file__).parent / "data" / "frost"
+_FROST_SOURCE_SHAPES = ((600, 900), (315, 560), (315, 560), (350, 527), (495, 660))
+"""The reference's five photographs as ``cv2.imread`` reads them (rows, columns)."""
+FROST_MAX_SIZE = (min(h for h, _ in _FROST_SOURCE_SHAPES),
+                  min(w for _, w in _FROST_SOURCE_SHAPES))
+"""The largest image (rows, columns) ``frost`` takes: 315 × 527 px. The reference resizes
+every photograph that holds the image by 1.1, which the vendored arrays are; a larger image
+makes it resize by another factor."""
+
+
+@functools.cache
+def _frost_photos() -> tuple[np.ndarray, ...]:
+    """The five photographs exactly as the reference's ``frost`` crops them (``cv2.imread``,
+    BGR, resized by 1.1 with ``INTER_CUBIC``; ``data/frost/make_frost.py`` made them)."""
+    from PIL import Image
+
+    return tuple(np.asarray(Image.open(_FROST_DIR / f"frost{i}.png")) for i in range(1, 6))
+
+
+def _frost_layer(shape: tuple[int, ...], key: jax.Array) -> jax.Array:
+    """The reference's frost crop in [0, 1]: photograph ``randint(5)``, a crop at
+    (``randint(0, rows − H)``, ``randint(0, cols − W)``) (draws 0, 1, 2), its BGR channels
+    turned to RGB; for fewer than 3 channels the reference's ``rgb2gray`` (0.2989, 0.5870,
+    0.1140) of the crop as it is, i.e. weighing B, G, R (a quirk kept)."""
+    H, W, C = shape
+    if H > FROST_MAX_SIZE[0] or W > FROST_MAX_SIZE[1] or C > 3:
+        raise ValueError(f"frost takes images of at most {FROST_MAX_SIZE[0]}×"
+                         f"{FROST_MAX_SIZE[1]} px with 1 to 3 channels, not {H}×{W}×{C} (the "
+                         f"reference resizes its photographs differently for larger images); "
+                         f"resize the images first")
+    photos = _frost_photos()
+    idx = jax.random.randint(jax.random.fold_in(key, 0), (), 0, len(photos))
+    rows = jnp.asarray([p.shape[0] for p in photos], jnp.int32)[idx]
+    cols = jnp.asarray([p.shape[1] for p in photos], jnp.int32)[idx]
+    top = jax.random.randint(jax.random.fold_in(key, 1), (), 0, rows - H)
+    left = jax.random.randint(jax.random.fold_in(key, 2), (), 0, cols - W)
+    crops = jnp.stack([jax.lax.dynamic_slice(jnp.asarray(p), (top, left, 0), (H, W, 3))
+                       for p in photos])  # each start is in range for the photograph drawn
+    crop = crops[idx].astype(jnp.float32) / 255.0
+    if C < 3:
+        return (0.2989 * crop[..., :1] + 0.5870 * crop[..., 1:2] + 0.1140 * crop[..., 2:3])
+    return crop[..., ::-1]
+
+
+def frost(x, s, key):
+    """A crop of one of five frost photographs blended in: c₀·x + c₁·frost (images of at most
+    :data:`FROST_MAX_SIZE`)."""
+    c0, c1 = [(1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75)][s - 1]
+    return jnp.clip(c0 * x + c1 * _frost_layer(x.shape, key), 0, 1)
+
+
 _JPEG_QUALITY = (25, 18, 15, 10, 7)
 
 
@@ -501,7 +553,7 @@ _FUNCTIONS = {
     "defocus_blur": defocus_blur, "motion_blur": motion_blur, "zoom_blur": zoom_blur,
     "fog": fog, "brightness": brightness, "contrast": contrast,
     "elastic_transform": elastic_transform, "pixelate": pixelate, "snow": snow,
-    "glass_blur": glass_blur,
+    "glass_blur": glass_blur, "frost": frost,
 }
 
 

@@ -32,6 +32,7 @@ import itertools
 import json
 import sys
 import types
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +60,8 @@ def _stand_ins() -> dict[str, types.ModuleType]:
 
     mods: dict[str, types.ModuleType] = {}
     pr = types.ModuleType("pkg_resources")
-    pr.resource_filename = lambda package, path: path
+    pr.resource_filename = lambda package, path: str(
+        Path(importlib.util.find_spec(package).origin).parent / path)
     mods["pkg_resources"] = pr
     if importlib.util.find_spec("cv2") is None:
         cv2 = types.ModuleType("cv2")
@@ -81,7 +83,16 @@ def _stand_ins() -> dict[str, types.ModuleType]:
             return (0.299 * img[..., 0] + 0.587 * img[..., 1] + 0.114 * img[..., 2]).astype(
                 img.dtype)
 
-        cv2.COLOR_RGB2GRAY = 7
+        def imread(filename):  # frost: the vendored photograph, already resized by 1.1
+            vendored = Path(corr.__file__).parent / "data" / "frost" / f"{Path(filename).stem}.png"
+            return np.asarray(Image.open(vendored))
+
+        def resize(img, dsize, interpolation):  # frost's resize by 1.1: done by imread
+            assert interpolation == cv2.INTER_CUBIC
+            return img
+
+        cv2.COLOR_RGB2GRAY, cv2.INTER_CUBIC = 7, 2
+        cv2.imread, cv2.resize = imread, resize
         cv2.cvtColor = cvt_color
         cv2.GaussianBlur = gaussian_blur
         cv2.filter2D = lambda img, ddepth, kernel: ndi.correlate(
@@ -149,6 +160,7 @@ def draws_of(key: jax.Array):
         return np.asarray(jax.random.poisson(jax.random.fold_in(key, next(count)), lam32))
 
     def randint(low, high=None, size=None):
+        low, high = (0, low) if high is None else (low, high)
         return np.asarray(jax.random.randint(jax.random.fold_in(key, next(count)),
                                              () if size is None else size, low, high))
 
@@ -181,7 +193,7 @@ IMAGES = _test_images()
 DETERMINISTIC = ["defocus_blur", "zoom_blur", "brightness", "contrast", "pixelate",
                  "jpeg_compression"]
 RANDOM = ["gaussian_noise", "shot_noise", "motion_blur", "fog", "elastic_transform", "snow",
-          "glass_blur"]
+          "glass_blur", "frost"]
 
 
 def _reference_output(reference, kind, img, s) -> np.ndarray:
@@ -215,6 +227,11 @@ def test_port_agrees_with_the_reference(reference, kind):
             if i == 2 and kind in DETERMINISTIC:
                 gray = np.asarray(run(x[..., :1], jnp.float32(s), key))
                 assert np.abs(gray[..., 0] - ref[..., 0]).max() <= tol, (kind, s)
+            if i == 2 and kind == "frost":  # a one-channel image: the reference's rgb2gray
+                gray = np.asarray(run(x[..., :1], jnp.float32(s), key))  # branch (mode L)
+                with draws_of(key):
+                    ref = _reference_output(reference, kind, img[..., 0], s)
+                assert np.abs(gray[..., 0] - ref).max() <= tol, (kind, s)
 
 
 def test_impulse_noise_flips_the_reference_share():
@@ -277,15 +294,18 @@ def test_corruption_grows_with_severity(kind, batch):
     big = jnp.clip(big, 0, 1)  # to 16×16 or 8×8 would give back 4×-repeated pixels exactly
     run = jax.jit(lambda x, s: corr.corrupt(x, kind, s, key))
     d = [float(jnp.abs(run(big, jnp.float32(s)) - big).mean()) for s in corr.SEVERITIES]
-    if kind not in ("glass_blur", "snow"):  # their tables are not monotone: glass_blur's
-        # severity 2 runs 1 sweep of swaps to severity 1's 2; snow's severity 3 zooms its
-        # layer 4× against severity 2's 2× (the distances: 0.066, 0.062, … and 0.24, 0.24, …)
+    if kind not in ("glass_blur", "snow", "frost"):  # their tables are not monotone:
+        # glass_blur's severity 2 runs 1 sweep of swaps to severity 1's 2; snow's severity 3
+        # zooms its layer 4× against severity 2's 2× (the distances: 0.066, 0.062, … and
+        # 0.24, 0.24, …); frost's severity 4 keeps less of the image (0.65·x) than 3 (0.7·x)
+        # under the same frost weight 0.7, which can bring x + 0.7·frost, clipped at 1,
+        # nearer to x (0.255, 0.336, 0.376, 0.368, 0.389)
         assert all(b >= a - 1e-4 for a, b in zip(d, d[1:])), (kind, d)
     assert d[-1] > d[0], (kind, d)
 
 
 @pytest.mark.parametrize("kind", ["gaussian_noise", "shot_noise", "impulse_noise",
-                                  "motion_blur", "fog", "elastic_transform"])
+                                  "motion_blur", "fog", "elastic_transform", "frost"])
 def test_random_corruptions_are_functions_of_their_key(kind, batch):
     a = corr.corrupt(batch, kind, jnp.float32(3), jax.random.key(1))
     b = corr.corrupt(batch, kind, jnp.float32(3), jax.random.key(1))
@@ -306,12 +326,70 @@ def test_contrast_and_brightness_by_hand():
     np.testing.assert_allclose(np.asarray(out), [[[0.6, 0.3, 0.0]]], atol=1e-6)
 
 
-def test_unported_kinds_say_why():
-    for kind in corr.NOT_PORTED:
-        with pytest.raises(ValueError, match=kind):
-            corr.corrupt_image(jnp.zeros((8, 8, 1)), kind, 1, jax.random.key(0))
-        with pytest.raises(ValueError, match="kind"):
-            attacks.Corruption(kind=kind)
+REASON = "not ported: a test's stand-in reason"
+
+
+@pytest.fixture
+def fog_not_ported(monkeypatch):
+    """``NOT_PORTED`` (empty since frost was ported) naming fog, to test the mechanism."""
+    monkeypatch.setattr(corr, "NOT_PORTED", {"fog": REASON})
+
+
+def test_all_fifteen_are_ported():
+    assert corr.NOT_PORTED == {} and PORTED == list(corr.KINDS) and len(PORTED) == 15
+
+
+def test_unported_kinds_say_why(fog_not_ported):
+    with pytest.raises(ValueError, match="'fog' is not available .not ported: a test's"):
+        corr.corrupt_image(jnp.zeros((8, 8, 1)), "fog", 1, jax.random.key(0))
+    with pytest.raises(ValueError, match="kind"):
+        attacks.Corruption(kind="fog")
+
+
+def test_frost_by_hand():
+    """Draw 0 picks the photograph, draws 1 and 2 the crop's corner (as the reference's
+    three ``randint``); severity 2 is 0.8·x + 0.6·crop, the crop's BGR turned to RGB, or for
+    one channel 0.2989·B + 0.5870·G + 0.1140·R (the reference's quirk)."""
+    x = jnp.asarray(np.random.default_rng(1).uniform(0, 1, (20, 12, 3)), jnp.float32)
+    key = jax.random.key(4)
+    draw = [int(jax.random.randint(jax.random.fold_in(key, 0), (), 0, 5))]
+    photo = corr._frost_photos()[draw[0]]
+    draw += [int(jax.random.randint(jax.random.fold_in(key, 1), (), 0, photo.shape[0] - 20)),
+             int(jax.random.randint(jax.random.fold_in(key, 2), (), 0, photo.shape[1] - 12))]
+    crop = photo[draw[1]:draw[1] + 20, draw[2]:draw[2] + 12].astype(np.float64) / 255
+    out = corr.corrupt_image(x, "frost", jnp.float32(2), key)
+    want = np.clip(0.8 * np.asarray(x, np.float64) + 0.6 * crop[..., ::-1], 0, 1)
+    np.testing.assert_allclose(np.asarray(out), want, atol=1e-6)
+    out = corr.corrupt_image(x[..., :1], "frost", jnp.float32(2), key)
+    gray = crop @ np.array([0.2989, 0.5870, 0.1140])
+    want = np.clip(0.8 * np.asarray(x[..., 0], np.float64) + 0.6 * gray, 0, 1)
+    np.testing.assert_allclose(np.asarray(out)[..., 0], want, atol=1e-6)
+
+
+def test_frost_refuses_images_larger_than_its_photographs():
+    assert corr.FROST_MAX_SIZE == (315, 527)
+    corr.corrupt_image(jnp.zeros((315, 527, 1)), "frost", 1, jax.random.key(0))
+    for shape in ((316, 8, 3), (8, 528, 3), (8, 8, 4)):
+        with pytest.raises(ValueError, match="frost takes images of at most 315×527 px") as e:
+            corr.corrupt_image(jnp.zeros(shape), "frost", 1, jax.random.key(0))
+        assert "\n" not in str(e.value)
+
+
+def test_vendored_frost_equals_opencv():
+    """``attacks/data/frost`` holds exactly what the reference's ``cv2.imread`` + 1.1×
+    ``cv2.resize(INTER_CUBIC)`` give (run where OpenCV and imagecorruptions are installed)."""
+    cv2 = pytest.importorskip("cv2")
+    if getattr(cv2, "__file__", None) is None or importlib.util.find_spec(
+            "imagecorruptions") is None:  # no file: the reference fixture's stand-in
+        pytest.skip("needs the real OpenCV and imagecorruptions")
+    src = Path(importlib.util.find_spec("imagecorruptions").origin).parent / "frost"
+    for i, name in enumerate(["frost1.png", "frost2.png", "frost3.png", "frost4.jpg",
+                              "frost5.jpg"]):
+        f = cv2.imread(str(src / name))
+        assert f.shape[:2] == corr._FROST_SOURCE_SHAPES[i]
+        want = cv2.resize(f, (int(np.ceil(f.shape[1] * 1.1)), int(np.ceil(f.shape[0] * 1.1))),
+                          interpolation=cv2.INTER_CUBIC)
+        np.testing.assert_array_equal(corr._frost_photos()[i], want)
 
 
 # ------------------------------------------------------------------ config
@@ -323,16 +401,20 @@ def _raw(attack: dict, **top) -> dict:
             "defenses": [{"name": "standard", "epochs": 1}], "attacks": [attack], **top}
 
 
-def test_config_expands_one_attack_per_kind_and_names_the_skipped():
+def test_config_expands_one_attack_per_kind_and_names_the_skipped(monkeypatch):
     cfg = parse_config(_raw({"name": "corruption", "norm": "severity", "eps": [0, 1, 5]}))
     labels = [a.label for a in cfg.attacks]
-    assert labels == [f"corruption-{k}" for k in PORTED]
+    assert labels == [f"corruption-{k}" for k in corr.KINDS] and "corruption-frost" in labels
     assert all(a.norm == "severity" and a.eps == (0.0, 1.0, 5.0) for a in cfg.attacks)
-    assert dict(cfg.attacks[0].skipped) == corr.NOT_PORTED
+    assert all(a.skipped == () for a in cfg.attacks)
+    monkeypatch.setattr(corr, "NOT_PORTED", {"frost": REASON})
     cfg = parse_config(_raw({"name": "corruption", "label": "c", "kinds": ["fog", "frost"],
                              "eps": [3]}))
     assert [a.label for a in cfg.attacks] == ["c-fog"] and cfg.attacks[0].attack.kind == "fog"
-    assert dict(cfg.attacks[0].skipped) == {"frost": corr.NOT_PORTED["frost"]}
+    assert dict(cfg.attacks[0].skipped) == {"frost": REASON}
+    with pytest.raises(ConfigError, match="none of kinds") as e:
+        parse_config(_raw({"name": "corruption", "kinds": ["frost"], "eps": [1]}))
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("attack, match", [
@@ -347,7 +429,6 @@ def test_config_expands_one_attack_per_kind_and_names_the_skipped():
     ({"name": "corruption", "kind": "fog", "eps": [1]}, "write kinds = \\[\"fog\"\\]"),
     ({"name": "corruption", "kinds": [], "eps": [1]}, "kinds = \\[\\] names no corruption"),
     ({"name": "corruption", "kinds": ["fog", "fog"], "eps": [1]}, "repeats"),
-    ({"name": "corruption", "kinds": ["frost"], "eps": [1]}, "none of kinds"),
 ])
 def test_config_errors_are_one_line(attack, match):
     with pytest.raises(ConfigError, match=match) as e:
@@ -394,7 +475,9 @@ def swept(tmp_path_factory):
     raw = _raw({"name": "corruption", "kinds": ["contrast", "gaussian_noise", "frost"],
                 "eps": [0, 1, 3]})
     raw["attacks"].append({"name": "pgd", "steps": 2, "eps": [0.0, 0.1]})
-    run_sweep(parse_config(raw), out, progress=False)
+    with pytest.MonkeyPatch.context() as mp:  # the skip mechanism, as if frost were unported
+        mp.setattr(corr, "NOT_PORTED", {"frost": REASON})
+        run_sweep(parse_config(raw), out, progress=False)
     write_report(out)
     return out, pd.read_csv(out / "records.csv")
 
@@ -409,7 +492,7 @@ def test_sweep_records_skips_and_reports(swept):
     assert sorted(c["attack"].unique()) == ["corruption-contrast", "corruption-gaussian_noise"]
     assert sorted(c["eps"].unique()) == [0.0, 1.0, 3.0]
     for d in c["details"]:
-        assert json.loads(d)["skipped"] == {"frost": corr.NOT_PORTED["frost"]}
+        assert json.loads(d)["skipped"] == {"frost": REASON}
     clean = rec[rec["attack"] == "clean"]["robust_acc"].iloc[0]
     assert np.allclose(c[c["eps"] == 0]["robust_acc"], clean)
 
@@ -461,7 +544,24 @@ def test_tfds_cifar10_c_loads_under_mock():
             parse_config({**_raw({"name": "pgd", "eps": [0.1]}), "data": {"name": bad}})
 
 
-def test_python_api_takes_corruptions_as_a_sweep_does():
+def test_a_skipped_kind_with_records_is_not_reported_skipped():
+    """Cells computed while frost was unported keep ``details.skipped`` (their ids and masks
+    do not change); once frost cells exist beside them the report does not call it skipped."""
+    from bench.reports import corruptions as rc
+
+    def row(kind, details):
+        return {"norm": "severity", "attack": f"corruption-{kind}",
+                "attack_options": json.dumps({"kind": kind, "norm": "severity"}),
+                "details": json.dumps(details)}
+
+    old = row("fog", {"skipped": {"frost": REASON, "snow": REASON}})
+    import pandas as pd
+
+    assert rc.skipped(pd.DataFrame([old])) == {"frost": REASON, "snow": REASON}
+    assert rc.skipped(pd.DataFrame([old, row("frost", {})])) == {"snow": REASON}
+
+
+def test_python_api_takes_corruptions_as_a_sweep_does(monkeypatch):
     """``bench.evaluate``: a corruption dict expands per kind with the skipped one named; an
     instance is labelled by its kind; a severity that is not an integer is refused."""
     import bench
@@ -474,12 +574,12 @@ def test_python_api_takes_corruptions_as_a_sweep_does():
     def f(w, x):
         return x.reshape(len(x), -1) @ w
 
+    monkeypatch.setattr(corr, "NOT_PORTED", {"frost": REASON})
     r = bench.evaluate(f, w, (x, y), [{"name": "corruption", "kinds": ["fog", "frost"],
                                        "eps": [0, 2]}])
     c = r[r["norm"] == "severity"]
     assert list(c["attack"]) == ["corruption-fog"] * 2
-    assert all(json.loads(v)["skipped"] == {"frost": corr.NOT_PORTED["frost"]}
-               for v in c["details"])
+    assert all(json.loads(v)["skipped"] == {"frost": REASON} for v in c["details"])
     assert c["robust_acc"].iloc[0] == r[r["attack"] == "clean"]["robust_acc"].iloc[0]
     r = bench.evaluate(f, w, (x, y), [attacks.Corruption(kind="contrast")], eps=[1])
     assert list(r["attack"]) == ["clean", "corruption-contrast"]

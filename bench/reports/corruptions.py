@@ -106,7 +106,9 @@ def csv(records: pd.DataFrame, order: Order) -> str:
 
 
 def skipped(records: pd.DataFrame) -> dict[str, str]:
-    """Corruptions a sweep skipped, with the reason (the cells' ``details.skipped``)."""
+    """Corruptions a sweep skipped, with the reason (the cells' ``details.skipped``), less
+    those the records hold cells of: a cell computed before a corruption was ported keeps
+    the note, and a resumed run adds the new corruption's cells beside it."""
     out: dict[str, str] = {}
     c = records[records["norm"] == CORRUPTION]
     for d in c.get("details", pd.Series(dtype=str)):
@@ -114,7 +116,8 @@ def skipped(records: pd.DataFrame) -> dict[str, str]:
             out.update(json.loads(d).get("skipped", {}) if d else {})
         except (json.JSONDecodeError, TypeError, AttributeError):
             continue
-    return out
+    ran = {_kind(o, a) for o, a in zip(c.get("attack_options", c["attack"]), c["attack"])}
+    return {k: why for k, why in out.items() if k not in ran}
 
 
 def _fmt(t: pd.DataFrame) -> pd.DataFrame:
