@@ -476,7 +476,7 @@ makes it resize by another factor."""
 @functools.cache
 def _frost_photos() -> tuple[np.ndarray, ...]:
     """The five photographs exactly as the reference's ``frost`` crops them (``cv2.imread``,
-    BGR, resized by 1.1 with ``INTER_CUBIC``; ``data/frost/make_frost.py`` made them)."""
+    BGR, resized by 1.1 with ``INTER_CUBIC``; ``tests/make_frost.py`` made them)."""
     from PIL import Image
 
     return tuple(np.asarray(Image.open(_FROST_DIR / f"frost{i}.png")) for i in range(1, 6))

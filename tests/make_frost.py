@@ -1,4 +1,4 @@
-"""Regenerates frost1.png … frost5.png here: the frost photographs of ``imagecorruptions``
+"""Regenerates attacks/data/frost/frost1.png … frost5.png: the frost photographs of ``imagecorruptions``
 1.1.2 exactly as its ``frost`` sees them for any image no larger than 315 × 527 px.
 
 The reference reads photograph ``idx`` with ``cv2.imread`` (BGR, uint8) and, when the image
@@ -8,7 +8,7 @@ lossless RGB-mode PNG (Pillow), so ``attacks/corruption.py`` needs neither OpenC
 reference package. Not imported by robustax. Run it once, offline, with OpenCV and the
 reference installed (measured with opencv-python-headless 5.1.0.95):
 
-    python attacks/data/frost/make_frost.py [path/to/imagecorruptions/frost]
+    python tests/make_frost.py [path/to/imagecorruptions/frost]
 """
 
 import sys
@@ -37,7 +37,7 @@ def main() -> None:
         import imagecorruptions
 
         src = Path(imagecorruptions.__file__).parent / "frost"
-    here = Path(__file__).parent
+    here = Path(__file__).resolve().parents[1] / "attacks" / "data" / "frost"
     for i, name in enumerate(NAMES, 1):
         arr = rescaled(src / name)
         out = here / f"frost{i}.png"
