@@ -50,6 +50,19 @@ class Recording(Protocol):
 
 
 @runtime_checkable
+class Scored(Protocol):
+    """A :class:`Recording` attack that also returns the model's logits at the point it
+    returns, as it computed them while searching: ``run_scored(logits_fn, params, x, y, eps,
+    key) -> (x_adv, info, logits)`` with ``logits = logits_fn(params, x_adv)`` ([B, K]; NaN
+    where the attack never evaluated its point). An evaluator that scores on the function the
+    attack ran on needs no second forward pass over the adversarial points."""
+
+    def run_scored(self, logits_fn: LogitsFn, params: Any, x: jax.Array, y: jax.Array,
+                   eps: jax.Array, key: jax.Array, target: jax.Array | None = None
+                   ) -> tuple: ...
+
+
+@runtime_checkable
 class Cascade(Protocol):
     """An attack made of stages (AutoAttack): ``stages() -> [(name, attack), ...]``, which an
     evaluator may run one after the other on the points still robust, with the same result."""
@@ -127,12 +140,17 @@ def score(success: jax.Array, obj: jax.Array) -> jax.Array:
 
 
 def keep_better(best: tuple, cand: tuple) -> tuple:
-    """Per example, keeps ``(x, score)`` of the better of ``best`` and ``cand``."""
-    x_best, s_best = best
-    x_cand, s_cand = cand
+    """Per example, keeps ``(x, score, *rest)`` of the better of ``best`` and ``cand`` (by
+    score; ``rest``: arrays that go with the point, such as its logits)."""
+    x_best, s_best, *rest_best = best
+    x_cand, s_cand, *rest_cand = cand
     better = s_cand > s_best
-    mask = better.reshape((-1,) + (1,) * (x_best.ndim - 1))
-    return jnp.where(mask, x_cand, x_best), jnp.where(better, s_cand, s_best)
+
+    def pick(c, b):
+        return jnp.where(better.reshape((-1,) + (1,) * (b.ndim - 1)), c, b)
+
+    return (pick(x_cand, x_best), jnp.where(better, s_cand, s_best),
+            *(pick(c, b) for c, b in zip(rest_cand, rest_best, strict=True)))
 
 
 def best_over_restarts(xs: jax.Array, scores: jax.Array) -> jax.Array:

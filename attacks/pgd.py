@@ -4,7 +4,8 @@ The loop is a ``lax.fori_loop`` of steepest-ascent steps (an optax rule) and pro
 Every iterate's logits come for free with its gradient, so the kernel keeps, per example,
 the first iterate that fools the model (else the highest-objective one); restarts are a
 ``vmap`` axis and the best restart per example wins. Cost: steps × restarts forward +
-input-gradient passes and one extra forward.
+input-gradient passes and one extra forward. The kept point's logits are returned with it
+(:meth:`PGD.run_scored`), so the sweep engine scores it without another forward pass.
 """
 
 from __future__ import annotations
@@ -84,47 +85,67 @@ class PGD:
         grad_fn = jax.grad(obj_and_logits, has_aux=True)
         x0 = threat.random_init(key, x, eps, self.norm) if self.random_start else x
         never = jnp.full(x.shape[:1], -1, jnp.int32)
-        init = (x0, rule.init(x0), x0, jnp.full(x.shape[:1], -jnp.inf, x.dtype), never)
+        # The kept point's logits travel with it (NaN until a point is kept: a model whose
+        # every logit is NaN leaves them NaN, and the engine's finiteness check reports it).
+        k = jax.eval_shape(lambda z: logits_fn(params, z), x0).shape[-1]
+        no_logits = jnp.full(x.shape[:1] + (k,), jnp.nan, jnp.float32)
+        init = (x0, rule.init(x0), x0, jnp.full(x.shape[:1], -jnp.inf, x.dtype), no_logits,
+                never)
 
         def body(i, carry):
-            z, opt_state, x_best, s_best, first = carry
+            z, opt_state, x_best, s_best, l_best, first = carry
             g, (obj, logits) = grad_fn(z)
             success = losses.is_adversarial(logits, labels, self.targeted)
             # The record is the mask's event, misclassified (targeted: at any class but y).
             first = jnp.where((first < 0) & (jnp.argmax(logits, -1) != y), i, first)
-            x_best, s_best = base.keep_better((x_best, s_best), (z, base.score(success, obj)))
+            x_best, s_best, l_best = base.keep_better(
+                (x_best, s_best, l_best),
+                (z, base.score(success, obj), logits.astype(jnp.float32)))
             update, opt_state = rule.update(g, opt_state)
-            return threat.project(z + update, x, eps, self.norm), opt_state, x_best, s_best, first
+            z = threat.project(z + update, x, eps, self.norm)
+            return z, opt_state, x_best, s_best, l_best, first
 
         cpu = jax.default_backend() == "cpu"
         unroll = self.unroll or (self.steps if cpu and self.steps <= 50 else 1)
-        z, _, x_best, s_best, first = jax.lax.fori_loop(0, self.steps, body, init, unroll=unroll)
+        z, _, x_best, s_best, l_best, first = jax.lax.fori_loop(0, self.steps, body, init,
+                                                                 unroll=unroll)
         logits = logits_fn(params, z)
         success = losses.is_adversarial(logits, labels, self.targeted)
         first = jnp.where((first < 0) & (jnp.argmax(logits, -1) != y), self.steps, first)
         last = base.score(success, losses.objective(logits, labels, self.loss, self.targeted))
-        return (*base.keep_better((x_best, s_best), (z, last)), first)
+        return (*base.keep_better((x_best, s_best, l_best),
+                                  (z, last, logits.astype(jnp.float32))), first)
 
     @base.compiled
-    def run(self, logits_fn, params, x, y, eps, key, target=None):
-        """``(x_adv, {"first_fooled_step": int32 [B]})``: per example, the first iterate that
-        the model misclassified (the mask's event, targeted or not; 0: the start, ``k``: after ``k`` steps, the earliest over restarts;
-        -1: none did), so one run gives robust accuracy after every number of steps of this
-        schedule (the step size stays that of ``steps``)."""
+    def run_scored(self, logits_fn, params, x, y, eps, key, target=None):
+        """``(x_adv, {"first_fooled_step": int32 [B]}, logits)``: per example, the first
+        iterate that the model misclassified (the mask's event, targeted or not; 0: the
+        start, ``k``: after ``k`` steps, the earliest over restarts; -1: none did), so one
+        run gives robust accuracy after every number of steps of this schedule (the step size
+        stays that of ``steps``); ``logits``: the model's logits at ``x_adv``, computed with
+        its gradient (no extra pass)."""
         logits_fn = fastpath.fast(logits_fn)
         k_target, k_runs = jax.random.split(key)
         labels = losses.attack_labels(self, logits_fn, params, x, y, k_target, target)
         keys = jax.random.split(k_runs, self.restarts)
         if self.restarts == 1:
-            x_adv, _, first = self._one_run(logits_fn, params, x, labels, eps, keys[0], y)
+            x_adv, _, logits, first = self._one_run(logits_fn, params, x, labels, eps, keys[0],
+                                                    y)
         else:
-            xs, scores, firsts = jax.vmap(
+            xs, scores, all_logits, firsts = jax.vmap(
                 lambda k: self._one_run(logits_fn, params, x, labels, eps, k, y))(keys)
             x_adv = base.best_over_restarts(xs, scores)
+            logits = base.best_over_restarts(all_logits, scores)
             big = jnp.iinfo(jnp.int32).max
             first = jnp.min(jnp.where(firsts < 0, big, firsts), axis=0)
             first = jnp.where(first == big, -1, first)
-        return jax.lax.stop_gradient(x_adv), {"first_fooled_step": first}
+        return (jax.lax.stop_gradient(x_adv), {"first_fooled_step": first},
+                jax.lax.stop_gradient(logits))
+
+    def run(self, logits_fn, params, x, y, eps, key, target=None):
+        """``(x_adv, {"first_fooled_step": int32 [B]})``: :meth:`run_scored` without the
+        logits."""
+        return self.run_scored(logits_fn, params, x, y, eps, key, target)[:2]
 
     def __call__(self, logits_fn, params, x, y, eps, key, target=None):
         return self.run(logits_fn, params, x, y, eps, key, target)[0]

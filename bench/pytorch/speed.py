@@ -179,8 +179,9 @@ def suite(batch: int = 256, steps: int = 20, repeats: int = 3, torchattacks: boo
     Per model (robustax's ``cnn`` and a plain-Flax user CNN, both 28×28×1, random weights):
     forward and forward + input gradient (the units); FGSM, PGD-k, APGD-CE-k as jitted kernels
     through the Python API (over k × (fwd + grad)), Square-k at ε = 0 (over k × fwd); PGD-k
-    on the plain module with the fast path off; PGD-k through the sweep engine at one ε and
-    at E ε values in one compiled call (over E single calls); torchattacks FGSM and PGD-k on
+    on the plain module with the fast path off; PGD-k through the sweep engine at one ε (over
+    k × (fwd + grad) and over the API kernel, with the clean mask given as a sweep gives it and
+    with its own clean pass) and at E ε values in one compiled call (over E single calls); torchattacks FGSM and PGD-k on
     a PyTorch twin (logits checked equal first). Times are minima over ``repeats`` after a
     warm-up; compile time is measured apart."""
 
@@ -251,18 +252,29 @@ def suite(batch: int = 256, steps: int = 20, repeats: int = 3, torchattacks: boo
         t, u = _paired([lambda: direct(logits_fn, params, x, y, eps, ka), unit_f], repeats)
         add(name, "python api", f"PGD-{steps}, called without jax.jit", steps, t, u, "(fwd+grad)")
 
-        def engine(eps_list):
+        # The sweep engine as a sweep runs an attack cell: the unit's clean mask (computed
+        # once for its clean cell) is given, the attack's own logits score its points.
+        clean = ev.clean_correct(logits_fn, params, xs, ys, batch)
+
+        def engine(eps_list, given=clean):
             attack = PGD(norm="linf", steps=steps)
             _, _, comp = ev.attack_correct(attack, logits_fn, params, xs, ys, eps_list, ka,
-                                           batch)  # compiles once; later calls reuse it
+                                           batch, clean=given)  # compiles; later calls reuse it
             return (lambda: ev.attack_correct(attack, logits_fn, params, xs, ys, eps_list, ka,
-                                              batch)), comp
+                                              batch, clean=given)), comp
 
         one_f, comp_one = engine([0.3])
+        own_f, _ = engine([0.3], None)
         multi_f, comp_multi = engine(list(SUITE_EPS))
         one, u = _paired([one_f, unit_f], repeats)
         add(name, "sweep engine", f"PGD-{steps}, 1 ε (wall time)", steps, one, u, "(fwd+grad)",
             comp_one)
+        kernel = f"PGD-{steps}"
+        one, own, k_api = _paired([one_f, own_f, api[kernel]], repeats)
+        add(name, "sweep engine", f"PGD-{steps}, 1 ε, over the API kernel", 1, one, k_api,
+            f"(API {kernel})")
+        add(name, "sweep engine", f"PGD-{steps}, 1 ε, own clean pass, over the API kernel", 1,
+            own, k_api, f"(API {kernel})")
         multi, one = _paired([multi_f, one_f], repeats)
         add(name, "sweep engine", f"PGD-{steps}, {len(SUITE_EPS)} ε in one call (wall time)",
             len(SUITE_EPS), multi, one, "(PGD, 1 ε)", comp_multi)
@@ -417,8 +429,10 @@ def write_suite(rows: list[dict], out: str, meta: dict) -> list:
         "", "Each ratio divides a row's time by its reference (`unit`; torchattacks for the "
         "`robustax_*_over_torch` columns) timed alternately with it in one loop, minimum of "
         "`repeats`; under changing load the `ms` of different rows are not comparable. "
-        "Sweep-engine rows are wall time of `engine.attack_correct`, which also scores every "
-        "point and runs the clean pass."] + [
+        "Sweep-engine rows are wall time of `engine.attack_correct` as a sweep calls it for an "
+        "attack cell (the unit's clean mask given; PGD's points scored from the logits it "
+        "computed), checks and transfers included; the `own clean pass` row runs the clean "
+        "pass too, as a direct API call without `clean=` does."] + [
         "", show.to_markdown(index=False, missingval=""), ""]
     atomic_write_bytes(md_path, "\n".join(lines).encode())
     return [csv_path, md_path]

@@ -204,19 +204,24 @@ def _clean_fn(logits_fn: Callable) -> Callable:
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
-def _attack_fn(attack: Any, logits_fn: Callable, attack_logits_fn: Callable | None) -> Callable:
+def _attack_fn(attack: Any, logits_fn: Callable, attack_logits_fn: Callable | None,
+               reuse_logits: bool = True) -> Callable:
     """The compiled evaluator of one attack: per ε, correctness, finiteness, inside-the-ball
     and the attack's per-example info (``{}``, ``queries``, ``distance``, ...).
 
     Minimum-norm attacks (:class:`attacks.base.MinimumNorm`) run once; every ε is scored from the one
     minimal example found (``where(dist <= ε, x_min, x)``). Other attacks run per ε (a
-    ``vmap`` axis). The score always comes from ``logits_fn``, never from the attack."""
+    ``vmap`` axis). The score always comes from ``logits_fn``: from the logits the attack
+    computed at its point (:class:`attacks.base.Scored`) when it ran on ``logits_fn`` itself
+    and the model is deterministic (``reuse_logits``), else from another forward pass."""
     norm = attack.norm
     attacked = attack_logits_fn or logits_fn
     random_attack = is_random(attacked)
     if random_attack:
         attacked = _keyed(attacked)
     attacked = fastpath.fast(attacked)  # fast input gradients for any model (attacks/fastpath.py)
+    reuse = (reuse_logits and attack_logits_fn is None and not random_attack
+             and isinstance(attack, base.Scored))
 
     def attack_params(params, key):
         """What the attack passes to ``attacked``: a random model's params carry a key."""
@@ -224,8 +229,10 @@ def _attack_fn(attack: Any, logits_fn: Callable, attack_logits_fn: Callable | No
 
     blind = isinstance(attack, base.ModelBlind)  # a corruption: no ball, only the box
 
-    def score(params, x, y, x_adv, eps, score_keys):
-        ok, finite = _scored(_score_logits(logits_fn, params, x_adv, score_keys), y)
+    def score(params, x, y, x_adv, eps, score_keys, logits=None):
+        if logits is None:
+            logits = _score_logits(logits_fn, params, x_adv, score_keys)
+        ok, finite = _scored(logits, y)
         inside = jnp.all((x_adv >= 0) & (x_adv <= 1), axis=(1, 2, 3))
         if not blind:
             dist = threat.distance(x_adv, x, norm)
@@ -252,14 +259,18 @@ def _attack_fn(attack: Any, logits_fn: Callable, attack_logits_fn: Callable | No
 
     def one(params, x, y, eps, key):
         p = attack_params(params, key)
+        if reuse:
+            x_adv, info, logits = attack.run_scored(attacked, p, x[None], y[None], eps, key)
+            return x_adv[0], {k: v[0] for k, v in info.items()}, logits[0]
         if isinstance(attack, base.Recording):
             x_adv, info = attack.run(attacked, p, x[None], y[None], eps, key)
-            return x_adv[0], {k: v[0] for k, v in info.items()}
-        return attack(attacked, p, x[None], y[None], eps, key)[0], {}
+            return x_adv[0], {k: v[0] for k, v in info.items()}, None
+        return attack(attacked, p, x[None], y[None], eps, key)[0], {}, None
 
     def per_eps(params, x, y, keys, score_keys, eps):
-        x_adv, info = jax.vmap(one, in_axes=(None, 0, 0, None, 0))(params, x, y, eps, keys)
-        return (*score(params, x, y, x_adv, eps, score_keys), info)
+        x_adv, info, logits = jax.vmap(one, in_axes=(None, 0, 0, None, 0))(params, x, y, eps,
+                                                                           keys)
+        return (*score(params, x, y, x_adv, eps, score_keys, logits), info)
 
     def run(params, x, y, keys, eps_vec, score_keys=None):
         return jax.vmap(functools.partial(per_eps, params, x, y, keys, score_keys))(eps_vec)
@@ -475,14 +486,15 @@ def _example_keys(key: jax.Array, n: int) -> jax.Array:
 def _run_attack(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y: np.ndarray,
                 eps: Sequence[float], keys: np.ndarray, impl: Any, batch_size: int,
                 attack_logits_fn: Callable | None, score_data: np.ndarray | None = None,
-                score_impl: Any = None) -> tuple[np.ndarray, dict, float, float]:
+                score_impl: Any = None, reuse_logits: bool = True
+                ) -> tuple[np.ndarray, dict, float, float]:
     """Runs one (non-cascade) attack over ``x`` in padded batches with the given per-example
     key data (and, for a random ``logits_fn``, per-example, per-draw scoring key data):
     (correct [E, N] or, per draw, [E, N, D], info {name: [E, N]}, seconds, compile seconds)."""
     n = len(x)
     b = _padded_batch(batch_size, n)
     put = _Placer()
-    fn = _attack_fn(attack, logits_fn, attack_logits_fn)
+    fn = _attack_fn(attack, logits_fn, attack_logits_fn, reuse_logits)
     eps_arr = put(np.asarray(eps, np.float32), replicate=True)
     params = jax.tree.map(lambda a: put(a, replicate=True), params)
 
@@ -520,7 +532,8 @@ def _bucket(count: int, batch_size: int) -> int:
 def _cascade(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y: np.ndarray,
              eps: Sequence[float], key: jax.Array, batch_size: int,
              attack_logits_fn: Callable | None, score_key: jax.Array | None = None,
-             draws: int = 1) -> tuple[np.ndarray, dict, float, float]:
+             draws: int = 1, clean: np.ndarray | None = None
+             ) -> tuple[np.ndarray, dict, float, float]:
     """An ensemble run as AutoAttack does: each stage only on the points every earlier stage
     left robust, gathered into padded buckets. Per example, stage ``s`` gets the key
     ``fold_in(fold_in(key, index), s)``, exactly what ``attack.run`` uses on one example, so
@@ -538,7 +551,8 @@ def _cascade(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray, y: np
     example_keys = _example_keys(key, n)
     score_data, score_impl = _score_data(logits_fn, score_key, n, draws)
     random = score_data is not None
-    clean_draws = _clean(logits_fn, params, x, y, batch_size, score_data, score_impl)
+    clean_draws = (_clean(logits_fn, params, x, y, batch_size, score_data, score_impl)
+                   if clean is None else clean)
     clean = _draw_info(clean_draws, random)[0]
     masks, stages_out, per_draw = [], [], []
     seconds = compile_s = 0.0
@@ -571,7 +585,8 @@ def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
                    y: np.ndarray, eps: Sequence[float], key: jax.Array,
                    batch_size: int = 500, attack_logits_fn: Callable | None = None,
                    with_info: bool = False, cascade: bool = True,
-                   score_key: jax.Array | None = None, draws: int = 1):
+                   score_key: jax.Array | None = None, draws: int = 1,
+                   clean: np.ndarray | None = None):
     """Per-example correctness under ``attack`` at every ε: ``(mask [E, N], seconds, compile_s)``.
 
     A model-blind transformation (:class:`attacks.base.ModelBlind`, a corruption at severity
@@ -590,6 +605,11 @@ def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
     reproduces it; without a key a fixed default key is used): an example is robust only if
     it is classified correctly, at x and at the attack's point, in every draw; the info then
     holds ``draw_correct`` ``[E, N, D]``. Attacks draw from ``key``.
+
+    ``clean``: the clean correctness of these examples on this ``logits_fn`` and ``params``
+    when the caller already has it (a sweep's clean cell), as :func:`clean_correct` computed it
+    with the same ``score_key`` and ``draws`` (``[N]``, or per draw ``[N, D]``, its
+    ``info["draw_correct"]``, for a random model); the clean pass is then not run again.
     """
     bad = [e for e in eps if not np.isfinite(e) or e < 0]
     if bad:  # the config and bench.evaluate check this first; a direct caller gets it here
@@ -598,7 +618,8 @@ def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
     if cascade and isinstance(attack, base.Cascade):
         masks, info, seconds, compile_s = _cascade(attack, logits_fn, params, x, y, eps, key,
                                                    batch_size, attack_logits_fn, score_key,
-                                                   draws)
+                                                   draws, _given_clean(clean, len(x), draws,
+                                                                       logits_fn))
     else:
         score = _score_data(logits_fn, score_key, len(x), draws)
         correct, info, seconds, compile_s = _run_attack(
@@ -611,10 +632,26 @@ def attack_correct(attack: Any, logits_fn: Callable, params: Any, x: np.ndarray,
         # corruption (base.ModelBlind) is a distribution shift, not a search around x: its
         # accuracy is the corrupted images' own, as Hendrycks & Dietterich and RobustBench count it.
         if not isinstance(attack, base.ModelBlind):
-            correct = correct & _clean(logits_fn, params, x, y, batch_size, *score)[None]
+            clean = _given_clean(clean, len(x), draws, logits_fn)
+            if clean is None:
+                clean = _clean(logits_fn, params, x, y, batch_size, *score)
+            correct = correct & clean[None]
         masks, draw_info = _draw_info(correct, score[0] is not None)
         info = {**info, **draw_info}
     return (masks, seconds, compile_s, info) if with_info else (masks, seconds, compile_s)
+
+
+def _given_clean(clean: Any, n: int, draws: int, logits_fn: Callable) -> np.ndarray | None:
+    """A caller's clean correctness, checked to have the shape the engine would compute."""
+    if clean is None:
+        return None
+    clean = np.asarray(clean)
+    shape = (n, draws) if is_random(logits_fn) else (n,)
+    if clean.shape != shape or clean.dtype != np.bool_:
+        raise DataError(f"clean has shape {clean.shape} and dtype {clean.dtype}; expected "
+                        f"booleans of shape {shape} (clean_correct's mask, or for a random "
+                        f"model its info['draw_correct']), or pass clean=None")
+    return clean
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)

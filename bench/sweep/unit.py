@@ -150,25 +150,33 @@ def evaluate_unit(unit: Unit, todo: set[str], target: Target, ctx: Context,
                             f"function is {fn}; a random defense must declare random = True on "
                             f"its class (and only a random one)")
     score_key = key_for(ctx.seed, *unit.score_key_parts)
-    for cell in unit.cells:
-        if cell.attack is None and cell.cell_id in todo:
-            ctx.progress.set_postfix_str(f"{tag} clean", refresh=False)
-            t0 = time.perf_counter()
-            mask, info = ev.clean_correct(target.eval_fn, target.params, ctx.x, ctx.y,
-                                          ctx.batch_size, key=score_key, draws=unit.draws,
-                                          with_info=True)
-            emit(cell, Result(mask, time.perf_counter() - t0, 0.0, info or None))
     attacks = list(dict.fromkeys(c.attack for c in unit.cells if c.attack is not None))
+    missing = {a: [c for c in unit.cells if c.attack is a and c.cell_id in todo]
+               for a in attacks}
+    clean = None  # this unit's clean correctness (per draw), computed once for all its cells
+    clean_cells = [c for c in unit.cells if c.attack is None and c.cell_id in todo]
+    if clean_cells or any(missing.values()):
+        ctx.progress.set_postfix_str(f"{tag} clean", refresh=False)
+        t0 = time.perf_counter()
+        mask, info = ev.clean_correct(target.eval_fn, target.params, ctx.x, ctx.y,
+                                      ctx.batch_size, key=score_key, draws=unit.draws,
+                                      with_info=True)
+        seconds = time.perf_counter() - t0
+        clean = info.get("draw_correct", mask)
+        for cell in clean_cells:
+            emit(cell, Result(mask, seconds, 0.0, info or None))
     for a in attacks:
-        missing = [c for c in unit.cells if c.attack is a and c.cell_id in todo]
-        if not missing:
+        if not missing[a]:
             continue
         ctx.progress.set_postfix_str(f"{tag} {a.label} {a.norm}", refresh=False)
         r = prepare(ctx, unit, a, target)
+        # The clean pass is shared when the attack is scored on the unit's own model (not
+        # for a transfer, whose scoring function carries its surrogates' params too).
+        own = r.fn is target.eval_fn and r.params is target.params
         masks, seconds, compile_s, info = ev.attack_correct(
-            r.attack, r.fn, r.params, ctx.x, ctx.y, [c.eps for c in missing], r.key,
+            r.attack, r.fn, r.params, ctx.x, ctx.y, [c.eps for c in missing[a]], r.key,
             ctx.batch_size, attack_logits_fn=r.attack_fn, with_info=True, score_key=score_key,
-            draws=unit.draws)
-        for i, (c, mask) in enumerate(zip(missing, masks)):
-            emit(c, Result(mask, seconds / len(missing), compile_s / len(missing),
+            draws=unit.draws, clean=clean if own else None)
+        for i, (c, mask) in enumerate(zip(missing[a], masks)):
+            emit(c, Result(mask, seconds / len(missing[a]), compile_s / len(missing[a]),
                            {k: v[i] for k, v in info.items()}, r.details))
