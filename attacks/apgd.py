@@ -112,10 +112,11 @@ class _APGDBase:
         return threat.project(x + e * t / (n.reshape(e.shape) + 1e-12), x, eps, self.norm)
 
     def _evaluator(self, logits_fn, params, y, target, hit_target):
-        """``evaluate(z, key, with_grad) -> (objective [B], success [B], gradient or None)``.
+        """``evaluate(z, key, with_grad) -> (objective [B], success [B], gradient or None,
+        logits [B, K])``.
 
         The gradient (and the objective) are averaged over ``eot_iter`` keys; success is
-        judged on the first draw's logits.
+        judged on the first draw's logits, which are returned (float32).
         """
         if target is None:
             loss_fn = losses.cross_entropy if self.loss == "ce" else losses.dlr
@@ -130,20 +131,20 @@ class _APGDBase:
         def obj_and_aux(z, key):
             logits = base.apply_logits(logits_fn, params, z, key)
             obj = objective(logits)
-            return jnp.sum(obj), (obj, success(logits))
+            return jnp.sum(obj), (obj, success(logits), logits.astype(jnp.float32))
 
         grad_fn = jax.grad(obj_and_aux, has_aux=True)
 
         def evaluate(z, key, with_grad):
             keys = jax.random.split(key, self.eot_iter)
             if not with_grad:
-                _, (obj, succ) = obj_and_aux(z, keys[0])
-                return obj, succ, None
+                _, (obj, succ, logits) = obj_and_aux(z, keys[0])
+                return obj, succ, None, logits
             if self.eot_iter == 1:
-                g, (obj, succ) = grad_fn(z, keys[0])
-                return obj, succ, g
-            g, (obj, succ) = jax.vmap(grad_fn, in_axes=(None, 0))(z, keys)
-            return jnp.mean(obj, axis=0), succ[0], jnp.mean(g, axis=0)
+                g, (obj, succ, logits) = grad_fn(z, keys[0])
+                return obj, succ, g, logits
+            g, (obj, succ, logits) = jax.vmap(grad_fn, in_axes=(None, 0))(z, keys)
+            return jnp.mean(obj, axis=0), succ[0], jnp.mean(g, axis=0), logits[0]
 
         return evaluate
 
@@ -153,7 +154,8 @@ class _APGDBase:
         return threat.steepest_direction(g, self.norm)
 
     def _one_run(self, logits_fn, params, x, y, target, hit_target, eps, key):
-        """One APGD run: ``(x_out, score, info)`` with ``score`` as in ``base.score``."""
+        """One APGD run: ``(x_out, score, info, logits)`` with ``score`` as in ``base.score``
+        and ``logits`` (first draw) at ``x_out``."""
         n = self.steps
         e = threat.per_example(eps, x)
         bshape = e.shape  # [B, 1, ..., 1]
@@ -163,11 +165,11 @@ class _APGDBase:
         mask = lambda m: m.reshape(bshape)
 
         x0 = self._random_start(k_init, x, eps)
-        loss0, succ0, g0 = evaluate(x0, jax.random.fold_in(k_eval, 0), True)
+        loss0, succ0, g0, logits0 = evaluate(x0, jax.random.fold_in(k_eval, 0), True)
         state = dict(
             x_cur=x0, x_prev=x0, grad=g0, step=2.0 * e,
-            x_best=x0, loss_best=loss0, grad_best=g0,
-            x_adv=x0, success=succ0,
+            x_best=x0, loss_best=loss0, grad_best=g0, logits_best=logits0,
+            x_adv=x0, success=succ0, logits_adv=logits0,
             first=jnp.where(succ0, 0, -1).astype(jnp.int32),  # first fooling iterate
             # The reference's first window compares the first loss with an unwritten (zero)
             # row of its loss history; we keep that to reproduce its decisions exactly.
@@ -187,17 +189,20 @@ class _APGDBase:
             return threat.project(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - s["x_prev"]),
                                   x, eps, self.norm)
 
-        def record(i, s, x_new, loss, succ, g):
+        def record(i, s, x_new, loss, succ, g, logits):
             """The reference's bookkeeping after iteration i: best points, success, and the
-            step-size check when iteration i ends a window. ``g`` is None after the last step."""
+            step-size check when iteration i ends a window. ``g`` is None after the last step.
+            The logits at the fooling and at the best point travel with them."""
             s = dict(s)
             s["x_adv"] = jnp.where(mask(succ), x_new, s["x_adv"])
+            s["logits_adv"] = jnp.where(succ[:, None], logits, s["logits_adv"])
             s["first"] = jnp.where((s["first"] < 0) & succ, i + 1, s["first"])
             s["success"] = s["success"] | succ
             n_incr = s["n_incr"] + (loss > s["loss_prev"]).astype(jnp.int32)
             s["loss_prev"] = loss
             better = loss > s["loss_best"]
             s["x_best"] = jnp.where(mask(better), x_new, s["x_best"])
+            s["logits_best"] = jnp.where(better[:, None], logits, s["logits_best"])
             s["loss_best"] = jnp.where(better, loss, s["loss_best"])
             s["x_prev"] = s["x_cur"]
             s["x_cur"] = x_new
@@ -218,37 +223,39 @@ class _APGDBase:
 
         def body(i, s):
             x_new = step(i, s)
-            loss, succ, g = evaluate(x_new, jax.random.fold_in(k_eval, i + 1), True)
-            return record(i, s, x_new, loss, succ, g)
+            loss, succ, g, logits = evaluate(x_new, jax.random.fold_in(k_eval, i + 1), True)
+            return record(i, s, x_new, loss, succ, g, logits)
 
         cpu = jax.default_backend() == "cpu"
         unroll = self.unroll or (n if cpu and n <= 50 else 1)
         s = jax.lax.fori_loop(0, n - 1, body, state, unroll=max(1, min(unroll, max(n - 1, 1))))
         x_last = step(n - 1, s)
-        loss, succ, _ = evaluate(x_last, jax.random.fold_in(k_eval, n), False)
-        s = record(n - 1, s, x_last, loss, succ, None)
+        loss, succ, _, logits = evaluate(x_last, jax.random.fold_in(k_eval, n), False)
+        s = record(n - 1, s, x_last, loss, succ, None, logits)
 
         x_out = jnp.where(mask(s["success"]), s["x_adv"], s["x_best"])
+        logits_out = jnp.where(s["success"][:, None], s["logits_adv"], s["logits_best"])
         info = {"success": s["success"], "loss": s["loss_best"], "halvings": s["halvings"],
                 "first_fooled_step": s["first"]}
-        return x_out, base.score(s["success"], s["loss_best"]), info
+        return x_out, base.score(s["success"], s["loss_best"]), info, logits_out
 
     def _runs(self, logits_fn, params, x, y, targets, hit_target, eps, key):
         """Every (target, restart) run as one ``vmap``; per example the first successful run
-        wins, else the one with the highest objective. ``targets`` is [T, B] or None."""
+        wins, else the one with the highest objective. ``targets`` is [T, B] or None.
+        Returns ``(x_adv, info, logits at x_adv)``."""
         if targets is None:
             keys = jax.random.split(key, self.restarts)
             one = lambda k: self._one_run(logits_fn, params, x, y, None, hit_target, eps, k)
             if self.restarts == 1:
-                x_adv, _, info = one(keys[0])
-                return x_adv, info
-            xs, scores, infos = jax.vmap(one)(keys)
+                x_adv, _, info, logits = one(keys[0])
+                return x_adv, info, logits
+            xs, scores, infos, all_logits = jax.vmap(one)(keys)
         else:
             t_idx = jnp.repeat(jnp.arange(targets.shape[0]), self.restarts)
             keys = jax.random.split(key, t_idx.shape[0])
             one = lambda t, k: self._one_run(logits_fn, params, x, y, targets[t], hit_target,
                                              eps, k)
-            xs, scores, infos = jax.vmap(one)(t_idx, keys)
+            xs, scores, infos, all_logits = jax.vmap(one)(t_idx, keys)
             infos = dict(infos, target=jnp.broadcast_to(targets[t_idx], scores.shape))
         idx = jnp.argmax(scores, axis=0)
         info = {k: jnp.take_along_axis(v, idx[None], axis=0)[0] for k, v in infos.items()}
@@ -257,7 +264,12 @@ class _APGDBase:
         first = jnp.min(jnp.where(infos["first_fooled_step"] < 0, big,
                                   infos["first_fooled_step"]), axis=0)
         info["first_fooled_step"] = jnp.where(first == big, -1, first)
-        return base.best_over_restarts(xs, scores), info
+        return (base.best_over_restarts(xs, scores), info,
+                base.best_over_restarts(all_logits, scores))
+
+    def run(self, logits_fn, params, x, y, eps, key, target=None):
+        """``(x_adv, info)``: :meth:`run_scored` without the logits."""
+        return self.run_scored(logits_fn, params, x, y, eps, key, target)[:2]
 
     def __call__(self, logits_fn, params, x, y, eps, key, target=None):
         return self.run(logits_fn, params, x, y, eps, key, target)[0]
@@ -292,16 +304,17 @@ class APGD(_APGDBase):
         checks.check_choice("loss", self.loss, APGD_LOSSES)
 
     @base.compiled
-    def run(self, logits_fn, params, x, y, eps, key, target=None):
-        """``(x_adv, info)``; ``info`` has per-example ``success``, ``loss`` (the best
-        objective) and ``halvings`` (step-size reductions) of the winning restart.
+    def run_scored(self, logits_fn, params, x, y, eps, key, target=None):
+        """``(x_adv, info, logits)``; ``info`` has per-example ``success``, ``loss`` (the best
+        objective) and ``halvings`` (step-size reductions) of the winning restart; ``logits``
+        the model's at ``x_adv`` (computed with its gradient: no extra pass).
         ``target`` is ignored: APGD is untargeted (use :class:`APGDT`)."""
         logits_fn = fastpath.fast(logits_fn)
         del target
         if self.loss == "dlr" and _num_classes(logits_fn, params, x) < 3:
             raise ValueError("APGD with loss 'dlr' needs at least 3 classes")
-        x_adv, info = self._runs(logits_fn, params, x, y, None, False, eps, key)
-        return jax.lax.stop_gradient(x_adv), info
+        x_adv, info, logits = self._runs(logits_fn, params, x, y, None, False, eps, key)
+        return jax.lax.stop_gradient(x_adv), info, jax.lax.stop_gradient(logits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,9 +351,9 @@ class APGDT(_APGDBase):
         checks.check_positive("n_target_classes", self.n_target_classes)
 
     @base.compiled
-    def run(self, logits_fn, params, x, y, eps, key, target=None):
-        """``(x_adv, info)``; ``info`` as :meth:`APGD.run` plus ``target``, the winning
-        run's target class."""
+    def run_scored(self, logits_fn, params, x, y, eps, key, target=None):
+        """``(x_adv, info, logits)``; ``info`` as :meth:`APGD.run_scored` plus ``target``, the
+        winning run's target class."""
         logits_fn = fastpath.fast(logits_fn)
         k_clean, k_runs = jax.random.split(key)
         if target is not None:
@@ -356,8 +369,9 @@ class APGDT(_APGDBase):
             count = min(self.n_target_classes, num_classes - 1)
             targets = losses.top_targets(clean, y, count)
             hit_target = False
-        x_adv, info = self._runs(logits_fn, params, x, y, targets, hit_target, eps, k_runs)
-        return jax.lax.stop_gradient(x_adv), info
+        x_adv, info, logits = self._runs(logits_fn, params, x, y, targets, hit_target, eps,
+                                         k_runs)
+        return jax.lax.stop_gradient(x_adv), info, jax.lax.stop_gradient(logits)
 
 
 def _num_classes(logits_fn, params, x) -> int:

@@ -68,6 +68,19 @@ def check_count(name: str, value: int, high: int) -> None:
                          f"this large cannot finish (a typo?)")
 
 
+def check_draws(name: str, value: Any) -> int:
+    """Raises ``ValueError`` unless ``value`` is a whole number in [1, ``MAX_DRAWS``] (the
+    draws a random model is scored over); returns it as an ``int``."""
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if not whole and type(value).__module__ == "numpy":  # numpy integers count as whole
+        whole = bool(getattr(value, "dtype", None) is not None and value.dtype.kind in "iu")
+    if not whole or not 1 <= value <= MAX_DRAWS:
+        raise ValueError(f"{name} = {value!r} is impossible; it must be a whole number from 1 "
+                         f"to {MAX_DRAWS:,} (the draws a random model is scored over; 10 is "
+                         f"the default)")
+    return int(value)
+
+
 def eps_limit(norm: str, image_shape: Sequence[int] | None = None) -> float | None:
     """The largest meaningful ε of ``norm`` for images of ``image_shape`` (H, W, C) in [0, 1]:
     1 for L∞, √d for L2 and d for L1 (d = H·W·C, the diameter of [0, 1]^d: a larger ball holds

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from attacks import PGD, base
+from attacks import APGD, APGDT, PGD, APGDDLR, base
 from bench.errors import DataError
 from bench.sweep import engine as ev
 from tests.conftest import quadratic_logits
@@ -16,32 +16,38 @@ from tests.conftest import quadratic_logits
 @pytest.fixture(scope="module")
 def quad():
     k1, k2 = jax.random.split(jax.random.key(5))
-    w = jax.random.normal(k1, (36, 3))
-    b = 0.1 * jax.random.normal(k2, (3,))
+    w = jax.random.normal(k1, (36, 4))
+    b = 0.1 * jax.random.normal(k2, (4,))
     kx, ky = jax.random.split(jax.random.key(8))
     x = np.asarray(jax.random.uniform(kx, (24, 6, 6, 1)))
-    y = np.asarray(jax.random.randint(ky, (24,), 0, 3))
+    y = np.asarray(jax.random.randint(ky, (24,), 0, 4))
     return quadratic_logits, (w, b), x, y
 
 
 @pytest.mark.parametrize("attack", [PGD(steps=4), PGD(steps=3, restarts=2, loss="margin"),
-                                    PGD(steps=3, targeted=True), PGD(steps=2, random_start=False)])
-def test_run_scored_logits_are_the_models_at_the_returned_point(quad, attack):
+                                    PGD(steps=3, targeted=True), PGD(steps=2, random_start=False),
+                                    APGD(steps=5), APGD(steps=4, restarts=2), APGDDLR(steps=4),
+                                    APGDT(steps=4, n_target_classes=2), APGD(steps=3, eot_iter=2)])
+@pytest.mark.parametrize("eps", [0.02, 0.2])  # some examples robust (best point) / all fooled
+def test_run_scored_logits_are_the_models_at_the_returned_point(quad, attack, eps):
     fn, params, x, y = quad
-    x_adv, info, logits = attack.run_scored(fn, params, x, y, jnp.float32(0.2), jax.random.key(1))
+    e = jnp.float32(eps)
+    x_adv, info, logits = attack.run_scored(fn, params, x, y, e, jax.random.key(1))
     assert isinstance(attack, base.Scored)
     np.testing.assert_allclose(logits, fn(params, x_adv), rtol=1e-6, atol=1e-6)
-    x_run, info_run = attack.run(fn, params, x, y, jnp.float32(0.2), jax.random.key(1))
+    x_run, info_run = attack.run(fn, params, x, y, e, jax.random.key(1))
     np.testing.assert_array_equal(x_run, x_adv)
-    np.testing.assert_array_equal(info_run["first_fooled_step"], info["first_fooled_step"])
+    for k in info:
+        np.testing.assert_array_equal(info_run[k], info[k])
 
 
-def test_engine_reuse_gives_the_masks_of_a_second_pass(quad):
+@pytest.mark.parametrize("attack", [PGD(steps=5), APGD(steps=5), APGDT(steps=4, n_target_classes=2)])
+def test_engine_reuse_gives_the_masks_of_a_second_pass(quad, attack):
     fn, params, x, y = quad
     key = jax.random.key(3)
     keys = np.asarray(jax.random.key_data(ev._example_keys(key, len(x))))
     eps = [0.0, 0.05, 0.1, 0.3]
-    args = (PGD(steps=5), fn, params, x, y, eps, keys, jax.random.key_impl(key), 10, None)
+    args = (attack, fn, params, x, y, eps, keys, jax.random.key_impl(key), 10, None)
     reused = ev._run_attack(*args)
     rescored = ev._run_attack(*args, reuse_logits=False)
     np.testing.assert_array_equal(reused[0], rescored[0])

@@ -88,12 +88,10 @@ class EvalConfig:
     """
 
     batch_size: int = dataclasses.field(default=500, metadata={"min": 1})
-    draws: int = dataclasses.field(default=10, metadata={"min": 1})
+    draws: int = 10
 
     def __post_init__(self):
-        if self.draws > checks.MAX_DRAWS:
-            raise ValueError(f"draws = {self.draws} is more than {checks.MAX_DRAWS:,}; give at "
-                             f"most {checks.MAX_DRAWS:,} (10 is the default)")
+        checks.check_draws("draws", self.draws)  # the bound the engine checks for the API too
 
 
 @dataclasses.dataclass(frozen=True)

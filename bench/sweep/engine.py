@@ -131,13 +131,12 @@ def draw_keys(key: jax.Array, draws: int) -> jax.Array:
 
 
 def check_draws(draws: Any, where: str = "draws") -> int:
-    """``draws`` as an integer in [1, ``MAX_DRAWS``], else a one-line ConfigError."""
-    whole = isinstance(draws, (int, np.integer)) and not isinstance(draws, bool)
-    if not whole or not 1 <= draws <= checks.MAX_DRAWS:
-        raise ConfigError(f"{where} = {draws!r} is impossible; it must be an integer from 1 to "
-                          f"{checks.MAX_DRAWS:,} (the draws a random model is scored over; 10 "
-                          f"is the default)")
-    return int(draws)
+    """``draws`` as an integer in [1, ``MAX_DRAWS``], else a one-line ConfigError (the check
+    of ``[eval] draws`` too: :func:`attacks.checks.check_draws`)."""
+    try:
+        return checks.check_draws(where, draws)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _score_logits(logits_fn: Callable, params: Any, x: jax.Array, keys: jax.Array | None):
