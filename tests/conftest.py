@@ -69,6 +69,22 @@ TINY_TOML = textwrap.dedent("""
 """)
 
 
+def digits_mlp_toml(name: str, rest: str = "", *, seed: int | None = 1, eval_examples: int = 40,
+                    train_examples: int = 200, batch_size: int = 40, eval_extra: str = "",
+                    epochs: int | str = 1) -> str:
+    """A small sweep config on the embedded digits: one 16-wide, 1-deep MLP and a standard
+    defense trained for ``epochs``, then ``rest`` (further ``[[defenses]]``/``[[attacks]]``
+    blocks, dedented). ``eval_extra``: more ``[eval]`` lines; ``seed=None`` leaves the seed
+    at its default."""
+    lines = [f'name = "{name}"'] + ([f"seed = {seed}"] if seed is not None else []) + [
+        "[data]", 'name = "digits"', f"eval_examples = {eval_examples}",
+        f"train_examples = {train_examples}", "[eval]", f"batch_size = {batch_size}"]
+    lines += [eval_extra] if eval_extra else []
+    lines += ["[[models]]", 'name = "mlp"', "width = 16", "depth = 1",
+              "[[defenses]]", 'name = "standard"', f"epochs = {epochs}"]
+    return "\n".join(lines) + "\n" + textwrap.dedent(rest).lstrip("\n")
+
+
 @pytest.fixture
 def tiny_toml(tmp_path):
     path = tmp_path / "tiny.toml"

@@ -2,7 +2,6 @@
 the run directory, and transfer cells through a sweep."""
 
 import json
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +13,7 @@ from attacks import advgan, threat
 from bench.errors import ConfigError
 from bench.sweep import engine
 from bench.sweep.config import parse_config
+from tests.conftest import digits_mlp_toml
 
 
 @pytest.fixture(scope="module")
@@ -99,22 +99,7 @@ def test_transfer_kernel_is_the_crafter_on_the_given_model(linear_model, images)
 
 # ---- through a sweep ---------------------------------------------------------------------------
 
-SWEEP = textwrap.dedent("""
-    name = "gan"
-    seed = 1
-    [data]
-    name = "digits"
-    eval_examples = 40
-    train_examples = 256
-    [eval]
-    batch_size = 40
-    [[models]]
-    name = "mlp"
-    width = 16
-    depth = 1
-    [[defenses]]
-    name = "standard"
-    epochs = {epochs}
+SWEEP = digits_mlp_toml("gan", train_examples=256, epochs="{epochs}", rest="""
     [[defenses]]
     name = "pgd-at"
     label = "at"

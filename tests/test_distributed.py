@@ -13,24 +13,11 @@ import textwrap
 import numpy as np
 import pandas as pd
 
+from tests.conftest import digits_mlp_toml
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-CONFIG = textwrap.dedent("""
-    name = "dist"
-    seed = 1
-    [data]
-    name = "digits"
-    eval_examples = 30
-    train_examples = 200
-    [eval]
-    batch_size = 16
-    [[models]]
-    name = "mlp"
-    width = 16
-    depth = 1
-    [[defenses]]
-    name = "standard"
-    epochs = 1
+CONFIG = digits_mlp_toml("dist", eval_examples=30, batch_size=16, rest="""
     [[attacks]]
     name = "pgd"
     steps = 2

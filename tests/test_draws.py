@@ -7,7 +7,6 @@ example i, whose first pixel is t_i, is correct in a draw with key k exactly whe
 """
 
 import dataclasses
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +23,7 @@ from bench.sweep import runner
 from bench.sweep.config import load_config, parse_config
 from bench.sweep.plan import make_plan
 from defenses import RandomTransform, is_random
+from tests.conftest import digits_mlp_toml
 
 
 def coin(params, x, key):
@@ -177,22 +177,8 @@ def test_evaluate_records_draws_and_their_mean():
 
 
 def _config(aa_options: str = "", draws: str = "") -> str:
-    return textwrap.dedent(f"""
-        name = "draws"
-        [data]
-        name = "digits"
-        eval_examples = 30
-        train_examples = 200
-        [eval]
-        batch_size = 30
-        {draws}
-        [[models]]
-        name = "mlp"
-        width = 16
-        depth = 1
-        [[defenses]]
-        name = "standard"
-        epochs = 1
+    return digits_mlp_toml("draws", seed=None, eval_examples=30, batch_size=30,
+                           eval_extra=draws, rest=f"""
         [[defenses]]
         name = "random-transform"
         label = "noise"

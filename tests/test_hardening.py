@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -26,26 +25,12 @@ from bench.errors import ConfigError, DataError, RobustaxError
 from bench.store.records import RunDir
 from bench.sweep import runner
 from bench.sweep.config import load_config, parse_config
+from tests.conftest import digits_mlp_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 VOLATILE = ["seconds", "compile_seconds", "code_version"]
 
-BASE_TOML = textwrap.dedent("""
-    name = "h"
-    seed = 1
-    [data]
-    name = "digits"
-    eval_examples = 40
-    train_examples = 200
-    [eval]
-    batch_size = 40
-    [[models]]
-    name = "mlp"
-    width = 16
-    depth = 1
-    [[defenses]]
-    name = "standard"
-    epochs = 1
+BASE_TOML = digits_mlp_toml("h", """
     [[attacks]]
     name = "fgsm"
     eps = [0.0, 0.05, 0.1, 0.2, 0.3]

@@ -10,7 +10,6 @@ tests/test_hardening.py.
 import hashlib
 import json
 import shutil
-import textwrap
 import warnings
 from pathlib import Path
 
@@ -25,23 +24,9 @@ from bench.store.io import json_bytes, mask_bytes
 from bench.store.records import RunDir
 from bench.sweep import runner
 from bench.sweep.config import load_config
+from tests.conftest import digits_mlp_toml
 
-TOML = textwrap.dedent("""
-    name = "t21"
-    seed = 2
-    [data]
-    name = "digits"
-    eval_examples = 40
-    train_examples = 200
-    [eval]
-    batch_size = 40
-    [[models]]
-    name = "mlp"
-    width = 16
-    depth = 1
-    [[defenses]]
-    name = "standard"
-    epochs = 1
+TOML = digits_mlp_toml("t21", seed=2, rest="""
     [[attacks]]
     name = "fgsm"
     eps = [0.0, 0.1]
