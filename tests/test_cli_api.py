@@ -122,6 +122,8 @@ def test_speed_benchmark_runs_and_reports_ratios(capsys):
     out = capsys.readouterr().out
     assert "× 1 × (fwd+grad)" in out and "sweep engine PGD-1, 4 ε in one call" in out
     assert "PGD-1, called without jax.jit" in out
+    assert "PGD-1, 1 ε, over the API kernel" in out and "× 1 × (API PGD-1)" in out
+    assert "PGD-1, 1 ε, own clean pass, over the API kernel" in out
 
 
 def test_xla_configure_appends_once_and_can_be_disabled():
