@@ -124,3 +124,24 @@ def test_results_are_written_after_every_row(tmp_path):
     assert "test device" in md and "| cnn | forward | robustax |" in md
     with pytest.raises(SystemExit):
         gpu_bench.main(["--out", str(tmp_path), "--sections", "nope"])
+
+
+def test_torch_cascade_runs_each_stage_on_the_points_still_robust():
+    """The aa-wrn section's torchattacks cascade (issue 22, item 4): stage s only sees the
+    points every earlier stage left robust, and the counts say who broke what."""
+    net = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        net.weight.copy_(torch.eye(2))
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])
+    y = torch.tensor([0, 0, 1, 1, 0])  # the last one is misclassified clean
+    seen = []
+
+    def flip_first(xs, ys):  # breaks the first point it is given
+        seen.append(len(xs))
+        out = xs.clone()
+        out[0] = out[0].flip(0)
+        return out
+
+    seconds, counts = gpu_resnets._torch_cascade_s((("a", flip_first), ("b", flip_first)), net,
+                                                   x, y, "cpu")
+    assert seen == [4, 3] and counts == {-1: 1, 0: 2, 1: 1, 2: 1} and seconds >= 0

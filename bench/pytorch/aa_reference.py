@@ -109,18 +109,20 @@ def mcnemar_p(b: int, c: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def reference_stages(net, norm: str, eps: float, seed: int, num_classes: int):
-    """fra31's standard AutoAttack as torchattacks attacks: (name, attack) in cascade order."""
+def reference_stages(net, norm: str, eps: float, seed: int, num_classes: int,
+                     steps: int = 100, queries: int = 5000):
+    """fra31's standard AutoAttack as torchattacks attacks: (name, attack) in cascade order
+    (``steps`` and ``queries`` smaller only for smoke tests)."""
     import torchattacks as ta
 
     n = {"linf": "Linf", "l2": "L2"}[norm]
-    return (("apgd-ce", ta.APGD(net, norm=n, eps=eps, steps=100, n_restarts=1, loss="ce",
+    return (("apgd-ce", ta.APGD(net, norm=n, eps=eps, steps=steps, n_restarts=1, loss="ce",
                                 rho=0.75, seed=seed)),
-            ("apgd-t", ta.APGDT(net, norm=n, eps=eps, steps=100, n_restarts=1, rho=0.75,
+            ("apgd-t", ta.APGDT(net, norm=n, eps=eps, steps=steps, n_restarts=1, rho=0.75,
                                 n_classes=num_classes, seed=seed)),
-            ("fab-t", ta.FAB(net, norm=n, eps=eps, steps=100, n_restarts=1,
+            ("fab-t", ta.FAB(net, norm=n, eps=eps, steps=steps, n_restarts=1,
                              multi_targeted=True, n_classes=num_classes, seed=seed)),
-            ("square", ta.Square(net, norm=n, eps=eps, n_queries=5000, n_restarts=1,
+            ("square", ta.Square(net, norm=n, eps=eps, n_queries=queries, n_restarts=1,
                                  p_init=0.8, loss="margin", resc_schedule=False, seed=seed)))
 
 

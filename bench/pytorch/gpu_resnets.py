@@ -302,3 +302,101 @@ def resnet_sections(b: Bench, cfg: dict, torch_device: str, sections: set[str]) 
                     b.error(f"autoattack ε={eps:.4f}")
             else:
                 b.skip(f"AutoAttack ε={eps:.4f}", f"{b.left():.0f} s of budget left")
+
+
+def _torch_cascade_s(stages, net, xt, yt, device: str) -> tuple[float, dict]:
+    """Seconds of an AutoAttack cascade of torchattacks stages on device tensors (each stage
+    on the points every earlier stage left robust, as fra31's ``run_standard_evaluation``),
+    and the per-example stage counts (0 robust, s broken by stage s)."""
+    import numpy as np
+    import torch
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    sync()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        robust = (net(xt).argmax(1) == yt).cpu().numpy()
+    stage = np.where(robust, 0, -1)
+    for s, (_, attack) in enumerate(stages, start=1):
+        idx = np.flatnonzero(stage == 0)
+        if len(idx) == 0:
+            break
+        part = torch.as_tensor(idx, device=xt.device)
+        adv = attack(xt[part], yt[part])
+        with torch.no_grad():
+            wrong = (net(adv).argmax(1) != yt[part]).cpu().numpy()
+        stage[idx[wrong]] = s
+    sync()
+    seconds = time.perf_counter() - t0
+    return seconds, {int(v): int((stage == v).sum()) for v in sorted(set(stage.tolist()))}
+
+
+def wrn_autoattack(b: Bench, cfg: dict, torch_device: str) -> None:
+    """Issue 22, item 4: AutoAttack standard L∞ on WRN-28-10 (CIFAR-10 shapes, random weights,
+    labels = the twin's predictions) at 8/255 and at ε = 0 (no point is ever fooled: every
+    stage on every point, the full per-image cost), robustax's cascade through the sweep
+    engine against torchattacks on the same weights and points: its ``AutoAttack`` class as
+    shipped (torchattacks 3.5.1: APGD/APGD-T/FAB at their 10-step defaults, Square 5,000
+    queries) and fra31's settings as torchattacks attacks (100 steps, 9 targets; the same work
+    as ours). Then the projected time for 10,000 images of a model 50% robust at 8/255."""
+    import jax
+    import torch
+    import torchattacks
+
+    from bench.pytorch.aa_reference import reference_stages
+
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+    n, steps, queries = cfg["aa_wrn_n"], cfg["aa_steps"], cfg["aa_queries"]
+    label = f"WRN-{cfg['wrn_depth']}-{cfg['wrn_widen']}"
+    wrn = WideResNet(num_classes=10, mean=mean, std=std, depth=cfg["wrn_depth"],
+                     widen=cfg["wrn_widen"])
+    w = ResNetBench(b, "aa-wrn", label, wrn, n, 1, torch_device)
+    per_image = {}
+    for eps in (EPS_CIFAR, 0.0):
+        tag = "ε=0" if eps == 0 else f"{eps * 255:.0f}/255"
+        aa = AutoAttack(norm="linf", steps=steps, queries=queries)
+        # seconds: the cascade's run time, its stages' compilation apart (compile_s)
+        _, ours, compile_s, info = ev.attack_correct(aa, w.logits_fn, w.variables, w.x, w.y,
+                                                     [eps], jax.random.key(5), n,
+                                                     with_info=True)
+        stage = info["stage"][0]
+        ours_counts = {int(v): int((stage == v).sum()) for v in sorted(set(stage.tolist()))}
+        per_image[eps] = ours / n
+        shipped = torchattacks.AutoAttack(w.net, norm="Linf", eps=eps, version="standard",
+                                          n_classes=10, seed=0)
+        if queries != 5000:  # smoke runs only: the class fixes Square's queries at 5,000
+            shipped._autoattack.attacks[-1].n_queries = queries
+        shipped(w.xt[:2], w.yt[:2])  # warm-up on two images (cuDNN plans, allocator)
+        theirs = _torch_cascade_s((("autoattack", shipped),), w.net, w.xt, w.yt,
+                                  torch_device)[0]
+        ref_s, ref_counts = _torch_cascade_s(
+            reference_stages(w.net, "linf", eps, 0, 10, steps, queries), w.net, w.xt, w.yt,
+            torch_device)
+        b.add("aa-wrn", f"AutoAttack standard L∞ {tag}, cascade", "robustax", "default",
+              label, n, None, ours, speedup=theirs / ours, compile_s=compile_s,
+              note=f"sweep engine (engine.attack_correct), run time of its stages, their "
+                   f"compilation apart; stages {ours_counts} (0 robust, s broken by stage s); speed-up "
+                   f"over torchattacks' AutoAttack as shipped {theirs / ours:.2f}, over "
+                   f"fra31's settings in torchattacks {ref_s / ours:.2f}")
+        b.add("aa-wrn", f"AutoAttack standard L∞ {tag}, as shipped", "torchattacks",
+              "default", label, n, None, theirs,
+              note="torchattacks.AutoAttack(version='standard') on all points at once (plus "
+                   "a clean forward), after a warm-up on two images: its APGD, APGD-T and FAB "
+                   "run 10 steps (fra31: 100), so it does less work than the reference")
+        b.add("aa-wrn", f"AutoAttack standard L∞ {tag}, fra31 settings", "torchattacks",
+              "default", label, n, None, ref_s,
+              note=f"bench.pytorch.aa_reference.reference_stages, a cascade on the points "
+                   f"still robust; stages {ref_counts}")
+    robust = 0.5  # the projection's model: half the points survive every stage at 8/255
+    t10k = 10_000 * (robust * per_image[0.0] + (1 - robust) * per_image[EPS_CIFAR])
+    b.add("aa-wrn", "projected: 10,000 images, a 50%-robust model at 8/255", "robustax",
+          "default", label, 10_000, None, t10k,
+          note=f"10,000 × (0.5 × per-image cost at ε=0 ({per_image[0.0]:.4f} s: every stage "
+               f"runs, as on a robust point) + 0.5 × per-image cost at 8/255 on random weights "
+               f"({per_image[EPS_CIFAR]:.4f} s: almost every point falls to APGD-CE, as a "
+               f"broken point does)); batch {n}, compile excluded; a point that falls at a "
+               f"later stage costs between the two")
+
