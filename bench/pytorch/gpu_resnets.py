@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from attacks import APGD, APGDT, PGD, AutoAttack
+from bench.pytorch.aa_reference import reference_stages
 from bench.pytorch.gpu_record import EPS_CIFAR, Bench, precision
 from bench.pytorch.speed import _best_time, input_gradient, torch_best_time
 from bench.pytorch.torch_twin import preact_twin, to_torch
@@ -345,8 +346,6 @@ def wrn_autoattack(b: Bench, cfg: dict, torch_device: str) -> None:
     import jax
     import torch
     import torchattacks
-
-    from bench.pytorch.aa_reference import reference_stages
 
     mean, std = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
     n, steps, queries = cfg["aa_wrn_n"], cfg["aa_steps"], cfg["aa_queries"]
