@@ -8,6 +8,7 @@ so ``attacks.PGD(steps=0)`` fails the same way from Python as from a TOML file.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,9 +72,7 @@ def check_count(name: str, value: int, high: int) -> None:
 def check_draws(name: str, value: Any) -> int:
     """Raises ``ValueError`` unless ``value`` is a whole number in [1, ``MAX_DRAWS``] (the
     draws a random model is scored over); returns it as an ``int``."""
-    whole = isinstance(value, int) and not isinstance(value, bool)
-    if not whole and type(value).__module__ == "numpy":  # numpy integers count as whole
-        whole = bool(getattr(value, "dtype", None) is not None and value.dtype.kind in "iu")
+    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)  # numpy ints too
     if not whole or not 1 <= value <= MAX_DRAWS:
         raise ValueError(f"{name} = {value!r} is impossible; it must be a whole number from 1 "
                          f"to {MAX_DRAWS:,} (the draws a random model is scored over; 10 is "

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from attacks import APGD, APGDT, PGD, APGDDLR, base
+from attacks import APGD, APGDDLR, APGDT, PGD, base
 from bench.errors import DataError
 from bench.sweep import engine as ev
 from tests.conftest import quadratic_logits
@@ -99,3 +99,24 @@ def test_a_sweep_unit_runs_one_clean_pass(tiny_toml, tmp_path, monkeypatch):
     runner.run_sweep(load_config(tiny_toml), tmp_path / "run", progress=False)
     # tiny.toml: one model, two defenses (units), two attacks each: one clean pass per unit
     assert len(calls) == 2, calls
+
+
+def test_a_resume_that_adds_only_corruptions_runs_no_clean_pass(tmp_path, monkeypatch):
+    """A corruption is not ANDed with the clean mask, so a unit whose only missing cells are
+    corruption cells needs no clean pass."""
+    from bench.sweep import runner
+    from bench.sweep.config import load_config
+    from tests.conftest import digits_mlp_toml
+
+    fgsm = '[[attacks]]\nname = "fgsm"\neps = [0.0, 0.1]\n'
+    path, out = tmp_path / "c.toml", tmp_path / "run"
+    path.write_text(digits_mlp_toml("c", fgsm, eval_examples=20, batch_size=20))
+    runner.run_sweep(load_config(path), out, progress=False)
+    calls = []
+    real = ev._clean
+    monkeypatch.setattr(ev, "_clean", lambda *a, **k: calls.append(1) or real(*a, **k))
+    path.write_text(digits_mlp_toml("c", fgsm + '[[attacks]]\nname = "corruption"\n'
+                                    'kinds = ["brightness"]\neps = [1]\n',
+                                    eval_examples=20, batch_size=20))
+    records = runner.run_sweep(load_config(path), out, progress=False)
+    assert "corruption-brightness" in set(records["attack"]) and calls == []

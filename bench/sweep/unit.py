@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from attacks.base import Cascade
+from attacks.base import Cascade, ModelBlind
 from bench.errors import RobustaxError
 from bench.store.records import CLEAN, make_record
 from bench.sweep import engine as ev
@@ -155,7 +155,8 @@ def evaluate_unit(unit: Unit, todo: set[str], target: Target, ctx: Context,
                for a in attacks}
     clean = None  # this unit's clean correctness (per draw), computed once for all its cells
     clean_cells = [c for c in unit.cells if c.attack is None and c.cell_id in todo]
-    if clean_cells or any(missing.values()):
+    # Needed by the clean cell and by every attack cell ANDed with it (not a corruption's).
+    if clean_cells or any(missing[a] and not isinstance(a.attack, ModelBlind) for a in attacks):
         ctx.progress.set_postfix_str(f"{tag} clean", refresh=False)
         t0 = time.perf_counter()
         mask, info = ev.clean_correct(target.eval_fn, target.params, ctx.x, ctx.y,
